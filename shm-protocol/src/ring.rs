@@ -1,0 +1,625 @@
+//! A ring of fixed slots in the region, used strictly in order, with one producer and cursor-based consumers.
+//!
+//! Sequence `s` lives in slot `s % slot_count`. The producer may write sequence `p` only when every *gating*
+//! consumer's cursor is above `p - slot_count`. Consumers read sequences below `published` and commit by
+//! advancing their cursor. *Lossy* consumers never hold the producer back: each slot carries a stamp (a seqlock
+//! word) from which they learn that a slot was overwritten under them, and how many sequences they missed.
+//!
+//! There are no locks: progress is 64-bit cursors, each on its own cache line, so a process that dies anywhere
+//! leaves nothing held. Waiting sleeps on a futex; the waker makes the system call only when a sleeper has
+//! announced itself.
+
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::time::Duration;
+
+use crate::layout::{
+    CACHE_LINE, ConsumerLine, ConsumerMode, RingControl, RingDesc, RingKind, SlotStamp, stamp_writing,
+    stamp_written,
+};
+use crate::region::Access;
+use crate::wait::{self, Deadline, Wake};
+
+/// Why a ring operation did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RingError {
+    /// The timeout elapsed before a slot became free / available.
+    #[error("timed out")]
+    Timeout,
+    /// A lossy consumer fell behind: `missed` sequences were overwritten before it could read them.
+    #[error("fell behind: {missed} slots overwritten before they were read")]
+    Overrun {
+        /// How many sequences were skipped.
+        missed: u64,
+    },
+    /// No consumer cursor with that index.
+    #[error("no consumer cursor {index} (ring has {max})")]
+    NoSuchConsumer {
+        /// Requested index.
+        index: usize,
+        /// Cursors in the ring.
+        max: usize,
+    },
+    /// The consumer cursor is not active (never registered, or released).
+    #[error("consumer cursor {0} is not active")]
+    Inactive(usize),
+    /// Every consumer cursor is in use.
+    #[error("all consumer cursors are in use")]
+    NoFreeConsumer,
+    /// The region is mapped read-only; this operation writes.
+    #[error("the region is mapped read-only")]
+    ReadOnly,
+}
+
+/// Where a newly registered consumer starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartAt {
+    /// At the next sequence to be published: sees only what comes after registration.
+    Next,
+    /// At an explicit sequence (for stages whose position is known, e.g. a fresh ring: 0).
+    Seq(u64),
+}
+
+/// A view of one ring in a mapped region. Cheap to copy; borrows the region.
+#[derive(Clone, Copy)]
+pub struct Ring<'r> {
+    base: *mut u8,
+    desc: RingDesc,
+    access: Access,
+    _region: std::marker::PhantomData<&'r ()>,
+}
+
+// SAFETY: a `Ring` is a view of process-shared memory that is only mutated through atomics or under the ring
+// protocol (one producer, each cursor owned by one consumer); the borrow of the region keeps the mapping alive.
+unsafe impl Send for Ring<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Ring<'_> {}
+
+impl std::fmt::Debug for Ring<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring").field("desc", &self.desc).field("published", &self.published()).finish()
+    }
+}
+
+impl<'r> Ring<'r> {
+    /// Builds a view from a mapping base and a validated descriptor.
+    ///
+    /// # Safety
+    /// `base` must be a mapping of the whole region that outlives `'r`, and every offset in `desc` must have been
+    /// validated to lie inside it with cache-line (control, cursors, stamps) and page (slots) alignment.
+    pub(crate) unsafe fn from_raw(base: *mut u8, desc: RingDesc, access: Access) -> Self {
+        Self { base, desc, access, _region: std::marker::PhantomData }
+    }
+
+    /// The ring's descriptor.
+    pub fn desc(&self) -> &RingDesc {
+        &self.desc
+    }
+
+    /// What the ring carries, if it is a known kind.
+    pub fn kind(&self) -> Option<RingKind> {
+        RingKind::from_raw(self.desc.kind)
+    }
+
+    /// Number of slots.
+    pub fn slot_count(&self) -> u64 {
+        u64::from(self.desc.slot_count)
+    }
+
+    /// Bytes per slot.
+    pub fn slot_size(&self) -> usize {
+        self.desc.slot_size as usize
+    }
+
+    /// Number of consumer cursors.
+    pub fn max_consumers(&self) -> usize {
+        self.desc.max_consumers as usize
+    }
+
+    fn control(&self) -> &'r RingControl {
+        // SAFETY: control_offset is in bounds and cache-line aligned (see `from_raw`); RingControl is all atomics,
+        // valid for any bit pattern, and shared mutation goes through them only.
+        unsafe { &*self.base.add(self.desc.control_offset as usize).cast::<RingControl>() }
+    }
+
+    /// Consumer line `i`, unchecked index.
+    fn line(&self, i: usize) -> &'r ConsumerLine {
+        debug_assert!(i < self.max_consumers());
+        // SAFETY: i < max_consumers, so the line lies in the validated consumers array; all atomics.
+        unsafe { &*self.base.add(self.desc.consumers_offset as usize + i * CACHE_LINE).cast::<ConsumerLine>() }
+    }
+
+    fn stamp(&self, seq: u64) -> &'r AtomicU64 {
+        let i = (seq % self.slot_count()) as usize;
+        // SAFETY: i < slot_count, so the stamp lies in the validated stamps array; an atomic.
+        let s = unsafe { &*self.base.add(self.desc.stamps_offset as usize + i * CACHE_LINE).cast::<SlotStamp>() };
+        &s.stamp
+    }
+
+    /// Pointer to the first byte of the slot that holds `seq`.
+    pub fn slot_ptr(&self, seq: u64) -> *mut u8 {
+        let i = (seq % self.slot_count()) as usize;
+        // SAFETY: i < slot_count; slots_offset + slot_count * slot_size was validated to lie inside the mapping.
+        unsafe { self.base.add(self.desc.slots_offset as usize + i * self.slot_size()) }
+    }
+
+    /// Number of sequences published so far (every sequence below is readable).
+    pub fn published(&self) -> u64 {
+        self.control().producer.published.load(Ordering::Acquire)
+    }
+
+    /// The producer's attach count (restarts show as increments).
+    pub fn producer_generation(&self) -> u32 {
+        self.control().producer.producer_generation.load(Ordering::Relaxed)
+    }
+
+    /// Committed cursor, mode and attach count of consumer `index`.
+    pub fn consumer_state(&self, index: usize) -> Result<(u64, ConsumerMode, u32), RingError> {
+        self.check_index(index)?;
+        let l = self.line(index);
+        Ok((
+            l.cursor.load(Ordering::Acquire),
+            ConsumerMode::from_raw(l.mode.load(Ordering::Acquire)),
+            l.generation.load(Ordering::Relaxed),
+        ))
+    }
+
+    fn check_index(&self, index: usize) -> Result<(), RingError> {
+        if index >= self.max_consumers() {
+            return Err(RingError::NoSuchConsumer { index, max: self.max_consumers() });
+        }
+        Ok(())
+    }
+
+    fn check_writable(&self) -> Result<(), RingError> {
+        match self.access {
+            Access::ReadWrite => Ok(()),
+            Access::ReadOnly => Err(RingError::ReadOnly),
+        }
+    }
+
+    /// Lowest committed cursor over the gating consumers, or `None` if there are none.
+    pub fn min_gating_cursor(&self) -> Option<u64> {
+        (0..self.max_consumers())
+            .map(|i| self.line(i))
+            .filter(|l| l.mode.load(Ordering::Acquire) == ConsumerMode::Gating as u32)
+            .map(|l| l.cursor.load(Ordering::Acquire))
+            .min()
+    }
+
+    /// Activates consumer cursor `index` in `mode`, positioned at `start`. Used by whoever assigns cursors (the
+    /// supervisor) before the consumer process attaches with [`Ring::consumer`].
+    pub fn activate_consumer(&self, index: usize, mode: ConsumerMode, start: StartAt) -> Result<(), RingError> {
+        self.check_writable()?;
+        self.check_index(index)?;
+        let l = self.line(index);
+        // Position first, then mode: a producer that sees the mode also sees a sane cursor.
+        let pos = match start {
+            StartAt::Next => self.published(),
+            StartAt::Seq(s) => s,
+        };
+        l.cursor.store(pos, Ordering::Release);
+        l.wake_word.store(pos as u32, Ordering::Release);
+        l.sleeping.store(0, Ordering::Relaxed);
+        l.mode.store(mode as u32, Ordering::Release);
+        self.wake_producer();
+        Ok(())
+    }
+
+    /// Finds a free consumer cursor, activates it in `mode` at the next sequence and returns its index.
+    pub fn register_consumer(&self, mode: ConsumerMode) -> Result<usize, RingError> {
+        self.check_writable()?;
+        for i in 0..self.max_consumers() {
+            let l = self.line(i);
+            // Claim with a value the producer treats as "not gating" while the cursor is positioned.
+            const CLAIMING: u32 = 0xFFFF_0000;
+            if l.mode.compare_exchange(ConsumerMode::Free as u32, CLAIMING, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            {
+                self.activate_consumer(i, mode, StartAt::Next)?;
+                return Ok(i);
+            }
+        }
+        Err(RingError::NoFreeConsumer)
+    }
+
+    /// Releases consumer cursor `index`: a gating consumer no longer holds the producer back.
+    pub fn release_consumer(&self, index: usize) -> Result<(), RingError> {
+        self.check_writable()?;
+        self.check_index(index)?;
+        self.line(index).mode.store(ConsumerMode::Free as u32, Ordering::Release);
+        self.wake_producer();
+        Ok(())
+    }
+
+    /// Attaches this process as the ring's (single) producer. The producer resumes at `published`.
+    pub fn producer(&self) -> Result<Producer<'r>, RingError> {
+        self.check_writable()?;
+        let p = &self.control().producer;
+        // A producer that died asleep left its flag set; clear it (there is one producer per ring).
+        p.producer_sleeping.store(0, Ordering::Relaxed);
+        p.producer_pid.store(std::process::id(), Ordering::Relaxed);
+        p.producer_generation.fetch_add(1, Ordering::Relaxed);
+        let next = p.published.load(Ordering::Acquire);
+        Ok(Producer { ring: *self, next, gate_limit: next })
+    }
+
+    /// Attaches this process to the active consumer cursor `index`; it resumes at the committed cursor.
+    pub fn consumer(&self, index: usize) -> Result<Consumer<'r>, RingError> {
+        self.check_writable()?;
+        self.check_index(index)?;
+        let l = self.line(index);
+        let mode = ConsumerMode::from_raw(l.mode.load(Ordering::Acquire));
+        if mode == ConsumerMode::Free {
+            return Err(RingError::Inactive(index));
+        }
+        // A consumer that died asleep left its flag set; clear it (one process per cursor).
+        l.sleeping.store(0, Ordering::Relaxed);
+        l.owner_pid.store(std::process::id(), Ordering::Relaxed);
+        l.generation.fetch_add(1, Ordering::Relaxed);
+        let next = l.cursor.load(Ordering::Acquire);
+        Ok(Consumer { ring: *self, index, mode, next })
+    }
+
+    /// Wakes every consumer that announced it sleeps. Called after publishing.
+    fn wake_consumers(&self) {
+        // Pairs with the SeqCst fence in `Consumer::wait_published`: either the consumer sees the new
+        // `wake_word` (and does not sleep) or we see its `sleeping` flag (and wake it).
+        fence(Ordering::SeqCst);
+        let any = (0..self.max_consumers()).any(|i| self.line(i).sleeping.load(Ordering::Relaxed) != 0);
+        if any {
+            wait::wake_all(&self.control().producer.wake_word);
+        }
+    }
+
+    /// Wakes the producer if it sleeps on a gate. Called after a consumer commits.
+    fn wake_producer_from(&self, line: &ConsumerLine) {
+        fence(Ordering::SeqCst);
+        if self.control().producer.producer_sleeping.load(Ordering::Relaxed) != 0 {
+            wait::wake_all(&line.wake_word);
+        }
+    }
+
+    /// Wakes the producer from whatever gate it sleeps on (used when gates change).
+    fn wake_producer(&self) {
+        fence(Ordering::SeqCst);
+        if self.control().producer.producer_sleeping.load(Ordering::Relaxed) != 0 {
+            for i in 0..self.max_consumers() {
+                wait::wake_all(&self.line(i).wake_word);
+            }
+        }
+    }
+}
+
+/// The ring's single producer.
+#[derive(Debug)]
+pub struct Producer<'r> {
+    ring: Ring<'r>,
+    /// Next sequence to write (== `published` between operations).
+    next: u64,
+    /// Sequences below this may be written without re-reading the gating cursors.
+    gate_limit: u64,
+}
+
+/// A claimed slot: fill it through [`WriteSlot::as_mut_ptr`] / [`WriteSlot::bytes_mut`], then [`WriteSlot::publish`].
+///
+/// Dropping it without publishing publishes nothing; the next claim returns the same sequence again.
+#[derive(Debug)]
+pub struct WriteSlot<'p, 'r> {
+    producer: &'p mut Producer<'r>,
+    seq: u64,
+}
+
+impl<'r> Producer<'r> {
+    /// The ring this producer writes.
+    pub fn ring(&self) -> &Ring<'r> {
+        &self.ring
+    }
+
+    /// The sequence the next claim will return.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
+    /// Whether sequence `self.next` may be written now (every gating consumer is within a lap).
+    fn slot_free(&mut self) -> bool {
+        if self.next < self.gate_limit {
+            return true;
+        }
+        // Rescan. Without gates the limit is one lap ahead of where we are, so a gate registered later (whose
+        // cursor starts at or above `published`) is seen before we could lap it.
+        let base = self.ring.min_gating_cursor().map_or(self.next, |c| c.min(self.next));
+        self.gate_limit = base + self.ring.slot_count();
+        self.next < self.gate_limit
+    }
+
+    /// Claims the next slot if it is free now.
+    pub fn try_claim(&mut self) -> Option<WriteSlot<'_, 'r>> {
+        if !self.slot_free() {
+            return None;
+        }
+        Some(self.begin_write())
+    }
+
+    /// Claims the next slot, sleeping while a gating consumer is a full ring behind; at most `timeout`.
+    pub fn claim(&mut self, timeout: Option<Duration>) -> Result<WriteSlot<'_, 'r>, RingError> {
+        let deadline = Deadline::after(timeout);
+        while !self.slot_free() {
+            let sleeping = &self.ring.control().producer.producer_sleeping;
+            // Find the gate that blocks us and sleep on its wake word.
+            let Some((line, seen)) = self.blocking_gate() else { continue };
+            sleeping.store(1, Ordering::Relaxed);
+            fence(Ordering::SeqCst);
+            let still_blocked = line.cursor.load(Ordering::Acquire) + self.ring.slot_count() <= self.next
+                && line.mode.load(Ordering::Acquire) == ConsumerMode::Gating as u32;
+            let woke = if still_blocked {
+                wait::wait_while_equal(&line.wake_word, seen, deadline.remaining())
+            } else {
+                Wake::Changed
+            };
+            sleeping.store(0, Ordering::Relaxed);
+            if woke == Wake::TimedOut || deadline.expired() {
+                if self.slot_free() {
+                    break;
+                }
+                return Err(RingError::Timeout);
+            }
+        }
+        Ok(self.begin_write())
+    }
+
+    /// The gating consumer line that is a full lap behind, with its wake word as read before its cursor.
+    fn blocking_gate(&self) -> Option<(&'r ConsumerLine, u32)> {
+        (0..self.ring.max_consumers()).map(|i| self.ring.line(i)).find_map(|l| {
+            let w = l.wake_word.load(Ordering::Acquire);
+            let gating = l.mode.load(Ordering::Acquire) == ConsumerMode::Gating as u32;
+            (gating && l.cursor.load(Ordering::Acquire) + self.ring.slot_count() <= self.next).then_some((l, w))
+        })
+    }
+
+    fn begin_write(&mut self) -> WriteSlot<'_, 'r> {
+        let seq = self.next;
+        // Seqlock write side: mark the slot as being rewritten before touching its bytes.
+        self.ring.stamp(seq).store(stamp_writing(seq), Ordering::Relaxed);
+        fence(Ordering::Release);
+        WriteSlot { producer: self, seq }
+    }
+}
+
+impl WriteSlot<'_, '_> {
+    /// The sequence this slot will publish.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Start of the slot's bytes (`slot_size` long).
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        self.producer.ring.slot_ptr(self.seq)
+    }
+
+    /// Length of the slot in bytes.
+    pub fn len(&self) -> usize {
+        self.producer.ring.slot_size()
+    }
+
+    /// Whether the slot has no bytes (never: slots are at least a page).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The slot's bytes.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        let len = self.len();
+        // SAFETY: the slot lies in the mapping; gating consumers have all passed this sequence's previous lap
+        // (checked by the claim), so no gating reader reads these bytes while we hold them. Lossy readers may
+        // read concurrently; they only copy bytes out and re-check the stamp, never trusting torn data.
+        unsafe { std::slice::from_raw_parts_mut(self.as_mut_ptr(), len) }
+    }
+
+    /// Makes the slot visible to consumers and wakes those that sleep.
+    pub fn publish(self) {
+        let p = self.producer;
+        let seq = self.seq;
+        p.ring.stamp(seq).store(stamp_written(seq), Ordering::Release);
+        let ctl = &p.ring.control().producer;
+        ctl.published.store(seq + 1, Ordering::Release);
+        ctl.wake_word.store((seq + 1) as u32, Ordering::Release);
+        p.next = seq + 1;
+        p.ring.wake_consumers();
+    }
+}
+
+/// A consumer cursor attached by this process.
+#[derive(Debug)]
+pub struct Consumer<'r> {
+    ring: Ring<'r>,
+    index: usize,
+    mode: ConsumerMode,
+    /// Next sequence to read; may run ahead of the committed cursor.
+    next: u64,
+}
+
+/// A slot a consumer reads. For lossy consumers, [`ReadSlot::still_valid`] tells whether it was overwritten.
+#[derive(Debug, Clone, Copy)]
+pub struct ReadSlot<'r> {
+    ring: Ring<'r>,
+    seq: u64,
+}
+
+impl<'r> Consumer<'r> {
+    /// Index of this consumer's cursor in the ring.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The ring.
+    pub fn ring(&self) -> &Ring<'r> {
+        &self.ring
+    }
+
+    /// Gating or lossy.
+    pub fn mode(&self) -> ConsumerMode {
+        self.mode
+    }
+
+    /// Next sequence [`Consumer::try_next`] returns.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
+    /// The committed cursor.
+    pub fn committed(&self) -> u64 {
+        self.ring.line(self.index).cursor.load(Ordering::Acquire)
+    }
+
+    /// Moves the read position back to the committed cursor (to re-read what was not committed).
+    pub fn rewind(&mut self) {
+        self.next = self.committed();
+    }
+
+    /// Returns the next published slot if there is one, without sleeping.
+    ///
+    /// A lossy consumer that was lapped gets [`RingError::Overrun`] once, with the count it missed, and is moved
+    /// to the oldest slot that cannot be being rewritten.
+    pub fn try_next(&mut self) -> Result<Option<ReadSlot<'r>>, RingError> {
+        let published = self.ring.published();
+        if self.next >= published {
+            return Ok(None);
+        }
+        if self.mode == ConsumerMode::Lossy {
+            // The producer may be rewriting the slot of `published - slot_count` right now.
+            let oldest = (published + 1).saturating_sub(self.ring.slot_count());
+            if self.next < oldest {
+                let missed = oldest - self.next;
+                self.next = oldest;
+                return Err(RingError::Overrun { missed });
+            }
+            if self.ring.stamp(self.next).load(Ordering::Acquire) != stamp_written(self.next) {
+                let missed = 1;
+                self.next += 1;
+                return Err(RingError::Overrun { missed });
+            }
+        }
+        let slot = ReadSlot { ring: self.ring, seq: self.next };
+        self.next += 1;
+        Ok(Some(slot))
+    }
+
+    /// Returns the next published slot, sleeping until there is one, at most `timeout`.
+    pub fn next(&mut self, timeout: Option<Duration>) -> Result<ReadSlot<'r>, RingError> {
+        let deadline = Deadline::after(timeout);
+        loop {
+            if let Some(s) = self.try_next()? {
+                return Ok(s);
+            }
+            if self.wait_published(self.next + 1, &deadline) == Wake::TimedOut {
+                return self.try_next()?.ok_or(RingError::Timeout);
+            }
+        }
+    }
+
+    /// Sleeps until at least `want` sequences are published or the deadline passes.
+    fn wait_published(&self, want: u64, deadline: &Deadline) -> Wake {
+        let ctl = &self.ring.control().producer;
+        let line = self.ring.line(self.index);
+        while ctl.published.load(Ordering::Acquire) < want {
+            if deadline.expired() {
+                return Wake::TimedOut;
+            }
+            let w = ctl.wake_word.load(Ordering::Acquire);
+            line.sleeping.store(1, Ordering::Relaxed);
+            // Pairs with the fence in `Ring::wake_consumers`.
+            fence(Ordering::SeqCst);
+            let r = if ctl.published.load(Ordering::Acquire) < want {
+                wait::wait_while_equal(&ctl.wake_word, w, deadline.remaining())
+            } else {
+                Wake::Changed
+            };
+            line.sleeping.store(0, Ordering::Relaxed);
+            if r == Wake::TimedOut {
+                return if ctl.published.load(Ordering::Acquire) >= want { Wake::Changed } else { Wake::TimedOut };
+            }
+        }
+        Wake::Changed
+    }
+
+    /// Sleeps until something past the read position is published (or timeout); returns `published`.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<u64, RingError> {
+        let deadline = Deadline::after(timeout);
+        match self.wait_published(self.next + 1, &deadline) {
+            Wake::Changed => Ok(self.ring.published()),
+            Wake::TimedOut => Err(RingError::Timeout),
+        }
+    }
+
+    /// Commits every sequence below `upto`: the producer may reuse their slots, and a restarted consumer resumes
+    /// there. Committing backwards is ignored.
+    pub fn commit(&mut self, upto: u64) {
+        let line = self.ring.line(self.index);
+        if upto <= line.cursor.load(Ordering::Relaxed) {
+            return;
+        }
+        debug_assert!(upto <= self.ring.published());
+        line.cursor.store(upto, Ordering::Release);
+        line.wake_word.store(upto as u32, Ordering::Release);
+        if self.next < upto {
+            self.next = upto;
+        }
+        if self.mode == ConsumerMode::Gating {
+            self.ring.wake_producer_from(line);
+        }
+    }
+
+    /// Commits everything read so far.
+    pub fn commit_read(&mut self) {
+        self.commit(self.next);
+    }
+}
+
+impl<'r> ReadSlot<'r> {
+    /// The slot's sequence.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Start of the slot's bytes.
+    pub fn as_ptr(&self) -> *const u8 {
+        self.ring.slot_ptr(self.seq)
+    }
+
+    /// Length of the slot in bytes.
+    pub fn len(&self) -> usize {
+        self.ring.slot_size()
+    }
+
+    /// Whether the slot has no bytes (never).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The slot's bytes.
+    ///
+    /// For a gating consumer they are stable until it commits past this sequence. For a lossy consumer they may
+    /// be overwritten while read: check [`ReadSlot::still_valid`] after using them and discard what was computed
+    /// if it says no.
+    pub fn bytes(&self) -> &'r [u8] {
+        // SAFETY: the slot lies inside the mapping, which outlives 'r. A gating reader's slot is not rewritten
+        // before it commits (the producer checks the gate). For lossy readers a concurrent rewrite can happen;
+        // it can only produce torn values, which `still_valid` detects.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len()) }
+    }
+
+    /// Copies `dst.len()` bytes from `offset` and tells whether the copy is the published content of this
+    /// sequence (lossy consumers: `false` means it was overwritten and the copy must be discarded).
+    pub fn copy_to(&self, offset: usize, dst: &mut [u8]) -> bool {
+        let end = offset.saturating_add(dst.len());
+        assert!(end <= self.len(), "copy past the end of the slot");
+        // SAFETY: range checked above; source is in the mapping, destination is our own buffer.
+        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) };
+        self.still_valid()
+    }
+
+    /// Whether the slot still holds this sequence (seqlock read side; always true for gating consumers).
+    pub fn still_valid(&self) -> bool {
+        fence(Ordering::Acquire);
+        self.ring.stamp(self.seq).load(Ordering::Relaxed) == stamp_written(self.seq)
+    }
+}
