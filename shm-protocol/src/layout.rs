@@ -323,10 +323,16 @@ pub fn compute_layout(spec: &RegionSpec) -> Result<RegionHeader, SpecError> {
     let mut off = page;
     for (i, r) in spec.rings.iter().enumerate() {
         if r.slot_count < 2 {
-            return Err(SpecError::TooFewSlots { ring: i, slots: r.slot_count });
+            return Err(SpecError::TooFewSlots {
+                ring: i,
+                slots: r.slot_count,
+            });
         }
         if r.max_consumers == 0 || r.max_consumers as usize > MAX_CONSUMERS {
-            return Err(SpecError::Consumers { ring: i, consumers: r.max_consumers });
+            return Err(SpecError::Consumers {
+                ring: i,
+                consumers: r.max_consumers,
+            });
         }
         if r.slot_bytes == 0 {
             return Err(SpecError::EmptySlot { ring: i });
@@ -334,7 +340,11 @@ pub fn compute_layout(spec: &RegionSpec) -> Result<RegionHeader, SpecError> {
         let d = &mut rings[i];
         d.kind = r.kind as u32;
         d.slot_count = r.slot_count;
-        d.slot_size = r.slot_bytes.checked_add(page - 1).ok_or(SpecError::Overflow)? & !(page - 1);
+        d.slot_size = r
+            .slot_bytes
+            .checked_add(page - 1)
+            .ok_or(SpecError::Overflow)?
+            & !(page - 1);
         d.max_consumers = r.max_consumers;
         d.control_offset = off;
         off += size_of::<RingControl>() as u64;
@@ -346,12 +356,24 @@ pub fn compute_layout(spec: &RegionSpec) -> Result<RegionHeader, SpecError> {
     off = align_up(off, page);
     let app_offset = if spec.app_bytes > 0 { off } else { 0 };
     off = off
-        .checked_add(spec.app_bytes.checked_add(page - 1).ok_or(SpecError::Overflow)? & !(page - 1))
+        .checked_add(
+            spec.app_bytes
+                .checked_add(page - 1)
+                .ok_or(SpecError::Overflow)?
+                & !(page - 1),
+        )
         .ok_or(SpecError::Overflow)?;
-    let app_size = if spec.app_bytes > 0 { off - app_offset } else { 0 };
+    let app_size = if spec.app_bytes > 0 {
+        off - app_offset
+    } else {
+        0
+    };
     for d in rings.iter_mut().take(spec.rings.len()) {
         d.slots_offset = off;
-        let bytes = d.slot_size.checked_mul(u64::from(d.slot_count)).ok_or(SpecError::Overflow)?;
+        let bytes = d
+            .slot_size
+            .checked_mul(u64::from(d.slot_count))
+            .ok_or(SpecError::Overflow)?;
         off = off.checked_add(bytes).ok_or(SpecError::Overflow)?;
     }
     if usize::try_from(off).is_err() {
@@ -379,8 +401,18 @@ mod tests {
         RegionSpec {
             geometry: Geometry::default(),
             rings: vec![
-                RingSpec { kind: RingKind::Block, slot_count: 8, slot_bytes: 10_000, max_consumers: 2 },
-                RingSpec { kind: RingKind::Frame, slot_count: 4, slot_bytes: 4096, max_consumers: 8 },
+                RingSpec {
+                    kind: RingKind::Block,
+                    slot_count: 8,
+                    slot_bytes: 10_000,
+                    max_consumers: 2,
+                },
+                RingSpec {
+                    kind: RingKind::Frame,
+                    slot_count: 4,
+                    slot_bytes: 4096,
+                    max_consumers: 8,
+                },
             ],
             app_bytes: 100,
         }
@@ -398,9 +430,18 @@ mod tests {
             assert_eq!(d.slot_size % page, 0);
             assert_eq!(d.control_offset % CACHE_LINE as u64, 0);
             spans.push((d.control_offset, d.control_offset + 64));
-            spans.push((d.consumers_offset, d.consumers_offset + 64 * u64::from(d.max_consumers)));
-            spans.push((d.stamps_offset, d.stamps_offset + 64 * u64::from(d.slot_count)));
-            spans.push((d.slots_offset, d.slots_offset + d.slot_size * u64::from(d.slot_count)));
+            spans.push((
+                d.consumers_offset,
+                d.consumers_offset + 64 * u64::from(d.max_consumers),
+            ));
+            spans.push((
+                d.stamps_offset,
+                d.stamps_offset + 64 * u64::from(d.slot_count),
+            ));
+            spans.push((
+                d.slots_offset,
+                d.slots_offset + d.slot_size * u64::from(d.slot_count),
+            ));
         }
         spans.sort();
         for w in spans.windows(2) {
@@ -414,10 +455,16 @@ mod tests {
     fn bad_specs_are_refused() {
         let mut s = spec();
         s.rings[0].slot_count = 1;
-        assert_eq!(compute_layout(&s), Err(SpecError::TooFewSlots { ring: 0, slots: 1 }));
+        assert_eq!(
+            compute_layout(&s),
+            Err(SpecError::TooFewSlots { ring: 0, slots: 1 })
+        );
         let mut s = spec();
         s.rings[1].max_consumers = 0;
-        assert!(matches!(compute_layout(&s), Err(SpecError::Consumers { .. })));
+        assert!(matches!(
+            compute_layout(&s),
+            Err(SpecError::Consumers { .. })
+        ));
         let mut s = spec();
         s.rings[0].slot_bytes = u64::MAX / 2;
         assert_eq!(compute_layout(&s), Err(SpecError::Overflow));

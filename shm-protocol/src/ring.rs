@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::Duration;
 
 use crate::layout::{
-    CACHE_LINE, ConsumerLine, ConsumerMode, RingControl, RingDesc, RingKind, SlotStamp, stamp_writing,
-    stamp_written,
+    CACHE_LINE, ConsumerLine, ConsumerMode, RingControl, RingDesc, RingKind, SlotStamp,
+    stamp_writing, stamp_written,
 };
 use crate::region::Access;
 use crate::wait::{self, Deadline, Wake};
@@ -76,7 +76,10 @@ unsafe impl Sync for Ring<'_> {}
 
 impl std::fmt::Debug for Ring<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ring").field("desc", &self.desc).field("published", &self.published()).finish()
+        f.debug_struct("Ring")
+            .field("desc", &self.desc)
+            .field("published", &self.published())
+            .finish()
     }
 }
 
@@ -87,7 +90,12 @@ impl<'r> Ring<'r> {
     /// `base` must be a mapping of the whole region that outlives `'r`, and every offset in `desc` must have been
     /// validated to lie inside it with cache-line (control, cursors, stamps) and page (slots) alignment.
     pub(crate) unsafe fn from_raw(base: *mut u8, desc: RingDesc, access: Access) -> Self {
-        Self { base, desc, access, _region: std::marker::PhantomData }
+        Self {
+            base,
+            desc,
+            access,
+            _region: std::marker::PhantomData,
+        }
     }
 
     /// The ring's descriptor.
@@ -118,20 +126,35 @@ impl<'r> Ring<'r> {
     fn control(&self) -> &'r RingControl {
         // SAFETY: control_offset is in bounds and cache-line aligned (see `from_raw`); RingControl is all atomics,
         // valid for any bit pattern, and shared mutation goes through them only.
-        unsafe { &*self.base.add(self.desc.control_offset as usize).cast::<RingControl>() }
+        unsafe {
+            &*self
+                .base
+                .add(self.desc.control_offset as usize)
+                .cast::<RingControl>()
+        }
     }
 
     /// Consumer line `i`, unchecked index.
     fn line(&self, i: usize) -> &'r ConsumerLine {
         debug_assert!(i < self.max_consumers());
         // SAFETY: i < max_consumers, so the line lies in the validated consumers array; all atomics.
-        unsafe { &*self.base.add(self.desc.consumers_offset as usize + i * CACHE_LINE).cast::<ConsumerLine>() }
+        unsafe {
+            &*self
+                .base
+                .add(self.desc.consumers_offset as usize + i * CACHE_LINE)
+                .cast::<ConsumerLine>()
+        }
     }
 
     fn stamp(&self, seq: u64) -> &'r AtomicU64 {
         let i = (seq % self.slot_count()) as usize;
         // SAFETY: i < slot_count, so the stamp lies in the validated stamps array; an atomic.
-        let s = unsafe { &*self.base.add(self.desc.stamps_offset as usize + i * CACHE_LINE).cast::<SlotStamp>() };
+        let s = unsafe {
+            &*self
+                .base
+                .add(self.desc.stamps_offset as usize + i * CACHE_LINE)
+                .cast::<SlotStamp>()
+        };
         &s.stamp
     }
 
@@ -139,7 +162,10 @@ impl<'r> Ring<'r> {
     pub fn slot_ptr(&self, seq: u64) -> *mut u8 {
         let i = (seq % self.slot_count()) as usize;
         // SAFETY: i < slot_count; slots_offset + slot_count * slot_size was validated to lie inside the mapping.
-        unsafe { self.base.add(self.desc.slots_offset as usize + i * self.slot_size()) }
+        unsafe {
+            self.base
+                .add(self.desc.slots_offset as usize + i * self.slot_size())
+        }
     }
 
     /// Number of sequences published so far (every sequence below is readable).
@@ -149,7 +175,10 @@ impl<'r> Ring<'r> {
 
     /// The producer's attach count (restarts show as increments).
     pub fn producer_generation(&self) -> u32 {
-        self.control().producer.producer_generation.load(Ordering::Relaxed)
+        self.control()
+            .producer
+            .producer_generation
+            .load(Ordering::Relaxed)
     }
 
     /// Committed cursor, mode and attach count of consumer `index`.
@@ -165,7 +194,10 @@ impl<'r> Ring<'r> {
 
     fn check_index(&self, index: usize) -> Result<(), RingError> {
         if index >= self.max_consumers() {
-            return Err(RingError::NoSuchConsumer { index, max: self.max_consumers() });
+            return Err(RingError::NoSuchConsumer {
+                index,
+                max: self.max_consumers(),
+            });
         }
         Ok(())
     }
@@ -188,7 +220,12 @@ impl<'r> Ring<'r> {
 
     /// Activates consumer cursor `index` in `mode`, positioned at `start`. Used by whoever assigns cursors (the
     /// supervisor) before the consumer process attaches with [`Ring::consumer`].
-    pub fn activate_consumer(&self, index: usize, mode: ConsumerMode, start: StartAt) -> Result<(), RingError> {
+    pub fn activate_consumer(
+        &self,
+        index: usize,
+        mode: ConsumerMode,
+        start: StartAt,
+    ) -> Result<(), RingError> {
         self.check_writable()?;
         self.check_index(index)?;
         let l = self.line(index);
@@ -212,7 +249,14 @@ impl<'r> Ring<'r> {
             let l = self.line(i);
             // Claim with a value the producer treats as "not gating" while the cursor is positioned.
             const CLAIMING: u32 = 0xFFFF_0000;
-            if l.mode.compare_exchange(ConsumerMode::Free as u32, CLAIMING, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+            if l.mode
+                .compare_exchange(
+                    ConsumerMode::Free as u32,
+                    CLAIMING,
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
             {
                 self.activate_consumer(i, mode, StartAt::Next)?;
                 return Ok(i);
@@ -225,7 +269,9 @@ impl<'r> Ring<'r> {
     pub fn release_consumer(&self, index: usize) -> Result<(), RingError> {
         self.check_writable()?;
         self.check_index(index)?;
-        self.line(index).mode.store(ConsumerMode::Free as u32, Ordering::Release);
+        self.line(index)
+            .mode
+            .store(ConsumerMode::Free as u32, Ordering::Release);
         self.wake_producer();
         Ok(())
     }
@@ -239,7 +285,11 @@ impl<'r> Ring<'r> {
         p.producer_pid.store(std::process::id(), Ordering::Relaxed);
         p.producer_generation.fetch_add(1, Ordering::Relaxed);
         let next = p.published.load(Ordering::Acquire);
-        Ok(Producer { ring: *self, next, gate_limit: next })
+        Ok(Producer {
+            ring: *self,
+            next,
+            gate_limit: next,
+        })
     }
 
     /// Attaches this process to the active consumer cursor `index`; it resumes at the committed cursor.
@@ -256,7 +306,12 @@ impl<'r> Ring<'r> {
         l.owner_pid.store(std::process::id(), Ordering::Relaxed);
         l.generation.fetch_add(1, Ordering::Relaxed);
         let next = l.cursor.load(Ordering::Acquire);
-        Ok(Consumer { ring: *self, index, mode, next })
+        Ok(Consumer {
+            ring: *self,
+            index,
+            mode,
+            next,
+        })
     }
 
     /// Wakes every consumer that announced it sleeps. Called after publishing.
@@ -264,7 +319,8 @@ impl<'r> Ring<'r> {
         // Pairs with the SeqCst fence in `Consumer::wait_published`: either the consumer sees the new
         // `wake_word` (and does not sleep) or we see its `sleeping` flag (and wake it).
         fence(Ordering::SeqCst);
-        let any = (0..self.max_consumers()).any(|i| self.line(i).sleeping.load(Ordering::Relaxed) != 0);
+        let any =
+            (0..self.max_consumers()).any(|i| self.line(i).sleeping.load(Ordering::Relaxed) != 0);
         if any {
             wait::wake_all(&self.control().producer.wake_word);
         }
@@ -273,7 +329,13 @@ impl<'r> Ring<'r> {
     /// Wakes the producer if it sleeps on a gate. Called after a consumer commits.
     fn wake_producer_from(&self, line: &ConsumerLine) {
         fence(Ordering::SeqCst);
-        if self.control().producer.producer_sleeping.load(Ordering::Relaxed) != 0 {
+        if self
+            .control()
+            .producer
+            .producer_sleeping
+            .load(Ordering::Relaxed)
+            != 0
+        {
             wait::wake_all(&line.wake_word);
         }
     }
@@ -281,7 +343,13 @@ impl<'r> Ring<'r> {
     /// Wakes the producer from whatever gate it sleeps on (used when gates change).
     fn wake_producer(&self) {
         fence(Ordering::SeqCst);
-        if self.control().producer.producer_sleeping.load(Ordering::Relaxed) != 0 {
+        if self
+            .control()
+            .producer
+            .producer_sleeping
+            .load(Ordering::Relaxed)
+            != 0
+        {
             for i in 0..self.max_consumers() {
                 wait::wake_all(&self.line(i).wake_word);
             }
@@ -326,7 +394,10 @@ impl<'r> Producer<'r> {
         }
         // Rescan. Without gates the limit is one lap ahead of where we are, so a gate registered later (whose
         // cursor starts at or above `published`) is seen before we could lap it.
-        let base = self.ring.min_gating_cursor().map_or(self.next, |c| c.min(self.next));
+        let base = self
+            .ring
+            .min_gating_cursor()
+            .map_or(self.next, |c| c.min(self.next));
         self.gate_limit = base + self.ring.slot_count();
         self.next < self.gate_limit
     }
@@ -345,10 +416,13 @@ impl<'r> Producer<'r> {
         while !self.slot_free() {
             let sleeping = &self.ring.control().producer.producer_sleeping;
             // Find the gate that blocks us and sleep on its wake word.
-            let Some((line, seen)) = self.blocking_gate() else { continue };
+            let Some((line, seen)) = self.blocking_gate() else {
+                continue;
+            };
             sleeping.store(1, Ordering::Relaxed);
             fence(Ordering::SeqCst);
-            let still_blocked = line.cursor.load(Ordering::Acquire) + self.ring.slot_count() <= self.next
+            let still_blocked = line.cursor.load(Ordering::Acquire) + self.ring.slot_count()
+                <= self.next
                 && line.mode.load(Ordering::Acquire) == ConsumerMode::Gating as u32;
             let woke = if still_blocked {
                 wait::wait_while_equal(&line.wake_word, seen, deadline.remaining())
@@ -368,19 +442,27 @@ impl<'r> Producer<'r> {
 
     /// The gating consumer line that is a full lap behind, with its wake word as read before its cursor.
     fn blocking_gate(&self) -> Option<(&'r ConsumerLine, u32)> {
-        (0..self.ring.max_consumers()).map(|i| self.ring.line(i)).find_map(|l| {
-            let w = l.wake_word.load(Ordering::Acquire);
-            let gating = l.mode.load(Ordering::Acquire) == ConsumerMode::Gating as u32;
-            (gating && l.cursor.load(Ordering::Acquire) + self.ring.slot_count() <= self.next).then_some((l, w))
-        })
+        (0..self.ring.max_consumers())
+            .map(|i| self.ring.line(i))
+            .find_map(|l| {
+                let w = l.wake_word.load(Ordering::Acquire);
+                let gating = l.mode.load(Ordering::Acquire) == ConsumerMode::Gating as u32;
+                (gating && l.cursor.load(Ordering::Acquire) + self.ring.slot_count() <= self.next)
+                    .then_some((l, w))
+            })
     }
 
     fn begin_write(&mut self) -> WriteSlot<'_, 'r> {
         let seq = self.next;
         // Seqlock write side: mark the slot as being rewritten before touching its bytes.
-        self.ring.stamp(seq).store(stamp_writing(seq), Ordering::Relaxed);
+        self.ring
+            .stamp(seq)
+            .store(stamp_writing(seq), Ordering::Relaxed);
         fence(Ordering::Release);
-        WriteSlot { producer: self, seq }
+        WriteSlot {
+            producer: self,
+            seq,
+        }
     }
 }
 
@@ -418,7 +500,9 @@ impl WriteSlot<'_, '_> {
     pub fn publish(self) {
         let p = self.producer;
         let seq = self.seq;
-        p.ring.stamp(seq).store(stamp_written(seq), Ordering::Release);
+        p.ring
+            .stamp(seq)
+            .store(stamp_written(seq), Ordering::Release);
         let ctl = &p.ring.control().producer;
         ctl.published.store(seq + 1, Ordering::Release);
         ctl.wake_word.store((seq + 1) as u32, Ordering::Release);
@@ -498,7 +582,10 @@ impl<'r> Consumer<'r> {
                 return Err(RingError::Overrun { missed });
             }
         }
-        let slot = ReadSlot { ring: self.ring, seq: self.next };
+        let slot = ReadSlot {
+            ring: self.ring,
+            seq: self.next,
+        };
         self.next += 1;
         Ok(Some(slot))
     }
@@ -535,7 +622,11 @@ impl<'r> Consumer<'r> {
             };
             line.sleeping.store(0, Ordering::Relaxed);
             if r == Wake::TimedOut {
-                return if ctl.published.load(Ordering::Acquire) >= want { Wake::Changed } else { Wake::TimedOut };
+                return if ctl.published.load(Ordering::Acquire) >= want {
+                    Wake::Changed
+                } else {
+                    Wake::TimedOut
+                };
             }
         }
         Wake::Changed
@@ -613,7 +704,9 @@ impl<'r> ReadSlot<'r> {
         let end = offset.saturating_add(dst.len());
         assert!(end <= self.len(), "copy past the end of the slot");
         // SAFETY: range checked above; source is in the mapping, destination is our own buffer.
-        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), dst.as_mut_ptr(), dst.len())
+        };
         self.still_valid()
     }
 

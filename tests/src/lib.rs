@@ -70,10 +70,15 @@ impl ChildGuard {
     }
 
     /// Waits up to `timeout` for the child to exit; `None` if it is still running.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> std::io::Result<Option<std::process::ExitStatus>> {
+    pub fn wait_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> std::io::Result<Option<std::process::ExitStatus>> {
         let deadline = Instant::now() + timeout;
         loop {
-            let Some(c) = self.0.as_mut() else { return Ok(None) };
+            let Some(c) = self.0.as_mut() else {
+                return Ok(None);
+            };
             if let Some(st) = c.try_wait()? {
                 self.0 = None;
                 return Ok(Some(st));
@@ -87,7 +92,9 @@ impl ChildGuard {
 
     /// Whether the child is still running.
     pub fn running(&mut self) -> bool {
-        self.0.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.0
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
@@ -104,14 +111,23 @@ pub struct XorShift(u64);
 impl XorShift {
     /// A generator from `seed` (0 is replaced by a constant).
     pub fn new(seed: u64) -> Self {
-        Self(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
+        Self(if seed == 0 {
+            0x9E37_79B9_7F4A_7C15
+        } else {
+            seed
+        })
     }
 
     /// A seed from the clock, or from `RINGDAQ_TEST_SEED` when set.
     pub fn seed_from_env() -> u64 {
-        std::env::var("RINGDAQ_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
-        })
+        std::env::var("RINGDAQ_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            })
     }
 
     /// Next value.
@@ -139,5 +155,54 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
             return None;
         }
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Path of a binary of this workspace, built next to the test executables (`target/<profile>/NAME`).
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is not built; run the tests with `cargo test --workspace`",
+        p.display()
+    );
+    p
+}
+
+/// Binds `n` UDP sockets on 127.0.0.1 at consecutive ports and returns the first port and the sockets.
+/// Tries random bases so that tests running in parallel do not collide.
+pub fn bind_consecutive_udp(n: u16) -> std::io::Result<(u16, Vec<std::net::UdpSocket>)> {
+    let mut rng = XorShift::new(XorShift::seed_from_env() ^ u64::from(std::process::id()));
+    for _ in 0..200 {
+        let base = rng.range(20_000, 60_000) as u16;
+        let socks: Result<Vec<_>, _> = (0..n)
+            .map(|i| std::net::UdpSocket::bind(("127.0.0.1", base + i)))
+            .collect();
+        if let Ok(s) = socks {
+            return Ok((base, s));
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no free range of UDP ports",
+    ))
+}
+
+/// A base port with `n` consecutive free UDP ports on 127.0.0.1 (released again; a process binds them next).
+pub fn free_udp_port_base(n: u16) -> u16 {
+    bind_consecutive_udp(n).expect("free UDP ports").0
+}
+
+/// Raises a socket's receive buffer, past `rmem_max` where the process may (root: `SO_RCVBUFFORCE`).
+pub fn grow_recv_buffer(sock: &impl std::os::fd::AsFd, bytes: usize) {
+    use rustix::net::sockopt;
+    if sockopt::set_socket_recv_buffer_size_force(sock, bytes).is_err() {
+        let _ = sockopt::set_socket_recv_buffer_size(sock, bytes);
     }
 }
