@@ -1,1 +1,661 @@
+//! The assembly stage: raw datagrams from the block ring → validated, decoded frames in the frame ring.
+//!
+//! Every datagram is validated ([`detector::BlockHeader::parse`]); invalid ones are counted by reason and
+//! dropped. Valid blocks are not copied: a frame in flight records where its blocks lie in the block ring, and
+//! the block ring is committed only past blocks of published frames. When a frame is complete (or given up on)
+//! it is decoded in one pass, row by row, from the block ring straight into a frame-ring slot
+//! ([`detector::Decoder::decode_frame`]) and published.
+//!
+//! Frames are published in frame-id order. A frame missing blocks is published as incomplete, its missing
+//! pixels set to the region's fill value, when a frame [`AssemblerConfig::window`] ids newer starts to arrive,
+//! after [`AssemblerConfig::timeout`] without a block, or when the block ring is nearly full. Duplicates are
+//! ignored; blocks of published frames are counted late. A frame_id that jumps outside the window is followed
+//! only once [`AssemblerConfig::reset_threshold`] datagrams agree on it (a camera reset); fewer are counted
+//! out-of-window and dropped.
 
+pub mod acquisition;
+pub mod window;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use detector::{BlockHeader, Decoder, Geometry, HeaderError, Mode};
+use shm_protocol::pipeline::{
+    self, ASSEMBLER_CURSOR, BLOCK_RING, BlockSlotHeader, DATAGRAM_TRUNCATED, DatagramRecord,
+    FRAME_COMPLETE, FRAME_INCOMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FRAME_SYNC, FrameHeader,
+    NO_INDEX, PipelineArea, PipelineParams, Stage,
+};
+use shm_protocol::{Consumer, Producer, ReadSlot, Region, Ring, RingError};
+
+use window::{BlockRef, InFlight, Window};
+
+/// Tuning of the assembler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssemblerConfig {
+    /// Frames in flight; a block of frame `base + window` forces the oldest out.
+    pub window: usize,
+    /// A frame that got no block for this long is published as it is.
+    pub timeout: Duration,
+    /// Datagrams that must agree on a frame id outside the window before it is taken as a reset.
+    pub reset_threshold: u32,
+}
+
+impl Default for AssemblerConfig {
+    fn default() -> Self {
+        Self {
+            window: 4,
+            timeout: Duration::from_millis(100),
+            reset_threshold: 32,
+        }
+    }
+}
+
+/// Why the assembler stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum AssemblerError {
+    /// The region is not a pipeline region.
+    #[error(transparent)]
+    Pipeline(#[from] pipeline::PipelineError),
+    /// A ring operation failed.
+    #[error(transparent)]
+    Ring(#[from] RingError),
+    /// The region lacks a ring.
+    #[error(transparent)]
+    Region(#[from] shm_protocol::RegionError),
+    /// The region's geometry names no known detector mode, or its rings do not fit it.
+    #[error("region geometry unusable: {0}")]
+    Geometry(String),
+}
+
+/// Published frames remembered, to tell late blocks from a reset.
+const LATE_FRAMES: i64 = 64;
+/// Frame ids this far ahead of the window are a jump, not a newer frame.
+const AHEAD_FRAMES: i64 = 64;
+/// Candidates for a reset tracked at once.
+const MAX_CANDIDATES: usize = 4;
+/// How long a wait for input lasts before the assembler looks at timeouts and commands.
+const TICK: Duration = Duration::from_millis(10);
+
+/// Index in [`pipeline::INVALID_REASONS`] of a header error.
+fn reason_index(e: &HeaderError) -> usize {
+    let name = e.reason();
+    pipeline::INVALID_REASONS
+        .iter()
+        .position(|r| *r == name)
+        .unwrap_or(0)
+}
+const OVERSIZED: usize = 6;
+const OUT_OF_WINDOW: usize = 7;
+
+/// A frame id reset not yet confirmed: its blocks, kept in a window of their own.
+struct Candidate {
+    window: Window,
+    datagrams: u32,
+    /// Main-window base when the candidate appeared; it is dropped once the main window moved on by `window`.
+    seen_at_base: u32,
+}
+
+/// The assembly loop over one region.
+pub struct Assembler<'r> {
+    g: Geometry,
+    decoder: Decoder,
+    cfg: AssemblerConfig,
+    area: &'r PipelineArea,
+    params: PipelineParams,
+    block_ring: Ring<'r>,
+    blocks: Consumer<'r>,
+    frames: Producer<'r>,
+    window: Option<Window>,
+    /// Frame ids outside the window that might be a reset (or the stream's start), each in a window of its own;
+    /// garbage ids form small candidates of their own and never win.
+    candidates: Vec<Candidate>,
+    /// Nothing was published since the window's base was set (its base may still move back).
+    fresh_base: bool,
+    /// Scratch: payload per block index of the frame being decoded.
+    payloads: Vec<Option<&'r [u8]>>,
+    /// Blocks of recently published frames.
+    history: window::History,
+    /// Newest receive time seen (the data clock).
+    data_now: u64,
+    /// When a block slot was last read.
+    last_input: std::time::Instant,
+}
+
+impl<'r> Assembler<'r> {
+    /// Attaches as the block ring's consumer and the frame ring's producer.
+    pub fn new(region: &'r Region, cfg: AssemblerConfig) -> Result<Self, AssemblerError> {
+        let area = pipeline::pipeline_area(region)?;
+        let geo = region.header().geometry;
+        let mode = Mode::from_id(geo.mode)
+            .ok_or_else(|| AssemblerError::Geometry(format!("mode id {}", geo.mode)))?;
+        let g = mode.geometry();
+        if geo.frame_rows as usize != g.frame_rows() || geo.frame_cols as usize != g.frame_cols() {
+            return Err(AssemblerError::Geometry(format!(
+                "{}x{} frames for mode {mode}",
+                geo.frame_rows, geo.frame_cols
+            )));
+        }
+        let frame_ring = region.ring(FRAME_RING)?;
+        if frame_ring.slot_size() < FRAME_PIXELS_OFFSET + g.frame_bytes() {
+            return Err(AssemblerError::Geometry(
+                "frame slots smaller than a frame".into(),
+            ));
+        }
+        let block_ring = region.ring(BLOCK_RING)?;
+        let blocks = block_ring.consumer(ASSEMBLER_CURSOR)?;
+        let frames = frame_ring.producer()?;
+        let params = area.params;
+        // A restarted assembler resumes at the frame id after the last one it published.
+        let next = area.next_frame_id.load(Ordering::Acquire);
+        let window =
+            (next & RESUME_VALID != 0).then(|| Window::new(next as u32, g.blocks_per_frame()));
+        Ok(Self {
+            g,
+            decoder: Decoder::detect(),
+            cfg,
+            area,
+            params,
+            block_ring,
+            blocks,
+            frames,
+            fresh_base: window.is_none(),
+            window,
+            candidates: Vec::with_capacity(MAX_CANDIDATES),
+            payloads: vec![None; g.blocks_per_frame()],
+            history: window::History::new(LATE_FRAMES as usize, g.blocks_per_frame()),
+            data_now: 0,
+            last_input: std::time::Instant::now(),
+        })
+    }
+
+    /// Runs until `should_stop` returns true (checked every few ms), then drains what was received and exits.
+    pub fn run(&mut self, mut should_stop: impl FnMut() -> bool) -> Result<(), AssemblerError> {
+        tracing::info!(decoder = ?self.decoder.implementation(), "assembling");
+        loop {
+            if should_stop() {
+                return self.drain();
+            }
+            match self.blocks.next(Some(TICK)) {
+                Ok(slot) => {
+                    self.process_slot(slot)?;
+                    // Take whatever else is there before looking at the clock.
+                    while let Some(slot) = self.blocks.try_next()? {
+                        self.process_slot(slot)?;
+                    }
+                }
+                Err(RingError::Timeout) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.tick()?;
+        }
+    }
+
+    /// Processes everything already received, publishes the frames in flight as they are, and commits.
+    pub fn drain(&mut self) -> Result<(), AssemblerError> {
+        while let Some(slot) = self.blocks.try_next()? {
+            self.process_slot(slot)?;
+        }
+        while self.window.as_ref().is_some_and(|w| !w.is_empty()) {
+            self.publish_front()?;
+        }
+        while !self.candidates.is_empty() {
+            self.drop_candidate(0);
+        }
+        self.finish_stopped_acquisition();
+        self.commit();
+        Ok(())
+    }
+
+    /// Validates and files every datagram of one block slot.
+    pub fn process_slot(&mut self, slot: ReadSlot<'r>) -> Result<(), AssemblerError> {
+        let seq = slot.seq();
+        let bytes = slot.bytes();
+        self.last_input = std::time::Instant::now();
+        let per_slot = self.params.datagrams_per_slot as usize;
+        let stride = self.params.datagram_stride as usize;
+        let data_off = self.params.datagram_offset as usize;
+        let hdr: BlockSlotHeader = bytemuck_read(bytes, 0);
+        let count = (hdr.count as usize).min(per_slot);
+        for i in 0..count {
+            let rec: DatagramRecord = bytemuck_read(
+                bytes,
+                size_of::<BlockSlotHeader>() + i * size_of::<DatagramRecord>(),
+            );
+            let len = (rec.len as usize).min(stride);
+            let dgram = &bytes[data_off + i * stride..][..len];
+            if rec.flags & DATAGRAM_TRUNCATED != 0 {
+                self.invalid(OVERSIZED);
+                continue;
+            }
+            let h = match BlockHeader::parse(dgram, &self.g) {
+                Ok(h) => h,
+                Err(e) => {
+                    self.invalid(reason_index(&e));
+                    continue;
+                }
+            };
+            let sector = usize::from(rec.sector);
+            if sector >= detector::SECTORS {
+                self.invalid(reason_index(&HeaderError::Geometry {
+                    width: 0,
+                    height: 0,
+                }));
+                continue;
+            }
+            let block = self
+                .g
+                .block_index(sector, usize::from(h.x_start), usize::from(h.y_start));
+            self.file_block(
+                h.frame_id,
+                block,
+                BlockRef {
+                    seq,
+                    index: i as u32,
+                },
+                rec.recv_ns,
+                h.sync(),
+            )?;
+        }
+        self.area
+            .stage(Stage::Assembler)
+            .heartbeat
+            .fetch_add(1, Ordering::Relaxed);
+        self.publish_ready()?;
+        self.relieve_pressure()?;
+        self.commit();
+        Ok(())
+    }
+
+    fn invalid(&self, reason: usize) {
+        self.area.assembler.invalid[reason].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Puts a valid block into its frame (or counts it as duplicate or late, or holds it as reset evidence).
+    fn file_block(
+        &mut self,
+        frame_id: u32,
+        block: usize,
+        r: BlockRef,
+        ns: u64,
+        sync: bool,
+    ) -> Result<(), AssemblerError> {
+        let w = self.cfg.window as i64;
+        self.data_now = self.data_now.max(ns);
+        let Some(window) = self.window.as_mut() else {
+            // The stream's first frames: taken like a reset, once enough datagrams agree (a stray datagram with
+            // a wild frame id must not decide where the stream starts).
+            return self.file_outside(frame_id, block, r, ns, sync);
+        };
+        let mut d = window.offset(frame_id);
+        if d < 0 && d > -w && self.fresh_base {
+            // Nothing published yet: an earlier frame is still arriving (reordering at start-up).
+            window.extend_front((-d) as usize, ns);
+            d = 0;
+        }
+        if (w..AHEAD_FRAMES).contains(&d) {
+            // A newer frame forces the oldest ones out, complete or not.
+            while self
+                .window
+                .as_ref()
+                .is_some_and(|win| win.offset(frame_id) >= w)
+            {
+                self.log_early("window", frame_id);
+                self.publish_front()?;
+            }
+            d = self.window.as_ref().map_or(0, |win| win.offset(frame_id));
+        }
+        if (0..w).contains(&d) {
+            let added = self
+                .window
+                .as_mut()
+                .is_some_and(|win| win.entry(d as usize, ns).add(block, r, ns, sync));
+            let counter = if added {
+                &self.area.assembler.blocks
+            } else {
+                &self.area.assembler.duplicates
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        if d < 0 && self.history.had(frame_id, block) == Some(false) {
+            // A block its frame was published without.
+            self.area.assembler.late.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        self.file_outside(frame_id, block, r, ns, sync)
+    }
+
+    /// A block whose frame id is far outside the window, or repeats a published block: evidence of a reset,
+    /// held (not dropped) until enough agrees.
+    fn file_outside(
+        &mut self,
+        frame_id: u32,
+        block: usize,
+        r: BlockRef,
+        ns: u64,
+        sync: bool,
+    ) -> Result<(), AssemblerError> {
+        let base = self.window.as_ref().map_or(frame_id, |w| w.base);
+        let blocks = self.g.blocks_per_frame();
+        let w = self.cfg.window as i64;
+        let k = match self
+            .candidates
+            .iter()
+            .position(|c| (0..w).contains(&c.window.offset(frame_id)))
+        {
+            Some(k) => k,
+            None => {
+                if self.candidates.len() == MAX_CANDIDATES {
+                    let weakest = (0..self.candidates.len())
+                        .min_by_key(|&i| self.candidates[i].datagrams)
+                        .unwrap_or(0);
+                    self.drop_candidate(weakest);
+                }
+                tracing::debug!(frame_id, block, base, "reset candidate");
+                self.candidates.push(Candidate {
+                    window: Window::new(frame_id, blocks),
+                    datagrams: 0,
+                    seen_at_base: base,
+                });
+                self.candidates.len() - 1
+            }
+        };
+        let c = &mut self.candidates[k];
+        let dd = c.window.offset(frame_id) as usize;
+        if c.window.entry(dd, ns).add(block, r, ns, sync) {
+            c.datagrams += 1;
+        } else {
+            self.area
+                .assembler
+                .duplicates
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if c.datagrams >= self.cfg.reset_threshold {
+            // Confirmed: the camera restarted its numbering (or the stream started). Finish the old frames,
+            // follow the new ids; the other candidates were noise.
+            while self.window.as_ref().is_some_and(|w| !w.is_empty()) {
+                self.publish_front()?;
+            }
+            let c = self.candidates.swap_remove(k);
+            while !self.candidates.is_empty() {
+                self.drop_candidate(0);
+            }
+            if self.window.is_some() {
+                tracing::info!(from = base, to = c.window.base, "frame id reset");
+                self.area.assembler.resets.fetch_add(1, Ordering::Relaxed);
+            }
+            // The history is kept: blocks of frames published before the reset are still late, not news.
+            self.window = Some(c.window);
+            self.fresh_base = true;
+        }
+        Ok(())
+    }
+
+    /// Discards candidate `k`, counting each of its blocks by what the history knows of its frame: a copy of a
+    /// published block is a duplicate, a block its frame was published without is late, anything else is out of
+    /// the window.
+    fn drop_candidate(&mut self, k: usize) {
+        let c = self.candidates.swap_remove(k);
+        let a = &self.area.assembler;
+        for f in c.window.iter() {
+            for (block, _) in f.refs.iter().enumerate().filter(|(_, r)| r.is_some()) {
+                let counter = match self.history.had(f.frame_id, block) {
+                    Some(true) => &a.duplicates,
+                    Some(false) => &a.late,
+                    None => &a.invalid[OUT_OF_WINDOW],
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn log_early(&self, why: &'static str, newer: u32) {
+        if let Some(f) = self
+            .window
+            .as_ref()
+            .and_then(Window::front)
+            .filter(|f| !f.is_complete())
+        {
+            tracing::debug!(
+                why,
+                frame_id = f.frame_id,
+                received = f.received,
+                newer,
+                "publishing an incomplete frame"
+            );
+        }
+    }
+
+    /// Publishes frames from the front while they are complete.
+    fn publish_ready(&mut self) -> Result<(), AssemblerError> {
+        while self
+            .window
+            .as_ref()
+            .and_then(Window::front)
+            .is_some_and(InFlight::is_complete)
+        {
+            self.publish_front()?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the oldest frames early if they hold the block ring's commit back so far that the receiver
+    /// would stall. Only once everything published has been read: after a downstream stall the ring is full of
+    /// unread slots, and reading them is what completes the oldest frames.
+    fn relieve_pressure(&mut self) -> Result<(), AssemblerError> {
+        // The receiver needs one free slot to go on; leave it two.
+        let limit = self.block_ring.slot_count().saturating_sub(2).max(1);
+        if self.blocks.next_seq() < self.block_ring.published() {
+            return Ok(());
+        }
+        while self.blocks.next_seq().saturating_sub(self.commit_target()) >= limit
+            && self.window.as_ref().is_some_and(|w| !w.is_empty())
+        {
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                let frames: Vec<(u32, u32, u64)> = self
+                    .window
+                    .iter()
+                    .flat_map(|w| w.iter())
+                    .map(|f| (f.frame_id, f.received, f.min_seq))
+                    .collect();
+                tracing::debug!(
+                    next = self.blocks.next_seq(),
+                    ?frames,
+                    "block ring full of unfinished frames"
+                );
+            }
+            self.log_early("pressure", 0);
+            self.publish_front()?;
+        }
+        Ok(())
+    }
+
+    /// Time-based duties: frames that waited too long, candidates that went stale, stop requests.
+    ///
+    /// A frame times out when datagrams of newer frames have kept arriving for `timeout` (by their receive
+    /// times) without one for it, or when nothing at all arrived for `timeout`. A pipeline that stalls (a slow
+    /// disk holding the writer, and so the assembler) does not time out frames whose blocks are still queued.
+    pub fn tick(&mut self) -> Result<(), AssemblerError> {
+        let timeout = self.cfg.timeout;
+        let timeout_ns = timeout.as_nanos() as u64;
+        let idle = self.last_input.elapsed() >= timeout;
+        while self
+            .window
+            .as_ref()
+            .and_then(Window::front)
+            .is_some_and(|f| {
+                self.data_now.saturating_sub(f.data_ns) >= timeout_ns
+                    || (idle && f.touched.elapsed() >= timeout)
+            })
+        {
+            self.log_early("timeout", 0);
+            self.publish_front()?;
+        }
+        let mut k = 0;
+        while k < self.candidates.len() {
+            let c = &self.candidates[k];
+            let moved = self
+                .window
+                .as_ref()
+                .map_or(0, |w| i64::from(w.base.wrapping_sub(c.seen_at_base) as i32));
+            let stale = c
+                .window
+                .front()
+                .is_some_and(|f| f.touched.elapsed() >= timeout * 4);
+            if moved >= self.cfg.window as i64 || stale {
+                self.drop_candidate(k);
+            } else {
+                k += 1;
+            }
+        }
+        self.finish_stopped_acquisition();
+        self.commit();
+        Ok(())
+    }
+
+    /// A stop request for an acquisition that gets no frames must still end it.
+    fn finish_stopped_acquisition(&self) {
+        acquisition::finish_stopped(self.area);
+    }
+
+    /// Decodes the oldest frame in flight into the next frame-ring slot and publishes it.
+    fn publish_front(&mut self) -> Result<(), AssemblerError> {
+        let Some(window) = self.window.as_mut() else {
+            return Ok(());
+        };
+        let f = window.pop_front();
+        self.fresh_base = false;
+        let mut slot = loop {
+            // The writer gates the frame ring; wait for it (a restarting writer resumes where it was).
+            match self.frames.claim(Some(Duration::from_millis(100))) {
+                Ok(s) => break s,
+                Err(RingError::Timeout) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let seq = slot.seq();
+        let (acquisition_id, index) = acquisition::assign(
+            self.area,
+            f.received > 0,
+            f.first_seq,
+            f.sync,
+            f.frame_id,
+            seq,
+        );
+        let payload = self.g.payload_bytes();
+        let hdr_bytes = detector::mode::HEADER_BYTES;
+        let stride = self.params.datagram_stride as usize;
+        let data_off = self.params.datagram_offset as usize;
+        for (p, r) in self.payloads.iter_mut().zip(&f.refs) {
+            *p = r.map(|r| {
+                let at = data_off + r.index as usize * stride + hdr_bytes;
+                // SAFETY: block-ring slot `r.seq` is not committed (commit stops at the lowest sequence a frame in
+                // flight references), so the receiver cannot rewrite it; the datagram was validated to be
+                // `block_bytes` long, so header + payload lie within its `stride` bytes inside the slot.
+                unsafe {
+                    std::slice::from_raw_parts(self.block_ring.slot_ptr(r.seq).add(at), payload)
+                }
+            });
+        }
+        let base = slot.as_mut_ptr();
+        // SAFETY: the slot is ours until published; its pixels start at FRAME_PIXELS_OFFSET (page aligned, so
+        // aligned for u16) and hold frame_pixels u16 (checked against slot_size in `new`).
+        let pixels = unsafe {
+            std::slice::from_raw_parts_mut(
+                base.add(FRAME_PIXELS_OFFSET).cast::<u16>(),
+                self.g.frame_pixels(),
+            )
+        };
+        let fill = self.params.fill_value as u16;
+        if let Err(e) = self
+            .decoder
+            .decode_frame(&self.g, &self.payloads, pixels, fill)
+        {
+            // Cannot happen for validated blocks; keep going with a filled frame rather than stop the pipeline.
+            tracing::error!(error = %e, "decode failed");
+            pixels.fill(fill);
+        }
+        let complete = f.is_complete();
+        let mut bitmap = [0u64; pipeline::MAX_BLOCKS_PER_FRAME / 64];
+        for (i, r) in f.refs.iter().enumerate() {
+            if r.is_some() {
+                bitmap[i / 64] |= 1 << (i % 64);
+            }
+        }
+        let header = FrameHeader {
+            seq,
+            acquisition_id,
+            index,
+            frame_id: f.frame_id,
+            status: if complete {
+                FRAME_COMPLETE
+            } else {
+                FRAME_INCOMPLETE
+            },
+            blocks_expected: self.g.blocks_per_frame() as u32,
+            blocks_received: f.received,
+            flags: if f.sync { FRAME_SYNC } else { 0 },
+            _reserved: 0,
+            first_block_ns: f.first_ns,
+            last_block_ns: f.last_ns,
+            published_ns: pipeline::now_ns(),
+            bitmap,
+        };
+        // SAFETY: the slot begins with a FrameHeader-sized, page-aligned header area that is ours until published.
+        unsafe { base.cast::<FrameHeader>().write(header) };
+        slot.publish();
+        let c = &self.area.assembler;
+        if complete {
+            c.frames_complete.fetch_add(1, Ordering::Relaxed);
+            if index != NO_INDEX {
+                self.area
+                    .acquisition(acquisition_id)
+                    .complete
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            c.frames_incomplete.fetch_add(1, Ordering::Relaxed);
+            c.missing_blocks.fetch_add(
+                u64::from(header.blocks_expected - f.received),
+                Ordering::Relaxed,
+            );
+        }
+        self.history.push(&f);
+        if let Some(w) = self.window.as_mut() {
+            self.area
+                .next_frame_id
+                .store(u64::from(w.base) | RESUME_VALID, Ordering::Release);
+            w.recycle(f);
+        }
+        Ok(())
+    }
+
+    /// The block-ring sequence below which no frame in flight references anything.
+    fn commit_target(&self) -> u64 {
+        let held = self.window.as_ref().map_or(u64::MAX, Window::min_seq);
+        let cand = self
+            .candidates
+            .iter()
+            .map(|c| c.window.min_seq())
+            .min()
+            .unwrap_or(u64::MAX);
+        self.blocks.next_seq().min(held).min(cand)
+    }
+
+    fn commit(&mut self) {
+        let t = self.commit_target();
+        self.blocks.commit(t);
+    }
+}
+
+/// Marks `next_frame_id` as set.
+const RESUME_VALID: u64 = 1 << 63;
+
+/// Reads a Pod struct at `off` of `bytes` (unaligned), or zeroes if out of range.
+fn bytemuck_read<T: Copy + Default>(bytes: &[u8], off: usize) -> T {
+    if off + size_of::<T>() > bytes.len() {
+        return T::default();
+    }
+    // SAFETY: range checked; T is a plain-old-data record type (all callers pass Pod structs).
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(off).cast::<T>()) }
+}

@@ -33,8 +33,11 @@
 
 pub mod control;
 pub mod layout;
+pub mod messages;
+pub mod pipeline;
 pub mod region;
 pub mod ring;
+pub mod session;
 pub mod wait;
 
 pub use control::{Connection, ControlError, ControlListener, PeerCredentials, Received};

@@ -1,13 +1,21 @@
 //! Command-line interface of `ringdaq`.
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
+use crate::client::AcquireArgs;
+use crate::run_cmd::RunArgs;
 use crate::sim_cmd::SimArgs;
 
 /// ringdaq: data acquisition for fast detectors.
 #[derive(Debug, Parser)]
 #[command(name = "ringdaq", version, about)]
 pub struct Cli {
+    /// Runtime directory of the pipeline (control socket). Default: $RINGDAQ_RUNTIME_DIR, else
+    /// $XDG_RUNTIME_DIR/ringdaq, else /tmp/ringdaq-<uid>.
+    #[arg(long, global = true, env = "RINGDAQ_RUNTIME_DIR")]
+    pub runtime_dir: Option<PathBuf>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -16,13 +24,33 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the pipeline: create the shared region and sockets, start and watch the stages, serve clients.
+    Run(RunArgs),
+    /// Arm an acquisition in the running pipeline.
+    Acquire(AcquireArgs),
+    /// Show the running pipeline's state.
+    Status {
+        /// As JSON (stable field names).
+        #[arg(long)]
+        json: bool,
+    },
+    /// End the running acquisition (its file is finished with the frames so far).
+    Stop,
+    /// Stop the pipeline cleanly.
+    Shutdown,
     /// Send simulated detector traffic (real K2 IS / Summit datagrams).
     Sim(SimArgs),
 }
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let rt = crate::config::resolve_runtime_dir(cli.runtime_dir.as_deref());
     match cli.command {
+        Command::Run(a) => crate::run_cmd::run(&a, cli.runtime_dir.as_deref()),
+        Command::Acquire(a) => crate::client::acquire(&rt, &a),
+        Command::Status { json } => crate::client::status(&rt, json),
+        Command::Stop => crate::client::stop(&rt),
+        Command::Shutdown => crate::client::shutdown(&rt),
         Command::Sim(a) => crate::sim_cmd::run(&a),
     }
 }

@@ -2,5 +2,11 @@
 //! clients, and the client commands that talk to it.
 
 pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod run_cmd;
 pub mod signals;
 pub mod sim_cmd;
+pub mod sockets;
+pub mod stages;

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod peer;
+pub mod pipeline;
 
 /// A fresh directory under the system temp dir, removed with everything in it on drop.
 #[derive(Debug)]

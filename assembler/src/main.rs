@@ -1,0 +1,59 @@
+//! `ringdaq-assembler`: the assembly stage as a process. Started by `ringdaq run`, or by hand for debugging.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use shm_protocol::Access;
+use shm_protocol::messages::Role;
+use shm_protocol::pipeline::Stage;
+use shm_protocol::session::Session;
+
+/// The ringdaq assembly stage.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The supervisor's control socket.
+    #[arg(long, env = "RINGDAQ_CONTROL")]
+    control: PathBuf,
+    /// Frames in flight.
+    #[arg(long, default_value_t = 4)]
+    window: usize,
+    /// Milliseconds without a block after which a frame is published incomplete.
+    #[arg(long, default_value_t = 100)]
+    timeout_ms: u64,
+    /// Datagrams that must agree on a frame id outside the window to follow it as a reset.
+    #[arg(long, default_value_t = 32)]
+    reset_threshold: u32,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let _span =
+        tracing::info_span!("stage", stage = "assembler", pid = std::process::id()).entered();
+    let Session {
+        mut conn, region, ..
+    } = Session::open(
+        &args.control,
+        Role::Stage(Stage::Assembler),
+        Access::ReadWrite,
+    )
+    .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
+    let cfg = assembler::AssemblerConfig {
+        window: args.window.max(1),
+        timeout: Duration::from_millis(args.timeout_ms),
+        reset_threshold: args.reset_threshold.max(1),
+    };
+    let mut asm = assembler::Assembler::new(&region, cfg)?;
+    conn.send(&shm_protocol::messages::Request::Ready)?;
+    asm.run(|| shm_protocol::session::should_stop(&mut conn))?;
+    tracing::info!("stopped");
+    Ok(())
+}

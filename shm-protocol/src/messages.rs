@@ -1,0 +1,154 @@
+//! The messages of ringdaq's control protocol (postcard-encoded, one per packet; see [`crate::control`]).
+//!
+//! A connection starts with [`Request::Hello`]; the supervisor answers [`Reply::Welcome`] (with the region's
+//! memfd and, for the receiver, the UDP sockets attached) or [`Reply::Error`] for a version mismatch.
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::Stage;
+
+/// Version of this protocol; a peer speaking another is refused with both versions named.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Who connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A pipeline stage.
+    Stage(Stage),
+    /// A command-line client or a consumer.
+    Client,
+}
+
+/// When frame index 0 of an acquisition is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum SyncMode {
+    /// The first frame whose first block arrives after arming.
+    #[default]
+    Immediate,
+    /// The first frame (after arming) with the detector's sync flag.
+    Flag,
+}
+
+/// Messages to the supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// First message of every connection.
+    Hello {
+        /// [`PROTOCOL_VERSION`] of the peer.
+        protocol: u32,
+        /// Who connects.
+        role: Role,
+    },
+    /// A stage has attached its rings and works (sent once, after `Welcome`).
+    Ready,
+    /// Ask for the pipeline's state.
+    Status,
+    /// Arm an acquisition.
+    Acquire {
+        /// Frames to acquire.
+        frames: u64,
+        /// Final path of the `.npy` file (absolute).
+        path: String,
+        /// When frame 0 is.
+        sync: SyncMode,
+    },
+    /// Ask for the state of an acquisition.
+    Acquisition {
+        /// Its id.
+        id: u64,
+    },
+    /// End the running acquisition now (the file is finished with the frames acquired so far).
+    Stop,
+    /// End the pipeline cleanly.
+    Shutdown,
+}
+
+/// Messages from the supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Answer to `Hello`; a stage gets the region memfd (and the receiver its sockets) attached.
+    Welcome {
+        /// [`PROTOCOL_VERSION`] of the supervisor.
+        protocol: u32,
+    },
+    /// The pipeline's state.
+    Status(Box<StatusReport>),
+    /// An acquisition was armed.
+    Armed {
+        /// Its id.
+        id: u64,
+    },
+    /// State of an acquisition.
+    Acquisition(AcquisitionStatus),
+    /// Done.
+    Ok,
+    /// The request failed (or was malformed); the text says why.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Messages from the supervisor to a stage, after `Welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StageCommand {
+    /// Finish what is in flight and exit 0.
+    Shutdown,
+}
+
+/// An acquisition as the supervisor sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AcquisitionStatus {
+    /// Id.
+    pub id: u64,
+    /// Final path.
+    pub path: String,
+    /// "armed", "running", "assigned", "done", "failed".
+    pub state: String,
+    /// Frames requested.
+    pub frames: u64,
+    /// Frames assigned so far.
+    pub assigned: u64,
+    /// Frames written so far.
+    pub written: u64,
+    /// Complete frames among those assigned.
+    pub complete: u64,
+    /// Why it failed, if it did.
+    pub error: Option<String>,
+}
+
+/// One stage as the supervisor sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageStatus {
+    /// Stage name.
+    pub name: String,
+    /// "running", "stopped", "restarting".
+    pub state: String,
+    /// Pid, 0 if not running.
+    pub pid: u32,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// How the last run ended, if it ended.
+    pub last_exit: Option<String>,
+}
+
+/// The pipeline's state: the stages, the counters and the acquisitions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct StatusReport {
+    /// Supervisor pid.
+    pub pid: u32,
+    /// Seconds since the pipeline started.
+    pub uptime_s: u64,
+    /// Detector mode.
+    pub mode: String,
+    /// The stages.
+    pub stages: Vec<StageStatus>,
+    /// Named counters (`receiver.datagrams`, `assembler.invalid.sync_word`, ...).
+    pub counters: Vec<(String, u64)>,
+    /// Block-ring slots filled and not yet consumed.
+    pub block_ring_used: u64,
+    /// Frame-ring slots filled and not yet written.
+    pub frame_ring_used: u64,
+    /// Recent acquisitions.
+    pub acquisitions: Vec<AcquisitionStatus>,
+}

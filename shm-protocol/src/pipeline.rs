@@ -1,0 +1,605 @@
+//! The pipeline's use of a region: which ring is which, what a block slot and a frame slot hold, and the records
+//! in the application area (parameters, stage records, counters, acquisitions).
+//!
+//! Ring [`BLOCK_RING`] carries batches of raw datagrams from the receiver to the assembler; ring [`FRAME_RING`]
+//! carries decoded frames from the assembler to the writer (cursor [`WRITER_CURSOR`]) and to external consumers.
+//! Everything a stage would otherwise keep only in its own memory lives here, so that a restarted stage and
+//! `ringdaq status` see it.
+
+use std::mem::{offset_of, size_of};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use crate::layout::{CACHE_LINE, Geometry, PAGE_SIZE, RegionSpec, RingKind, RingSpec, align_up};
+use crate::region::Region;
+
+/// Index of the block ring (receiver → assembler).
+pub const BLOCK_RING: usize = 0;
+/// Index of the frame ring (assembler → writer, consumers).
+pub const FRAME_RING: usize = 1;
+/// The assembler's cursor on the block ring.
+pub const ASSEMBLER_CURSOR: usize = 0;
+/// The writer's cursor on the frame ring.
+pub const WRITER_CURSOR: usize = 0;
+/// First frame-ring cursor available to external consumers.
+pub const FIRST_CONSUMER_CURSOR: usize = 1;
+
+/// Offset of the pixels in a frame slot (the [`FrameHeader`] occupies the first page).
+pub const FRAME_PIXELS_OFFSET: usize = PAGE_SIZE;
+
+/// Most blocks a frame can have (bits in [`FrameHeader::bitmap`]).
+pub const MAX_BLOCKS_PER_FRAME: usize = 1024;
+
+/// How many acquisition records the region keeps (acquisition `id` lives in record `id % ACQUISITION_SLOTS`).
+pub const ACQUISITION_SLOTS: usize = 4;
+
+/// Longest output path an acquisition record holds, in bytes.
+pub const MAX_PATH: usize = 1024;
+
+/// Longest error message an acquisition record holds, in bytes.
+pub const MAX_ERROR: usize = 512;
+
+/// Reasons a datagram is invalid, in the order of [`AssemblerCounters::invalid`].
+pub const INVALID_REASONS: [&str; 8] = [
+    "truncated",
+    "sync_word",
+    "block_size",
+    "length",
+    "geometry",
+    "position",
+    "oversized",
+    "out_of_window",
+];
+
+/// Per-datagram record in a block slot: written by the receiver right after `recvmmsg` returns.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct DatagramRecord {
+    /// Bytes received (the datagram's length, or the buffer size if it was truncated).
+    pub len: u32,
+    /// Sector, i.e. index of the socket it came from.
+    pub sector: u16,
+    /// [`DATAGRAM_TRUNCATED`] if the datagram was larger than its buffer.
+    pub flags: u16,
+    /// Receive time, ns since the Unix epoch (CLOCK_REALTIME).
+    pub recv_ns: u64,
+}
+
+/// [`DatagramRecord::flags`]: the datagram did not fit its buffer.
+pub const DATAGRAM_TRUNCATED: u16 = 1;
+
+/// Header of a block slot; `count` records follow it, then the datagrams at [`PipelineParams::datagram_offset`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct BlockSlotHeader {
+    /// Number of datagrams in the slot.
+    pub count: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// Reserved, zero.
+    pub _reserved2: [u64; 7],
+}
+
+/// Frame status: every block arrived.
+pub const FRAME_COMPLETE: u32 = 1;
+/// Frame status: some blocks are missing; their pixels hold [`PipelineParams::fill_value`].
+pub const FRAME_INCOMPLETE: u32 = 2;
+
+/// [`FrameHeader::index`] of a frame that belongs to no acquisition.
+pub const NO_INDEX: u64 = u64::MAX;
+
+/// [`FrameHeader::flags`]: the frame carried the detector's sync (shutter) flag.
+pub const FRAME_SYNC: u32 = 1;
+
+/// Header of a frame slot (first page); the pixels follow at [`FRAME_PIXELS_OFFSET`], `rows × cols` u16.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct FrameHeader {
+    /// Frame-ring sequence of this frame.
+    pub seq: u64,
+    /// Acquisition this frame belongs to, 0 if none.
+    pub acquisition_id: u64,
+    /// Index of the frame in its acquisition, [`NO_INDEX`] if none.
+    pub index: u64,
+    /// The detector's frame id.
+    pub frame_id: u32,
+    /// [`FRAME_COMPLETE`] or [`FRAME_INCOMPLETE`].
+    pub status: u32,
+    /// Blocks a frame has.
+    pub blocks_expected: u32,
+    /// Blocks that arrived.
+    pub blocks_received: u32,
+    /// [`FRAME_SYNC`] if set.
+    pub flags: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+    /// Receive time of the frame's first block (ns since the epoch).
+    pub first_block_ns: u64,
+    /// Receive time of its last block.
+    pub last_block_ns: u64,
+    /// When the assembler published it.
+    pub published_ns: u64,
+    /// Bit `i` set: block `i` (in the detector's block index order) arrived.
+    pub bitmap: [u64; MAX_BLOCKS_PER_FRAME / 64],
+}
+
+impl FrameHeader {
+    /// Whether block `i` arrived.
+    pub fn has_block(&self, i: usize) -> bool {
+        i < MAX_BLOCKS_PER_FRAME && self.bitmap[i / 64] >> (i % 64) & 1 == 1
+    }
+
+    /// Whether every block arrived.
+    pub fn is_complete(&self) -> bool {
+        self.status == FRAME_COMPLETE
+    }
+}
+
+/// Sizes of the block and frame slots, recorded in the region.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct PipelineParams {
+    /// Datagrams a block slot holds.
+    pub datagrams_per_slot: u32,
+    /// Bytes reserved per datagram (a multiple of 64; larger datagrams are truncated and flagged).
+    pub datagram_stride: u32,
+    /// Offset of the first datagram in a block slot (page aligned).
+    pub datagram_offset: u32,
+    /// Value of the pixels of missing blocks.
+    pub fill_value: u32,
+    /// Reserved, zero.
+    pub _reserved: [u32; 12],
+}
+
+/// Which stage a record or message is about.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Stage {
+    /// Sockets → block ring.
+    Receiver = 0,
+    /// Block ring → frame ring.
+    Assembler = 1,
+    /// Frame ring → files.
+    Writer = 2,
+}
+
+impl Stage {
+    /// All stages, in pipeline order.
+    pub const ALL: [Stage; 3] = [Stage::Receiver, Stage::Assembler, Stage::Writer];
+
+    /// The stage's name, as used in commands and logs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Stage::Receiver => "receiver",
+            Stage::Assembler => "assembler",
+            Stage::Writer => "writer",
+        }
+    }
+}
+
+/// A stage's record: who runs it and whether it makes progress.
+#[repr(C, align(64))]
+pub struct StageRecord {
+    /// Pid of the process running the stage, 0 if none.
+    pub pid: AtomicU32,
+    /// Times the supervisor started it.
+    pub starts: AtomicU32,
+    /// Bumped by the stage as it works (progress, not liveness: it does not move while the stage sleeps idle).
+    pub heartbeat: AtomicU64,
+    _pad: [u8; 48],
+}
+
+/// Receiver counters.
+#[repr(C, align(64))]
+pub struct ReceiverCounters {
+    /// Datagrams received.
+    pub datagrams: AtomicU64,
+    /// Bytes received.
+    pub bytes: AtomicU64,
+    /// Datagrams the kernel dropped because a socket buffer was full (SO_RXQ_OVFL).
+    pub kernel_drops: AtomicU64,
+    /// Datagrams larger than their buffer.
+    pub truncated: AtomicU64,
+    /// `recvmmsg` calls that returned data.
+    pub batches: AtomicU64,
+    /// Block slots published.
+    pub slots: AtomicU64,
+    _pad: [u8; 16],
+}
+
+/// Assembler counters.
+#[repr(C, align(64))]
+pub struct AssemblerCounters {
+    /// Valid blocks placed in a frame.
+    pub blocks: AtomicU64,
+    /// Blocks that arrived twice.
+    pub duplicates: AtomicU64,
+    /// Blocks of frames already published.
+    pub late: AtomicU64,
+    /// Frames published complete.
+    pub frames_complete: AtomicU64,
+    /// Frames published incomplete.
+    pub frames_incomplete: AtomicU64,
+    /// Blocks missing from incomplete frames.
+    pub missing_blocks: AtomicU64,
+    /// frame_id resets followed.
+    pub resets: AtomicU64,
+    /// Reserved.
+    pub _reserved: AtomicU64,
+    /// Invalid datagrams by reason, indexed as [`INVALID_REASONS`].
+    pub invalid: [AtomicU64; 8],
+}
+
+/// Writer counters.
+#[repr(C, align(64))]
+pub struct WriterCounters {
+    /// Frames written to files.
+    pub frames: AtomicU64,
+    /// Pixel bytes written.
+    pub bytes: AtomicU64,
+    /// Failed writes.
+    pub errors: AtomicU64,
+    /// Acquisitions finished.
+    pub done: AtomicU64,
+    /// Acquisitions failed.
+    pub failed: AtomicU64,
+    _pad: [u8; 24],
+}
+
+/// Acquisition states, in [`AcquisitionRecord::state`].
+pub mod acq_state {
+    /// Record unused.
+    pub const EMPTY: u32 = 0;
+    /// Armed by the supervisor; no frame assigned yet.
+    pub const ARMED: u32 = 1;
+    /// The assembler assigns frames to it.
+    pub const RUNNING: u32 = 2;
+    /// Every frame it will have was assigned ([`super::AcquisitionRecord::assigned`] is final).
+    pub const ASSIGNED: u32 = 3;
+    /// The writer finished the file.
+    pub const DONE: u32 = 4;
+    /// The writer failed; [`super::AcquisitionRecord::error`] says why.
+    pub const FAILED: u32 = 5;
+}
+
+/// Acquisition sync modes, in [`AcquisitionRecord::sync`].
+pub mod sync_mode {
+    /// Frame 0 is the first frame whose first block arrives after arming.
+    pub const IMMEDIATE: u32 = 0;
+    /// Frame 0 is the first frame (after arming) with the sync flag.
+    pub const FLAG: u32 = 1;
+}
+
+/// One acquisition: armed by the supervisor, its frames assigned by the assembler, its file written by the
+/// writer. Plain fields are written before `state` is stored (Release) and read after it is loaded (Acquire).
+#[repr(C, align(64))]
+pub struct AcquisitionRecord {
+    /// Acquisition id (never 0 for a used record).
+    pub id: AtomicU64,
+    /// One of [`acq_state`].
+    pub state: AtomicU32,
+    /// One of [`sync_mode`].
+    pub sync: AtomicU32,
+    /// Frames requested.
+    pub frames: AtomicU64,
+    /// Block-ring `published` when armed: blocks in earlier slots arrived before arming.
+    pub armed_block_seq: AtomicU64,
+    /// Non-zero: end the acquisition at the next frame (`ringdaq stop`).
+    pub stop_requested: AtomicU32,
+    /// Length of `path`.
+    pub path_len: AtomicU32,
+    /// Frames assigned so far (final once `state` is ASSIGNED).
+    pub assigned: AtomicU64,
+    /// Frame-ring sequence of frame index 0.
+    pub first_seq: AtomicU64,
+    /// Frames the writer has written.
+    pub written: AtomicU64,
+    /// Complete frames among those assigned.
+    pub complete: AtomicU64,
+    /// Length of `error`.
+    pub error_len: AtomicU32,
+    _pad: [u8; 4],
+    /// Output path (UTF-8), `path_len` bytes.
+    pub path: [u8; MAX_PATH],
+    /// Why the writer failed (UTF-8), `error_len` bytes.
+    pub error: [u8; MAX_ERROR],
+    _tail: [u8; 48],
+}
+
+/// The application area of a pipeline region.
+#[repr(C, align(64))]
+pub struct PipelineArea {
+    /// Slot sizes.
+    pub params: PipelineParams,
+    /// Stage records, indexed by [`Stage`].
+    pub stages: [StageRecord; 3],
+    /// Receiver counters.
+    pub receiver: ReceiverCounters,
+    /// Assembler counters.
+    pub assembler: AssemblerCounters,
+    /// Writer counters.
+    pub writer: WriterCounters,
+    /// Id of the acquisition frames are assigned to now (0: none).
+    pub active_acquisition: AtomicU64,
+    /// Frame-ring sequence the assembler will publish next, recorded after each publish.
+    pub next_frame_id: AtomicU64,
+    _pad: [u8; 48],
+    /// Acquisition records.
+    pub acquisitions: [AcquisitionRecord; ACQUISITION_SLOTS],
+}
+
+const _: () = {
+    assert!(size_of::<DatagramRecord>() == 16);
+    assert!(offset_of!(DatagramRecord, sector) == 4);
+    assert!(offset_of!(DatagramRecord, flags) == 6);
+    assert!(offset_of!(DatagramRecord, recv_ns) == 8);
+    assert!(size_of::<BlockSlotHeader>() == 64);
+    assert!(offset_of!(FrameHeader, acquisition_id) == 8);
+    assert!(offset_of!(FrameHeader, index) == 16);
+    assert!(offset_of!(FrameHeader, frame_id) == 24);
+    assert!(offset_of!(FrameHeader, status) == 28);
+    assert!(offset_of!(FrameHeader, blocks_expected) == 32);
+    assert!(offset_of!(FrameHeader, blocks_received) == 36);
+    assert!(offset_of!(FrameHeader, flags) == 40);
+    assert!(offset_of!(FrameHeader, first_block_ns) == 48);
+    assert!(offset_of!(FrameHeader, last_block_ns) == 56);
+    assert!(offset_of!(FrameHeader, published_ns) == 64);
+    assert!(offset_of!(FrameHeader, bitmap) == 72);
+    assert!(size_of::<FrameHeader>() == 72 + 128);
+    assert!(size_of::<FrameHeader>() <= FRAME_PIXELS_OFFSET);
+    assert!(size_of::<PipelineParams>() == 64);
+    assert!(size_of::<StageRecord>() == CACHE_LINE);
+    assert!(offset_of!(StageRecord, heartbeat) == 8);
+    assert!(size_of::<ReceiverCounters>() == CACHE_LINE);
+    assert!(size_of::<AssemblerCounters>() == 2 * CACHE_LINE);
+    assert!(offset_of!(AssemblerCounters, invalid) == 64);
+    assert!(size_of::<WriterCounters>() == CACHE_LINE);
+    assert!(offset_of!(AcquisitionRecord, state) == 8);
+    assert!(offset_of!(AcquisitionRecord, frames) == 16);
+    assert!(offset_of!(AcquisitionRecord, armed_block_seq) == 24);
+    assert!(offset_of!(AcquisitionRecord, assigned) == 40);
+    assert!(offset_of!(AcquisitionRecord, path) == 80);
+    assert!(offset_of!(AcquisitionRecord, error) == 80 + MAX_PATH);
+    assert!(size_of::<AcquisitionRecord>() == 80 + MAX_PATH + MAX_ERROR + 48);
+    assert!(offset_of!(PipelineArea, stages) == 64);
+    assert!(offset_of!(PipelineArea, receiver) == 256);
+    assert!(offset_of!(PipelineArea, assembler) == 320);
+    assert!(offset_of!(PipelineArea, writer) == 448);
+    assert!(offset_of!(PipelineArea, active_acquisition) == 512);
+    assert!(offset_of!(PipelineArea, acquisitions) == 576);
+    assert!(size_of::<PipelineArea>() == 576 + ACQUISITION_SLOTS * size_of::<AcquisitionRecord>());
+};
+
+/// Sizes of a pipeline region: what `ringdaq run` chooses from its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PipelineSizes {
+    /// Detector geometry recorded in the header.
+    pub geometry: Geometry,
+    /// Block-ring slots.
+    pub block_slots: u32,
+    /// Datagrams per block slot.
+    pub datagrams_per_slot: u32,
+    /// Frame-ring slots.
+    pub frame_slots: u32,
+    /// Frame-ring cursors (writer + external consumers).
+    pub frame_cursors: u32,
+    /// Value of the pixels of missing blocks.
+    pub fill_value: u16,
+}
+
+impl PipelineSizes {
+    /// Bytes reserved per datagram: the largest datagram rounded up to a cache line, plus one line so that an
+    /// oversized datagram shows as truncated rather than fitting by chance.
+    pub fn datagram_stride(&self) -> u32 {
+        align_up(u64::from(self.geometry.max_datagram) + 64, 64) as u32
+    }
+
+    /// Offset of the first datagram in a block slot.
+    pub fn datagram_offset(&self) -> u32 {
+        let records = size_of::<BlockSlotHeader>()
+            + self.datagrams_per_slot as usize * size_of::<DatagramRecord>();
+        align_up(records as u64, PAGE_SIZE as u64) as u32
+    }
+
+    /// Frame bytes (u16 pixels).
+    pub fn frame_bytes(&self) -> u64 {
+        u64::from(self.geometry.frame_rows) * u64::from(self.geometry.frame_cols) * 2
+    }
+
+    /// The region spec for these sizes.
+    pub fn region_spec(&self) -> RegionSpec {
+        let block_slot = u64::from(self.datagram_offset())
+            + u64::from(self.datagrams_per_slot) * u64::from(self.datagram_stride());
+        RegionSpec {
+            geometry: self.geometry,
+            rings: vec![
+                RingSpec {
+                    kind: RingKind::Block,
+                    slot_count: self.block_slots,
+                    slot_bytes: block_slot,
+                    max_consumers: 1,
+                },
+                RingSpec {
+                    kind: RingKind::Frame,
+                    slot_count: self.frame_slots,
+                    slot_bytes: FRAME_PIXELS_OFFSET as u64 + self.frame_bytes(),
+                    max_consumers: self.frame_cursors,
+                },
+            ],
+            app_bytes: size_of::<PipelineArea>() as u64,
+        }
+    }
+
+    /// Creates a pipeline region: lays it out, records the parameters, and activates the stages' cursors.
+    pub fn create_region(&self) -> Result<Region, crate::region::RegionError> {
+        let region = Region::create(&self.region_spec())?;
+        let params = PipelineParams {
+            datagrams_per_slot: self.datagrams_per_slot,
+            datagram_stride: self.datagram_stride(),
+            datagram_offset: self.datagram_offset(),
+            fill_value: u32::from(self.fill_value),
+            _reserved: [0; 12],
+        };
+        let (app, _) = region.app_area();
+        // SAFETY: the app area is at least size_of::<PipelineArea>() bytes, page aligned, zero-filled, and no
+        // other process has the region yet; `params` is the first field (offset 0, asserted above).
+        unsafe { std::ptr::write(app.cast::<PipelineParams>(), params) };
+        let map_err =
+            |e: crate::ring::RingError| crate::region::RegionError::Corrupt(e.to_string());
+        use crate::layout::ConsumerMode;
+        use crate::ring::StartAt;
+        region
+            .ring(BLOCK_RING)?
+            .activate_consumer(ASSEMBLER_CURSOR, ConsumerMode::Gating, StartAt::Seq(0))
+            .map_err(map_err)?;
+        region
+            .ring(FRAME_RING)?
+            .activate_consumer(WRITER_CURSOR, ConsumerMode::Gating, StartAt::Seq(0))
+            .map_err(map_err)?;
+        Ok(region)
+    }
+}
+
+/// Errors of [`pipeline_area`].
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The region has no (or too small an) application area, or lacks the two rings.
+    #[error("not a pipeline region: {0}")]
+    NotAPipeline(String),
+}
+
+/// The pipeline area of a region, after checking that the region is a pipeline region.
+pub fn pipeline_area(region: &Region) -> Result<&PipelineArea, PipelineError> {
+    let (app, len) = region.app_area();
+    if len < size_of::<PipelineArea>() {
+        return Err(PipelineError::NotAPipeline(format!(
+            "application area of {len} bytes"
+        )));
+    }
+    if region.header().ring_count < 2 {
+        return Err(PipelineError::NotAPipeline(format!(
+            "{} rings",
+            region.header().ring_count
+        )));
+    }
+    // SAFETY: the area lies in the mapping (validated at attach), is page aligned (so aligned for 64), large enough
+    // (checked), outlives the borrow of `region`; its shared fields are atomics and `params` is written once by
+    // the creator before the region is shared.
+    Ok(unsafe { &*app.cast::<PipelineArea>() })
+}
+
+impl PipelineArea {
+    /// The record of a stage.
+    pub fn stage(&self, s: Stage) -> &StageRecord {
+        &self.stages[s as usize]
+    }
+
+    /// The record slot of acquisition `id`.
+    pub fn acquisition(&self, id: u64) -> &AcquisitionRecord {
+        &self.acquisitions[(id % ACQUISITION_SLOTS as u64) as usize]
+    }
+
+    /// Every counter by name (`receiver.datagrams`, `assembler.invalid.sync_word`, ...), as `ringdaq status`
+    /// and the sidecar show them.
+    pub fn counters(&self) -> std::collections::BTreeMap<String, u64> {
+        let r = Ordering::Relaxed;
+        let (rx, asm, wr) = (&self.receiver, &self.assembler, &self.writer);
+        let mut m: std::collections::BTreeMap<String, u64> = [
+            ("receiver.datagrams", rx.datagrams.load(r)),
+            ("receiver.bytes", rx.bytes.load(r)),
+            ("receiver.kernel_drops", rx.kernel_drops.load(r)),
+            ("receiver.truncated", rx.truncated.load(r)),
+            ("receiver.slots", rx.slots.load(r)),
+            ("assembler.blocks", asm.blocks.load(r)),
+            ("assembler.duplicates", asm.duplicates.load(r)),
+            ("assembler.late", asm.late.load(r)),
+            ("assembler.frames_complete", asm.frames_complete.load(r)),
+            ("assembler.frames_incomplete", asm.frames_incomplete.load(r)),
+            ("assembler.missing_blocks", asm.missing_blocks.load(r)),
+            ("assembler.resets", asm.resets.load(r)),
+            ("writer.frames", wr.frames.load(r)),
+            ("writer.bytes", wr.bytes.load(r)),
+            ("writer.errors", wr.errors.load(r)),
+            ("writer.done", wr.done.load(r)),
+            ("writer.failed", wr.failed.load(r)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        for (name, c) in INVALID_REASONS.iter().zip(&asm.invalid) {
+            m.insert(format!("assembler.invalid.{name}"), c.load(r));
+        }
+        m
+    }
+
+    /// The acquisition frames are assigned to now, if any.
+    pub fn active(&self) -> Option<&AcquisitionRecord> {
+        match self.active_acquisition.load(Ordering::Acquire) {
+            0 => None,
+            id => {
+                let r = self.acquisition(id);
+                (r.id.load(Ordering::Acquire) == id).then_some(r)
+            }
+        }
+    }
+}
+
+impl AcquisitionRecord {
+    /// The output path.
+    pub fn path(&self) -> String {
+        let n = (self.path_len.load(Ordering::Acquire) as usize).min(MAX_PATH);
+        String::from_utf8_lossy(&self.path[..n]).into_owned()
+    }
+
+    /// The error message, if the acquisition failed.
+    pub fn error(&self) -> String {
+        let n = (self.error_len.load(Ordering::Acquire) as usize).min(MAX_ERROR);
+        // SAFETY: reading bytes the writer stored before publishing `error_len` (Release); a plain copy.
+        let bytes = unsafe { std::ptr::read_volatile(&self.error) };
+        String::from_utf8_lossy(&bytes[..n]).into_owned()
+    }
+
+    /// Records the writer's error (truncated to [`MAX_ERROR`] bytes) and sets the state to FAILED.
+    ///
+    /// # Safety
+    /// Only the writer may call it, for an acquisition no one else writes the error of.
+    pub unsafe fn set_error(&self, msg: &str) {
+        let b = msg.as_bytes();
+        let n = b.len().min(MAX_ERROR);
+        // SAFETY: the caller is the only writer of `error`; readers read it only after `error_len` (Release).
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.error.as_ptr().cast_mut(), n) };
+        self.error_len.store(n as u32, Ordering::Release);
+        self.state.store(acq_state::FAILED, Ordering::Release);
+    }
+
+    /// Fills the record for a new acquisition and arms it.
+    ///
+    /// # Safety
+    /// Only the supervisor may call it, and only while no stage uses this record (its previous acquisition is
+    /// DONE, FAILED or EMPTY).
+    pub unsafe fn arm(&self, id: u64, frames: u64, sync: u32, path: &str, armed_block_seq: u64) {
+        let b = path.as_bytes();
+        let n = b.len().min(MAX_PATH);
+        self.state.store(acq_state::EMPTY, Ordering::Release);
+        // SAFETY: no stage reads `path` of a record that is EMPTY; the caller guarantees exclusivity.
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.path.as_ptr().cast_mut(), n) };
+        self.path_len.store(n as u32, Ordering::Relaxed);
+        self.frames.store(frames, Ordering::Relaxed);
+        self.sync.store(sync, Ordering::Relaxed);
+        self.armed_block_seq
+            .store(armed_block_seq, Ordering::Relaxed);
+        self.stop_requested.store(0, Ordering::Relaxed);
+        self.assigned.store(0, Ordering::Relaxed);
+        self.first_seq.store(u64::MAX, Ordering::Relaxed);
+        self.written.store(0, Ordering::Relaxed);
+        self.complete.store(0, Ordering::Relaxed);
+        self.error_len.store(0, Ordering::Relaxed);
+        self.id.store(id, Ordering::Release);
+        self.state.store(acq_state::ARMED, Ordering::Release);
+    }
+}
+
+/// The current time as ns since the Unix epoch (CLOCK_REALTIME), as recorded in the region.
+pub fn now_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}

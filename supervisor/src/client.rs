@@ -1,0 +1,234 @@
+//! The client commands: `acquire`, `status`, `stop`, `shutdown`, talking to a running supervisor.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use shm_protocol::control::Connection;
+use shm_protocol::messages::{
+    AcquisitionStatus, PROTOCOL_VERSION, Reply, Request, Role, StatusReport, SyncMode,
+};
+
+use crate::config;
+
+/// A connection to the supervisor in `runtime_dir`, past the hello.
+pub fn connect(runtime_dir: &Path) -> anyhow::Result<Connection> {
+    let sock = config::control_socket(runtime_dir);
+    if !sock.exists() {
+        bail!(
+            "no ringdaq is running with runtime directory {} (no {})",
+            runtime_dir.display(),
+            sock.display()
+        );
+    }
+    let mut conn =
+        Connection::connect(&sock).with_context(|| format!("connecting to {}", sock.display()))?;
+    conn.set_recv_timeout(Some(Duration::from_secs(10)))?;
+    match call(
+        &mut conn,
+        Request::Hello {
+            protocol: PROTOCOL_VERSION,
+            role: Role::Client,
+        },
+    )? {
+        Reply::Welcome { .. } => Ok(conn),
+        other => bail!("unexpected answer to hello: {other:?}"),
+    }
+}
+
+/// Sends a request and returns the reply; an `Error` reply becomes an error.
+pub fn call(conn: &mut Connection, req: Request) -> anyhow::Result<Reply> {
+    let r = conn
+        .call::<_, Reply>(&req)
+        .context("talking to the supervisor")?;
+    match r.msg {
+        Reply::Error { message } => bail!("{message}"),
+        other => Ok(other),
+    }
+}
+
+/// `--sync` values.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SyncArg {
+    /// Frame 0 is the first frame whose first block arrives after arming.
+    Immediate,
+    /// Frame 0 is the first frame with the detector's sync flag.
+    Flag,
+}
+
+/// Options of `ringdaq acquire`.
+#[derive(Debug, Clone, Args)]
+pub struct AcquireArgs {
+    /// Frames to acquire.
+    #[arg(long)]
+    pub frames: u64,
+    /// Output .npy file (its sidecar is the same path with .json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// When frame 0 is.
+    #[arg(long, value_enum, default_value = "immediate")]
+    pub sync: SyncArg,
+    /// Wait until the file is final, showing progress; exit non-zero if the acquisition fails.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// `ringdaq acquire`.
+pub fn acquire(runtime_dir: &Path, a: &AcquireArgs) -> anyhow::Result<()> {
+    let path = if a.out.is_absolute() {
+        a.out.clone()
+    } else {
+        std::env::current_dir()?.join(&a.out)
+    };
+    let sync = match a.sync {
+        SyncArg::Immediate => SyncMode::Immediate,
+        SyncArg::Flag => SyncMode::Flag,
+    };
+    let mut conn = connect(runtime_dir)?;
+    let req = Request::Acquire {
+        frames: a.frames,
+        path: path.display().to_string(),
+        sync,
+    };
+    let Reply::Armed { id } = call(&mut conn, req)? else {
+        bail!("unexpected reply to acquire")
+    };
+    eprintln!(
+        "acquisition {id} armed: {} frames to {}",
+        a.frames,
+        path.display()
+    );
+    if !a.wait {
+        println!("{id}");
+        return Ok(());
+    }
+    let st = wait_for(&mut conn, id, true)?;
+    finish_message(&st)
+}
+
+/// Polls acquisition `id` until it is done or failed; shows progress on stderr if `progress`.
+pub fn wait_for(
+    conn: &mut Connection,
+    id: u64,
+    progress: bool,
+) -> anyhow::Result<AcquisitionStatus> {
+    let t = Instant::now();
+    loop {
+        let Reply::Acquisition(st) = call(conn, Request::Acquisition { id })? else {
+            bail!("unexpected reply")
+        };
+        if progress {
+            let rate = st.written as f64 / t.elapsed().as_secs_f64().max(1e-3);
+            let left = if rate > 0.0 {
+                (st.frames.saturating_sub(st.written)) as f64 / rate
+            } else {
+                f64::NAN
+            };
+            eprint!(
+                "\r{:>8}: {}/{} frames written, {:.0} frames/s, {:.1} s left   ",
+                st.state, st.written, st.frames, rate, left
+            );
+            let _ = std::io::stderr().flush();
+        }
+        if st.state == "done" || st.state == "failed" {
+            if progress {
+                eprintln!();
+            }
+            return Ok(st);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn finish_message(st: &AcquisitionStatus) -> anyhow::Result<()> {
+    if let Some(e) = &st.error {
+        bail!("acquisition {} failed: {e}", st.id);
+    }
+    println!(
+        "acquisition {} done: {} frames ({} complete) in {}",
+        st.id, st.assigned, st.complete, st.path
+    );
+    Ok(())
+}
+
+/// `ringdaq status`.
+pub fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
+    let mut conn = connect(runtime_dir)?;
+    let Reply::Status(s) = call(&mut conn, Request::Status)? else {
+        bail!("unexpected reply to status")
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&*s)?);
+    } else {
+        print!("{}", render_status(&s));
+    }
+    Ok(())
+}
+
+/// The human-readable form of a status report.
+pub fn render_status(s: &StatusReport) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "ringdaq (pid {}, mode {}, up {} s)",
+        s.pid, s.mode, s.uptime_s
+    );
+    for st in &s.stages {
+        let _ = writeln!(
+            o,
+            "  {:<10} {:<10} pid {:<8} restarts {:<3} {}",
+            st.name,
+            st.state,
+            st.pid,
+            st.restarts,
+            st.last_exit
+                .as_deref()
+                .map(|e| format!("last: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    let _ = writeln!(
+        o,
+        "  rings: block {} slots in use, frame {} slots in use",
+        s.block_ring_used, s.frame_ring_used
+    );
+    for (k, v) in &s.counters {
+        if *v != 0 {
+            let _ = writeln!(o, "  {k:<32} {v}");
+        }
+    }
+    for a in &s.acquisitions {
+        let _ = writeln!(
+            o,
+            "  acquisition {}: {} {}/{} frames written ({} complete) {}{}",
+            a.id,
+            a.state,
+            a.written,
+            a.frames,
+            a.complete,
+            a.path,
+            a.error
+                .as_deref()
+                .map(|e| format!(" error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    o
+}
+
+/// `ringdaq stop`.
+pub fn stop(runtime_dir: &Path) -> anyhow::Result<()> {
+    call(&mut connect(runtime_dir)?, Request::Stop)?;
+    eprintln!("acquisition stopped; its file is being finished");
+    Ok(())
+}
+
+/// `ringdaq shutdown`.
+pub fn shutdown(runtime_dir: &Path) -> anyhow::Result<()> {
+    call(&mut connect(runtime_dir)?, Request::Shutdown)?;
+    eprintln!("pipeline shutting down");
+    Ok(())
+}

@@ -1,0 +1,239 @@
+//! The pipeline's configuration: a TOML file (every setting optional, see `ringdaq.example.toml`), overridden by
+//! command-line flags.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use detector::Mode;
+use serde::{Deserialize, Serialize};
+
+/// Everything `ringdaq run` can be told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the detector sockets bind to.
+    pub bind: IpAddr,
+    /// UDP port of sector 0; sector s listens on port_base + s.
+    pub port_base: u16,
+    /// Detector mode.
+    pub mode: Mode,
+    /// Multicast group to join on every socket (the real K2 sends to 225.1.1.1).
+    pub multicast_group: Option<std::net::Ipv4Addr>,
+    /// Interface address for the multicast join.
+    pub multicast_interface: std::net::Ipv4Addr,
+    /// Receive buffer per socket, bytes: what the kernel holds while a receiver restarts.
+    pub recv_buffer_bytes: usize,
+    /// Runtime directory (control socket). Default: $RINGDAQ_RUNTIME_DIR, else $XDG_RUNTIME_DIR/ringdaq, else
+    /// /tmp/ringdaq-<uid>.
+    pub runtime_dir: Option<PathBuf>,
+    /// Ring sizes.
+    pub rings: RingsConfig,
+    /// Assembler tuning.
+    pub assembler: AssemblerConfig,
+    /// Writer tuning.
+    pub writer: WriterConfig,
+    /// Restart policy.
+    pub supervisor: SupervisorConfig,
+}
+
+/// Ring sizes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RingsConfig {
+    /// Block-ring slots.
+    pub block_slots: u32,
+    /// Datagrams per block slot (one `recvmmsg` batch at most).
+    pub datagrams_per_slot: u32,
+    /// Frame-ring slots.
+    pub frame_slots: u32,
+    /// Frame-ring cursors: the writer's plus external consumers'.
+    pub frame_cursors: u32,
+    /// Value of the pixels of missing blocks.
+    pub fill_value: u16,
+}
+
+/// Assembler tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssemblerConfig {
+    /// Frames in flight.
+    pub window: usize,
+    /// Milliseconds without a block after which a frame is published incomplete.
+    pub timeout_ms: u64,
+    /// Datagrams that must agree on an out-of-window frame id to follow it as a reset.
+    pub reset_threshold: u32,
+}
+
+/// Writer tuning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WriterConfig {
+    /// Use O_DIRECT where the file system supports it.
+    pub direct_io: bool,
+}
+
+/// Restart policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SupervisorConfig {
+    /// At most this many restarts of one stage ...
+    pub max_restarts: u32,
+    /// ... within this many seconds; past that the pipeline stops.
+    pub restart_window_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: std::net::Ipv4Addr::LOCALHOST.into(),
+            port_base: 2001,
+            mode: Mode::Is,
+            multicast_group: None,
+            multicast_interface: std::net::Ipv4Addr::UNSPECIFIED,
+            recv_buffer_bytes: 64 << 20,
+            runtime_dir: None,
+            rings: RingsConfig::default(),
+            assembler: AssemblerConfig::default(),
+            writer: WriterConfig::default(),
+            supervisor: SupervisorConfig::default(),
+        }
+    }
+}
+
+impl Default for RingsConfig {
+    fn default() -> Self {
+        Self {
+            block_slots: 64,
+            datagrams_per_slot: 64,
+            frame_slots: 16,
+            frame_cursors: 8,
+            fill_value: 0,
+        }
+    }
+}
+
+impl Default for AssemblerConfig {
+    fn default() -> Self {
+        Self {
+            window: 4,
+            timeout_ms: 100,
+            reset_threshold: 32,
+        }
+    }
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self { direct_io: true }
+    }
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self {
+            max_restarts: 5,
+            restart_window_s: 60,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; unknown keys are an error (a typo must not silently fall back to a default).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// Checks values that would make the pipeline unusable.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let r = &self.rings;
+        anyhow::ensure!(r.block_slots >= 4, "rings.block_slots must be at least 4");
+        anyhow::ensure!(r.frame_slots >= 2, "rings.frame_slots must be at least 2");
+        anyhow::ensure!(
+            (1..=1024).contains(&r.datagrams_per_slot),
+            "rings.datagrams_per_slot must be 1..=1024"
+        );
+        anyhow::ensure!(
+            (1..=64).contains(&r.frame_cursors),
+            "rings.frame_cursors must be 1..=64"
+        );
+        anyhow::ensure!(
+            self.assembler.window >= 1,
+            "assembler.window must be at least 1"
+        );
+        anyhow::ensure!(
+            usize::from(self.port_base) + detector::SECTORS <= 65536,
+            "port_base leaves no room for 8 ports"
+        );
+        let g = self.mode.geometry();
+        let held = u64::from(r.block_slots) * u64::from(r.datagrams_per_slot);
+        let need = (self.assembler.window as u64 + 1) * g.blocks_per_frame() as u64;
+        anyhow::ensure!(
+            held >= need,
+            "the block ring holds {held} datagrams, fewer than the {need} that {} frames in flight need; \
+             raise rings.block_slots or rings.datagrams_per_slot",
+            self.assembler.window + 1
+        );
+        Ok(())
+    }
+
+    /// The runtime directory to use.
+    pub fn runtime_dir(&self) -> PathBuf {
+        resolve_runtime_dir(self.runtime_dir.as_deref())
+    }
+}
+
+/// `--runtime-dir`, else `$RINGDAQ_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/ringdaq`, else `/tmp/ringdaq-<uid>`.
+pub fn resolve_runtime_dir(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_owned();
+    }
+    if let Some(p) = std::env::var_os("RINGDAQ_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p).join("ringdaq");
+    }
+    PathBuf::from(format!(
+        "/tmp/ringdaq-{}",
+        rustix::process::getuid().as_raw()
+    ))
+}
+
+/// The control socket inside a runtime directory.
+pub fn control_socket(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join("control.sock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_to_the_defaults() {
+        let text = include_str!("../../ringdaq.example.toml");
+        let c: Config = toml::from_str(text).unwrap();
+        let mut d = Config::default();
+        d.multicast_group = c.multicast_group;
+        d.bind = c.bind;
+        assert_eq!(c, d);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("prot_base = 3").is_err());
+    }
+
+    #[test]
+    fn a_block_ring_too_small_for_the_window_is_refused() {
+        let mut c = Config::default();
+        c.rings.block_slots = 4;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("block ring holds")
+        );
+    }
+}

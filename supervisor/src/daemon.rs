@@ -1,0 +1,655 @@
+//! The running supervisor: owns the region and the sockets, runs and watches the stages, serves clients.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use shm_protocol::Region;
+use shm_protocol::control::{Connection, ControlError, ControlListener};
+use shm_protocol::messages::{
+    AcquisitionStatus, PROTOCOL_VERSION, Reply, Request, Role, StageCommand, StageStatus,
+    StatusReport, SyncMode,
+};
+use shm_protocol::pipeline::{
+    self, BLOCK_RING, FRAME_RING, PipelineArea, PipelineSizes, Stage, acq_state, sync_mode,
+};
+
+use crate::config::{self, Config};
+use crate::stages;
+
+/// What the supervisor knows about one stage.
+#[derive(Debug, Default)]
+struct StageSlot {
+    child: Option<Child>,
+    conn: Option<Connection>,
+    ready: bool,
+    restarts: u32,
+    recent: VecDeque<Instant>,
+    last_exit: Option<String>,
+    next_start: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct State {
+    stages: [StageSlot; 3],
+    next_acquisition: u64,
+}
+
+/// The supervisor's shared state, used by the watcher, the control server and the command that started it.
+pub struct Supervisor {
+    cfg: Config,
+    region: Region,
+    sockets: Vec<OwnedFd>,
+    control_path: PathBuf,
+    state: Mutex<State>,
+    shutdown: AtomicBool,
+    failure: Mutex<Option<String>>,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("control", &self.control_path)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates the runtime directory with mode 0700 (or checks an existing one is ours and private).
+pub fn prepare_runtime_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating runtime directory {}", dir.display()))?;
+    }
+    let md =
+        std::fs::metadata(dir).with_context(|| format!("runtime directory {}", dir.display()))?;
+    anyhow::ensure!(
+        md.is_dir(),
+        "runtime directory {} is not a directory",
+        dir.display()
+    );
+    anyhow::ensure!(
+        md.uid() == rustix::process::geteuid().as_raw(),
+        "runtime directory {} belongs to uid {}, not to us",
+        dir.display(),
+        md.uid()
+    );
+    if md.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+impl Supervisor {
+    /// Creates the region, binds the sockets and the control socket. Stages are started by [`Supervisor::run`].
+    pub fn new(cfg: Config) -> anyhow::Result<(Arc<Self>, ControlListener)> {
+        cfg.validate()?;
+        let runtime = cfg.runtime_dir();
+        prepare_runtime_dir(&runtime)?;
+        let g = cfg.mode.geometry();
+        let sizes = PipelineSizes {
+            geometry: shm_protocol::layout::Geometry {
+                mode: cfg.mode.id(),
+                frame_rows: g.frame_rows() as u32,
+                frame_cols: g.frame_cols() as u32,
+                bytes_per_pixel: 2,
+                blocks_per_frame: g.blocks_per_frame() as u32,
+                max_datagram: g.block_bytes as u32,
+                sectors: detector::SECTORS as u32,
+                _reserved: 0,
+            },
+            block_slots: cfg.rings.block_slots,
+            datagrams_per_slot: cfg.rings.datagrams_per_slot,
+            frame_slots: cfg.rings.frame_slots,
+            frame_cursors: cfg.rings.frame_cursors,
+            fill_value: cfg.rings.fill_value,
+        };
+        let bytes = sizes.region_spec();
+        let total = shm_protocol::layout::compute_layout(&bytes)?.region_size;
+        check_memory(total)?;
+        let region = sizes
+            .create_region()
+            .context("creating the shared region")?;
+        let sockets = crate::sockets::bind_sector_sockets(&cfg)?;
+        let control_path = config::control_socket(&runtime);
+        let listener = ControlListener::bind(&control_path).with_context(|| {
+            format!(
+                "control socket {} (is another ringdaq running there?)",
+                control_path.display()
+            )
+        })?;
+        tracing::info!(
+            region_mb = total / (1 << 20),
+            control = %control_path.display(),
+            mode = %cfg.mode,
+            ports = format!("{}:{}-{}", cfg.bind, cfg.port_base, cfg.port_base + 7),
+            "pipeline created"
+        );
+        let sup = Arc::new(Self {
+            cfg,
+            region,
+            sockets,
+            control_path,
+            state: Mutex::new(State {
+                stages: Default::default(),
+                next_acquisition: 1,
+            }),
+            shutdown: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            started: Instant::now(),
+        });
+        Ok((sup, listener))
+    }
+
+    fn area(&self) -> &PipelineArea {
+        // The region was created as a pipeline region in `new`, so this cannot fail.
+        pipeline::pipeline_area(&self.region).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The control socket's path.
+    pub fn control_path(&self) -> &Path {
+        &self.control_path
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Asks the pipeline to stop.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was requested.
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Why the pipeline failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn fail(&self, why: String) {
+        tracing::error!("{why}");
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        self.request_shutdown();
+    }
+
+    /// Whether all three stages have attached and reported ready.
+    pub fn ready(&self) -> bool {
+        self.lock().stages.iter().all(|s| s.ready)
+    }
+
+    /// Waits until every stage is ready; false on timeout or shutdown.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < timeout && !self.shutting_down() {
+            if self.ready() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// Runs the control server and the stage watcher until shutdown; stops the stages in order before returning.
+    pub fn run(
+        self: &Arc<Self>,
+        listener: ControlListener,
+        stop_flag: &'static AtomicBool,
+    ) -> anyhow::Result<()> {
+        std::thread::scope(|s| {
+            let sup = self.clone();
+            s.spawn(move || sup.serve(listener));
+            let sup = self.clone();
+            // Stages are started, restarted and stopped from this one thread: PR_SET_PDEATHSIG ties a child to
+            // the thread that forked it.
+            let watcher = s.spawn(move || sup.watch(stop_flag));
+            if watcher.join().is_err() {
+                self.fail("the stage watcher panicked; stopping".into());
+            }
+            // However the watcher ended, the server must end too.
+            self.request_shutdown();
+        });
+        Ok(())
+    }
+
+    /// Starts the stages, restarts the ones that die (within the budget), and on shutdown stops them in order.
+    fn watch(&self, stop_flag: &AtomicBool) {
+        for st in Stage::ALL {
+            self.start(st);
+        }
+        while !self.shutting_down() {
+            if stop_flag.load(Ordering::Relaxed) {
+                tracing::info!("signal received: shutting down");
+                self.request_shutdown();
+                break;
+            }
+            for st in Stage::ALL {
+                self.check_stage(st);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.stop_all();
+    }
+
+    fn start(&self, st: Stage) {
+        let child = match stages::spawn(st, &self.control_path, &self.cfg) {
+            Ok(c) => c,
+            Err(e) => {
+                self.fail(format!("{e:#}"));
+                return;
+            }
+        };
+        let rec = self.area().stage(st);
+        rec.pid.store(child.id(), Ordering::Relaxed);
+        rec.starts.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(stage = st.name(), pid = child.id(), "stage started");
+        let mut g = self.lock();
+        let slot = &mut g.stages[st as usize];
+        slot.child = Some(child);
+        slot.conn = None;
+        slot.ready = false;
+        slot.next_start = None;
+    }
+
+    fn check_stage(&self, st: Stage) {
+        let mut g = self.lock();
+        let slot = &mut g.stages[st as usize];
+        if let Some(at) = slot.next_start {
+            if Instant::now() >= at {
+                drop(g);
+                self.start(st);
+            }
+            return;
+        }
+        let Some(child) = slot.child.as_mut() else {
+            return;
+        };
+        let Ok(Some(status)) = child.try_wait() else {
+            return;
+        };
+        let how = stages::describe_exit(status);
+        tracing::warn!(stage = st.name(), "stage {how}");
+        slot.child = None;
+        slot.conn = None;
+        slot.ready = false;
+        slot.last_exit = Some(how.clone());
+        self.area().stage(st).pid.store(0, Ordering::Relaxed);
+        let now = Instant::now();
+        let window = Duration::from_secs(self.cfg.supervisor.restart_window_s);
+        slot.recent.retain(|t| now.duration_since(*t) < window);
+        if slot.recent.len() as u32 >= self.cfg.supervisor.max_restarts {
+            let n = slot.recent.len() + 1;
+            drop(g);
+            self.fail(format!(
+                "the {} failed {n} times within {} s (last: {how}); stopping the pipeline",
+                st.name(),
+                self.cfg.supervisor.restart_window_s
+            ));
+            return;
+        }
+        // At once the first time, then backing off: 10 ms, 20 ms, ... up to 1 s.
+        let backoff = match slot.recent.len() {
+            0 => Duration::ZERO,
+            k => Duration::from_millis((10u64 << (k - 1).min(7)).min(1000)),
+        };
+        slot.recent.push_back(now);
+        slot.restarts += 1;
+        slot.next_start = Some(now + backoff);
+    }
+
+    /// Stops the stages in pipeline order, each after the one before it has drained into it.
+    fn stop_all(&self) {
+        if let Some(rec) = self.area().active() {
+            rec.stop_requested.store(1, Ordering::Release);
+        }
+        for st in Stage::ALL {
+            let (child, conn) = {
+                let mut g = self.lock();
+                let slot = &mut g.stages[st as usize];
+                slot.next_start = None;
+                (slot.child.take(), slot.conn.take())
+            };
+            let Some(mut child) = child else { continue };
+            if let Some(c) = &conn {
+                let _ = c.send(&StageCommand::Shutdown);
+            } else {
+                let _ = rustix::process::kill_process(
+                    rustix::process::Pid::from_child(&child),
+                    rustix::process::Signal::TERM,
+                );
+            }
+            let t = Instant::now();
+            loop {
+                match child.try_wait() {
+                    Ok(Some(st_)) => {
+                        tracing::info!(stage = st.name(), "stage {}", stages::describe_exit(st_));
+                        break;
+                    }
+                    Ok(None) if t.elapsed() < Duration::from_secs(10) => {
+                        std::thread::sleep(Duration::from_millis(5))
+                    }
+                    _ => {
+                        tracing::warn!(stage = st.name(), "stage did not stop in 10 s; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+            self.area().stage(st).pid.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Accepts control connections until shutdown; each is served on a thread of its own.
+    fn serve(self: Arc<Self>, listener: ControlListener) {
+        while !self.shutting_down() {
+            match listener.poll_accept(Duration::from_millis(50)) {
+                Ok(true) => {}
+                _ => continue,
+            }
+            match listener.accept() {
+                Ok(conn) => {
+                    let sup = self.clone();
+                    std::thread::spawn(move || sup.serve_connection(conn));
+                }
+                Err(e) => tracing::warn!(error = %e, "control connection refused"),
+            }
+        }
+    }
+
+    fn serve_connection(&self, mut conn: Connection) {
+        let _ = conn.set_recv_timeout(Some(Duration::from_secs(10)));
+        let role = match conn.recv::<Request>() {
+            Ok(r) => match r.msg {
+                Request::Hello { protocol, role } if protocol == PROTOCOL_VERSION => role,
+                Request::Hello { protocol, .. } => {
+                    let _ = conn.send(&Reply::Error {
+                        message: format!(
+                            "protocol version {protocol} is not supported: this supervisor speaks version {PROTOCOL_VERSION}"
+                        ),
+                    });
+                    return;
+                }
+                other => {
+                    let _ = conn.send(&Reply::Error {
+                        message: format!("expected Hello first, got {other:?}"),
+                    });
+                    return;
+                }
+            },
+            Err(e) => {
+                let _ = conn.send(&Reply::Error {
+                    message: format!("bad first message: {e}"),
+                });
+                return;
+            }
+        };
+        match role {
+            Role::Stage(st) => self.welcome_stage(st, conn),
+            Role::Client => {
+                if conn
+                    .send(&Reply::Welcome {
+                        protocol: PROTOCOL_VERSION,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+                let _ = conn.set_recv_timeout(None);
+                self.serve_client(conn);
+            }
+        }
+    }
+
+    fn welcome_stage(&self, st: Stage, mut conn: Connection) {
+        let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = vec![self.region.fd()];
+        if st == Stage::Receiver {
+            fds.extend(self.sockets.iter().map(|s| s.as_fd()));
+        }
+        if let Err(e) = conn.send_with_fds(
+            &Reply::Welcome {
+                protocol: PROTOCOL_VERSION,
+            },
+            &fds,
+        ) {
+            tracing::warn!(stage = st.name(), error = %e, "welcome failed");
+            return;
+        }
+        let _ = conn.set_recv_timeout(Some(Duration::from_secs(30)));
+        match conn.recv::<Request>() {
+            Ok(r) if r.msg == Request::Ready => {
+                tracing::info!(stage = st.name(), pid = conn.peer().pid, "stage ready");
+                let _ = conn.set_recv_timeout(None);
+                let mut g = self.lock();
+                let slot = &mut g.stages[st as usize];
+                slot.conn = Some(conn);
+                slot.ready = true;
+            }
+            Ok(r) => tracing::warn!(stage = st.name(), msg = ?r.msg, "expected Ready"),
+            Err(e) => tracing::warn!(stage = st.name(), error = %e, "stage never became ready"),
+        }
+    }
+
+    fn serve_client(&self, mut conn: Connection) {
+        loop {
+            let req = match conn.recv::<Request>() {
+                Ok(r) => r.msg,
+                Err(ControlError::Closed) => return,
+                Err(e) => {
+                    // A malformed request gets an error reply and the connection is closed; nothing else changes.
+                    let _ = conn.send(&Reply::Error {
+                        message: format!("malformed request: {e}"),
+                    });
+                    return;
+                }
+            };
+            let reply = self.handle(req);
+            if conn.send(&reply).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Answers one client request.
+    pub fn handle(&self, req: Request) -> Reply {
+        match req {
+            Request::Status => Reply::Status(Box::new(self.status())),
+            Request::Acquire { frames, path, sync } => match self.arm(frames, &path, sync) {
+                Ok(id) => Reply::Armed { id },
+                Err(e) => Reply::Error {
+                    message: format!("{e:#}"),
+                },
+            },
+            Request::Acquisition { id } => match self.acquisition_status(id) {
+                Some(s) => Reply::Acquisition(s),
+                None => Reply::Error {
+                    message: format!("no acquisition {id}"),
+                },
+            },
+            Request::Stop => match self.area().active() {
+                Some(rec) => {
+                    rec.stop_requested.store(1, Ordering::Release);
+                    Reply::Ok
+                }
+                None => Reply::Error {
+                    message: "no acquisition is running".into(),
+                },
+            },
+            Request::Shutdown => {
+                self.request_shutdown();
+                Reply::Ok
+            }
+            Request::Hello { .. } | Request::Ready => Reply::Error {
+                message: "unexpected message".into(),
+            },
+        }
+    }
+
+    /// Arms an acquisition of `frames` frames into `path`.
+    pub fn arm(&self, frames: u64, path: &str, sync: SyncMode) -> anyhow::Result<u64> {
+        anyhow::ensure!(frames > 0, "an acquisition needs at least one frame");
+        anyhow::ensure!(!self.shutting_down(), "the pipeline is shutting down");
+        let p = Path::new(path);
+        anyhow::ensure!(p.is_absolute(), "output path {path} must be absolute");
+        anyhow::ensure!(
+            path.len() <= pipeline::MAX_PATH - 16,
+            "output path is longer than {} bytes",
+            pipeline::MAX_PATH - 16
+        );
+        let dir = p
+            .parent()
+            .filter(|d| d.is_dir())
+            .with_context(|| format!("the directory of {path} does not exist"))?;
+        anyhow::ensure!(!p.exists(), "{path} exists; refusing to overwrite it");
+        let _ = dir;
+        let area = self.area();
+        let mut g = self.lock();
+        if let Some(rec) = area.active() {
+            anyhow::bail!(
+                "acquisition {} is still running; stop it first",
+                rec.id.load(Ordering::Relaxed)
+            );
+        }
+        let id = g.next_acquisition;
+        let rec = area.acquisition(id);
+        let st = rec.state.load(Ordering::Acquire);
+        anyhow::ensure!(
+            matches!(st, acq_state::EMPTY | acq_state::DONE | acq_state::FAILED),
+            "acquisition {} is still being written; try again when it is done",
+            rec.id.load(Ordering::Relaxed)
+        );
+        g.next_acquisition += 1;
+        let armed_at = self
+            .region
+            .ring(BLOCK_RING)
+            .map(|r| r.published())
+            .unwrap_or(0);
+        let sync = match sync {
+            SyncMode::Immediate => sync_mode::IMMEDIATE,
+            SyncMode::Flag => sync_mode::FLAG,
+        };
+        // SAFETY: we are the supervisor and the record's previous acquisition is finished (checked above).
+        unsafe { rec.arm(id, frames, sync, path, armed_at) };
+        area.active_acquisition.store(id, Ordering::Release);
+        tracing::info!(acquisition = id, frames, path, "acquisition armed");
+        Ok(id)
+    }
+
+    /// The state of acquisition `id`, if its record still holds it.
+    pub fn acquisition_status(&self, id: u64) -> Option<AcquisitionStatus> {
+        let rec = self.area().acquisition(id);
+        if rec.id.load(Ordering::Acquire) != id {
+            return None;
+        }
+        let st = rec.state.load(Ordering::Acquire);
+        Some(AcquisitionStatus {
+            id,
+            path: rec.path(),
+            state: match st {
+                acq_state::ARMED => "armed",
+                acq_state::RUNNING => "running",
+                acq_state::ASSIGNED => "writing",
+                acq_state::DONE => "done",
+                acq_state::FAILED => "failed",
+                _ => "unknown",
+            }
+            .into(),
+            frames: rec.frames.load(Ordering::Relaxed),
+            assigned: rec.assigned.load(Ordering::Relaxed),
+            written: rec.written.load(Ordering::Relaxed),
+            complete: rec.complete.load(Ordering::Relaxed),
+            error: (st == acq_state::FAILED).then(|| rec.error()),
+        })
+    }
+
+    /// The pipeline's state.
+    pub fn status(&self) -> StatusReport {
+        let area = self.area();
+        let g = self.lock();
+        let stages = Stage::ALL
+            .iter()
+            .map(|&st| {
+                let s = &g.stages[st as usize];
+                StageStatus {
+                    name: st.name().into(),
+                    state: if s.ready {
+                        "running"
+                    } else if s.child.is_some() {
+                        "starting"
+                    } else if s.next_start.is_some() {
+                        "restarting"
+                    } else {
+                        "stopped"
+                    }
+                    .into(),
+                    pid: s.child.as_ref().map_or(0, Child::id),
+                    restarts: s.restarts,
+                    last_exit: s.last_exit.clone(),
+                }
+            })
+            .collect();
+        let next_id = g.next_acquisition;
+        drop(g);
+        let used = |ring: usize| {
+            self.region.ring(ring).ok().map_or(0, |r| {
+                let p = r.published();
+                r.min_gating_cursor().map_or(0, |c| p.saturating_sub(c))
+            })
+        };
+        let acquisitions = (next_id
+            .saturating_sub(pipeline::ACQUISITION_SLOTS as u64)
+            .max(1)..next_id)
+            .filter_map(|id| self.acquisition_status(id))
+            .collect();
+        StatusReport {
+            pid: std::process::id(),
+            uptime_s: self.started.elapsed().as_secs(),
+            mode: self.cfg.mode.to_string(),
+            stages,
+            counters: area.counters().into_iter().collect(),
+            block_ring_used: used(BLOCK_RING),
+            frame_ring_used: used(FRAME_RING),
+            acquisitions,
+        }
+    }
+}
+
+/// Refuses a region that cannot fit in memory, with a clear message, before anything is allocated.
+fn check_memory(bytes: u64) -> anyhow::Result<()> {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let avail_kb = info
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(kb) = avail_kb {
+        anyhow::ensure!(
+            bytes < kb * 1024 / 10 * 9,
+            "the rings need {} MB of shared memory but only {} MB are available; reduce rings.block_slots or \
+             rings.frame_slots",
+            bytes >> 20,
+            kb >> 10
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! `ringdaq run`: the pipeline in the foreground, optionally fed by the built-in simulator.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use detector::Mode;
+use detector::sim::{SimConfig, SimReport, Simulator};
+use shm_protocol::messages::SyncMode;
+
+use crate::config::Config;
+use crate::daemon::Supervisor;
+
+/// Options of `ringdaq run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// TOML configuration file (see ringdaq.example.toml); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address the detector sockets bind to.
+    #[arg(long)]
+    pub bind: Option<IpAddr>,
+    /// UDP port of sector 0.
+    #[arg(long)]
+    pub port_base: Option<u16>,
+    /// Detector mode.
+    #[arg(long)]
+    pub mode: Option<Mode>,
+    /// Run the built-in simulator against this pipeline.
+    #[arg(long)]
+    pub simulate: bool,
+    /// With --simulate: acquire this many frames into --out, print a summary and exit.
+    #[arg(long, requires = "simulate")]
+    pub frames: Option<u64>,
+    /// With --simulate --frames: directory for the .npy file and its sidecar.
+    #[arg(long, requires = "frames")]
+    pub out: Option<PathBuf>,
+    /// With --simulate: frames per second the simulator sends (the K2 IS runs at 400).
+    #[arg(long, default_value_t = 400.0)]
+    pub fps: f64,
+    /// With --simulate: probability that the simulator drops each datagram.
+    #[arg(long, default_value_t = 0.0)]
+    pub sim_drop: f64,
+}
+
+impl RunArgs {
+    /// The configuration: the file (or defaults), then the flags, then `--runtime-dir`.
+    pub fn config(&self, runtime_dir: Option<&Path>) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(p) => Config::load(p)?,
+            None => Config::default(),
+        };
+        if let Some(b) = self.bind {
+            c.bind = b;
+        }
+        if let Some(p) = self.port_base {
+            c.port_base = p;
+        }
+        if let Some(m) = self.mode {
+            c.mode = m;
+        }
+        if let Some(r) = runtime_dir {
+            c.runtime_dir = Some(r.to_owned());
+        } else if c.runtime_dir.is_none() {
+            c.runtime_dir = Some(crate::config::resolve_runtime_dir(None));
+        }
+        Ok(c)
+    }
+}
+
+/// Runs the pipeline until shutdown (or, with `--simulate --frames`, until the acquisition is done).
+pub fn run(args: &RunArgs, runtime_dir: Option<&Path>) -> anyhow::Result<()> {
+    let cfg = args.config(runtime_dir)?;
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    }
+    let (sup, listener) = Supervisor::new(cfg)?;
+    let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    crate::signals::stop_on_signals(stop)?;
+    let outcome = std::thread::scope(|s| -> anyhow::Result<()> {
+        let runner = {
+            let sup = sup.clone();
+            s.spawn(move || sup.run(listener, stop))
+        };
+        let result = if args.simulate {
+            simulate(&sup, args, stop)
+        } else {
+            Ok(())
+        };
+        if result.is_err() || args.frames.is_some() {
+            sup.request_shutdown();
+        }
+        runner
+            .join()
+            .map_err(|_| anyhow::anyhow!("supervisor thread panicked"))??;
+        result
+    });
+    if let Some(why) = sup.failure() {
+        bail!("{why}");
+    }
+    outcome
+}
+
+fn sim_target(cfg: &Config) -> IpAddr {
+    match cfg.multicast_group {
+        Some(g) => g.into(),
+        None if cfg.bind.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        None => cfg.bind,
+    }
+}
+
+/// Feeds the pipeline from the simulator; with `--frames`, acquires them and prints a summary.
+fn simulate(sup: &Arc<Supervisor>, args: &RunArgs, stop: &AtomicBool) -> anyhow::Result<()> {
+    if !sup.wait_ready(Duration::from_secs(20)) {
+        bail!("the stages did not start within 20 s");
+    }
+    let cfg = sup.config();
+    let sim_cfg = SimConfig {
+        target: sim_target(cfg),
+        port_base: cfg.port_base,
+        frames: args.frames.unwrap_or(0),
+        fps: Some(args.fps),
+        mode: cfg.mode,
+        drop: args.sim_drop,
+        ..SimConfig::default()
+    };
+    let sim = Simulator::new(sim_cfg)?;
+    let sim_stop = AtomicBool::new(false);
+    let Some(frames) = args.frames else {
+        tracing::info!(fps = args.fps, "simulator sending until the pipeline stops");
+        return std::thread::scope(|s| {
+            let h = s.spawn(|| sim.run(&sim_stop));
+            while !sup.shutting_down() && !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            sim_stop.store(true, Ordering::Relaxed);
+            h.join()
+                .map_err(|_| anyhow::anyhow!("simulator panicked"))??;
+            Ok(())
+        });
+    };
+    let dir = args.out.clone().unwrap_or_else(|| PathBuf::from("."));
+    let dir = std::fs::canonicalize(&dir)
+        .with_context(|| format!("output directory {}", dir.display()))?;
+    let name = format!("sim-{}.npy", shm_protocol::pipeline::now_ns() / 1_000_000);
+    let path = dir.join(name);
+    let id = sup.arm(frames, &path.display().to_string(), SyncMode::Immediate)?;
+    let started = Instant::now();
+    let report = std::thread::scope(|s| -> anyhow::Result<SimReport> {
+        let h = s.spawn(|| sim.run(&sim_stop));
+        // Wait for the file; give up (and finish it with what came) if frames stop arriving.
+        let budget = Duration::from_secs_f64(frames as f64 / args.fps + 30.0);
+        let mut stop_sent = false;
+        loop {
+            let st = sup
+                .acquisition_status(id)
+                .context("acquisition record vanished")?;
+            if st.state == "done" || st.state == "failed" {
+                break;
+            }
+            if (started.elapsed() > budget || stop.load(Ordering::Relaxed) || sup.shutting_down())
+                && !stop_sent
+            {
+                tracing::warn!("frames stopped arriving; finishing the file with what came");
+                sup.handle(shm_protocol::messages::Request::Stop);
+                stop_sent = true;
+            }
+            if sup.shutting_down() && started.elapsed() > budget + Duration::from_secs(30) {
+                bail!("the acquisition did not finish");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sim_stop.store(true, Ordering::Relaxed);
+        Ok(h.join()
+            .map_err(|_| anyhow::anyhow!("simulator panicked"))??)
+    })?;
+    let st = sup
+        .acquisition_status(id)
+        .context("acquisition record vanished")?;
+    if let Some(e) = st.error {
+        bail!("acquisition failed: {e}");
+    }
+    print_summary(&path, &report, sup)
+}
+
+fn print_summary(path: &Path, sim: &SimReport, sup: &Supervisor) -> anyhow::Result<()> {
+    let side = writer::sidecar_path(path);
+    let text =
+        std::fs::read_to_string(&side).with_context(|| format!("reading {}", side.display()))?;
+    let sc: writer::Sidecar = serde_json::from_str(&text)?;
+    let first = sc
+        .frame_list
+        .iter()
+        .map(|f| f.first_block_ns)
+        .filter(|&t| t > 0)
+        .min()
+        .unwrap_or(0);
+    let last = sc
+        .frame_list
+        .iter()
+        .map(|f| f.last_block_ns)
+        .max()
+        .unwrap_or(0);
+    let secs = (last.saturating_sub(first)) as f64 / 1e9;
+    let fps = if secs > 0.0 {
+        sc.frames as f64 / secs
+    } else {
+        0.0
+    };
+    let frame_bytes = sc.shape[1] * sc.shape[2] * 2;
+    let c = sup
+        .status()
+        .counters
+        .into_iter()
+        .collect::<std::collections::BTreeMap<_, _>>();
+    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+    let invalid: Vec<String> = c
+        .iter()
+        .filter(|(k, v)| k.starts_with("assembler.invalid.") && **v > 0)
+        .map(|(k, v)| format!("{}={v}", &k["assembler.invalid.".len()..]))
+        .collect();
+    println!("acquired {} frames into {}", sc.frames, path.display());
+    println!(
+        "  frames: {} complete, {} incomplete (sidecar {})",
+        sc.complete_frames,
+        sc.incomplete_frames,
+        side.display()
+    );
+    println!(
+        "  rate:   {fps:.1} frames/s, {:.2} GB/s decoded, {:.2} GB/s on the wire",
+        fps * frame_bytes as f64 / 1e9,
+        sim.bytes as f64 / sim.seconds.max(1e-9) / 1e9
+    );
+    println!(
+        "  datagrams: sent {}, received {}; dropped by the simulator {}, by the kernel {}; invalid {}; late {}; duplicates {}",
+        sim.datagrams,
+        get("receiver.datagrams"),
+        sim.dropped,
+        get("receiver.kernel_drops"),
+        if invalid.is_empty() {
+            "0".to_string()
+        } else {
+            invalid.join(" ")
+        },
+        get("assembler.late"),
+        get("assembler.duplicates"),
+    );
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! The stage processes: where their binaries are, how they are started, how their ends are described.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus};
+
+use anyhow::Context;
+use shm_protocol::pipeline::Stage;
+
+use crate::config::Config;
+
+/// The binary of a stage: `ringdaq-<stage>` next to the running `ringdaq` (or in `$RINGDAQ_STAGE_DIR`).
+pub fn binary(stage: Stage) -> anyhow::Result<PathBuf> {
+    let name = format!("ringdaq-{}", stage.name());
+    let dir = match std::env::var_os("RINGDAQ_STAGE_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::current_exe()
+            .context("locating the ringdaq binary")?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("the ringdaq binary has no directory")?,
+    };
+    let p = dir.join(&name);
+    anyhow::ensure!(
+        p.exists(),
+        "stage binary {} not found (build the workspace: cargo build --release)",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// Starts `stage`, telling it where the control socket is. The child gets SIGKILL if the thread that started it
+/// dies (`PR_SET_PDEATHSIG`), so a crashed supervisor leaves no orphans.
+pub fn spawn(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Result<Child> {
+    let mut cmd = Command::new(binary(stage)?);
+    cmd.arg("--control").arg(control);
+    match stage {
+        Stage::Receiver => {}
+        Stage::Assembler => {
+            cmd.arg("--window").arg(cfg.assembler.window.to_string());
+            cmd.arg("--timeout-ms")
+                .arg(cfg.assembler.timeout_ms.to_string());
+            cmd.arg("--reset-threshold")
+                .arg(cfg.assembler.reset_threshold.to_string());
+        }
+        Stage::Writer => {
+            if !cfg.writer.direct_io {
+                cmd.arg("--buffered");
+            }
+        }
+    }
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl/getppid, which are
+    // async-signal-safe; it allocates nothing.
+    unsafe {
+        let parent = rustix::process::getpid();
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl.
+            if libc::getppid() != parent.as_raw_nonzero().get() {
+                return Err(std::io::Error::other("supervisor died during start-up"));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting the {}", stage.name()))
+}
+
+/// How a process ended, in words.
+pub fn describe_exit(st: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = st.code() {
+        return format!("exited with code {code}");
+    }
+    match st.signal() {
+        Some(sig) => {
+            let name = match sig {
+                libc::SIGKILL => " (SIGKILL)",
+                libc::SIGSEGV => " (SIGSEGV)",
+                libc::SIGABRT => " (SIGABRT)",
+                libc::SIGTERM => " (SIGTERM)",
+                libc::SIGBUS => " (SIGBUS)",
+                _ => "",
+            };
+            format!("killed by signal {sig}{name}")
+        }
+        None => "ended".into(),
+    }
+}

@@ -1,0 +1,48 @@
+//! `ringdaq-writer`: the write stage as a process. Started by `ringdaq run`, or by hand for debugging.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use shm_protocol::Access;
+use shm_protocol::messages::Role;
+use shm_protocol::pipeline::Stage;
+use shm_protocol::session::Session;
+
+/// The ringdaq write stage.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The supervisor's control socket.
+    #[arg(long, env = "RINGDAQ_CONTROL")]
+    control: PathBuf,
+    /// Never use O_DIRECT.
+    #[arg(long)]
+    buffered: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let _span = tracing::info_span!("stage", stage = "writer", pid = std::process::id()).entered();
+    let Session {
+        mut conn, region, ..
+    } = Session::open(&args.control, Role::Stage(Stage::Writer), Access::ReadWrite)
+        .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
+    let mut w = writer::Writer::new(
+        &region,
+        writer::WriterConfig {
+            direct_io: !args.buffered,
+        },
+    )?;
+    conn.send(&shm_protocol::messages::Request::Ready)?;
+    tracing::info!("writing");
+    w.run(|| shm_protocol::session::should_stop(&mut conn))?;
+    tracing::info!("stopped");
+    Ok(())
+}
