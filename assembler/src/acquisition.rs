@@ -29,8 +29,7 @@ pub fn assign(
                 end(area, rec);
                 return (0, NO_INDEX);
             }
-            let after_arm =
-                has_blocks && first_block_seq >= rec.armed_block_seq.load(Ordering::Relaxed);
+            let after_arm = has_blocks && first_block_seq >= rec.armed_block_seq.load(Ordering::Relaxed);
             let flag_ok = rec.sync.load(Ordering::Relaxed) == sync_mode::IMMEDIATE || sync;
             if !(after_arm && flag_ok) {
                 return (0, NO_INDEX);
@@ -62,23 +61,15 @@ fn next_index(area: &PipelineArea, rec: &AcquisitionRecord, id: u64) -> (u64, u6
 pub fn end(area: &PipelineArea, rec: &AcquisitionRecord) {
     let id = rec.id.load(Ordering::Acquire);
     rec.state.store(acq_state::ASSIGNED, Ordering::Release);
-    let _ = area
-        .active_acquisition
-        .compare_exchange(id, 0, Ordering::AcqRel, Ordering::Relaxed);
-    tracing::info!(
-        acquisition = id,
-        frames = rec.assigned.load(Ordering::Relaxed),
-        "all frames assigned"
-    );
+    let _ = area.active_acquisition.compare_exchange(id, 0, Ordering::AcqRel, Ordering::Relaxed);
+    tracing::info!(acquisition = id, frames = rec.assigned.load(Ordering::Relaxed), "all frames assigned");
 }
 
 /// Ends the active acquisition if a stop was requested (also when no frame arrives to trigger it).
 pub fn finish_stopped(area: &PipelineArea) {
     if let Some(rec) = area.active() {
         let st = rec.state.load(Ordering::Acquire);
-        if rec.stop_requested.load(Ordering::Acquire) != 0
-            && (st == acq_state::ARMED || st == acq_state::RUNNING)
-        {
+        if rec.stop_requested.load(Ordering::Acquire) != 0 && (st == acq_state::ARMED || st == acq_state::RUNNING) {
             end(area, rec);
         }
     }

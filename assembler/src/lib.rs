@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use detector::{BlockHeader, Decoder, Geometry, HeaderError, Mode};
 use shm_protocol::pipeline::{
-    self, ASSEMBLER_CURSOR, BLOCK_RING, BlockSlotHeader, DATAGRAM_TRUNCATED, DatagramRecord,
-    FRAME_COMPLETE, FRAME_INCOMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FRAME_SYNC, FrameHeader,
-    NO_INDEX, PipelineArea, PipelineParams, Stage,
+    self, ASSEMBLER_CURSOR, BLOCK_RING, BlockSlotHeader, DATAGRAM_TRUNCATED, DatagramRecord, FRAME_COMPLETE,
+    FRAME_INCOMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FRAME_SYNC, FrameHeader, NO_INDEX, PipelineArea, PipelineParams,
+    Stage,
 };
 use shm_protocol::{Consumer, Producer, ReadSlot, Region, Ring, RingError};
 
@@ -42,11 +42,7 @@ pub struct AssemblerConfig {
 
 impl Default for AssemblerConfig {
     fn default() -> Self {
-        Self {
-            window: 4,
-            timeout: Duration::from_millis(100),
-            reset_threshold: 32,
-        }
+        Self { window: 4, timeout: Duration::from_millis(100), reset_threshold: 32 }
     }
 }
 
@@ -79,10 +75,7 @@ const TICK: Duration = Duration::from_millis(10);
 /// Index in [`pipeline::INVALID_REASONS`] of a header error.
 fn reason_index(e: &HeaderError) -> usize {
     let name = e.reason();
-    pipeline::INVALID_REASONS
-        .iter()
-        .position(|r| *r == name)
-        .unwrap_or(0)
+    pipeline::INVALID_REASONS.iter().position(|r| *r == name).unwrap_or(0)
 }
 const OVERSIZED: usize = 6;
 const OUT_OF_WINDOW: usize = 7;
@@ -126,8 +119,7 @@ impl<'r> Assembler<'r> {
     pub fn new(region: &'r Region, cfg: AssemblerConfig) -> Result<Self, AssemblerError> {
         let area = pipeline::pipeline_area(region)?;
         let geo = region.header().geometry;
-        let mode = Mode::from_id(geo.mode)
-            .ok_or_else(|| AssemblerError::Geometry(format!("mode id {}", geo.mode)))?;
+        let mode = Mode::from_id(geo.mode).ok_or_else(|| AssemblerError::Geometry(format!("mode id {}", geo.mode)))?;
         let g = mode.geometry();
         if geo.frame_rows as usize != g.frame_rows() || geo.frame_cols as usize != g.frame_cols() {
             return Err(AssemblerError::Geometry(format!(
@@ -137,9 +129,7 @@ impl<'r> Assembler<'r> {
         }
         let frame_ring = region.ring(FRAME_RING)?;
         if frame_ring.slot_size() < FRAME_PIXELS_OFFSET + g.frame_bytes() {
-            return Err(AssemblerError::Geometry(
-                "frame slots smaller than a frame".into(),
-            ));
+            return Err(AssemblerError::Geometry("frame slots smaller than a frame".into()));
         }
         let block_ring = region.ring(BLOCK_RING)?;
         let blocks = block_ring.consumer(ASSEMBLER_CURSOR)?;
@@ -147,8 +137,7 @@ impl<'r> Assembler<'r> {
         let params = area.params;
         // A restarted assembler resumes at the frame id after the last one it published.
         let next = area.next_frame_id.load(Ordering::Acquire);
-        let window =
-            (next & RESUME_VALID != 0).then(|| Window::new(next as u32, g.blocks_per_frame()));
+        let window = (next & RESUME_VALID != 0).then(|| Window::new(next as u32, g.blocks_per_frame()));
         Ok(Self {
             g,
             decoder: Decoder::detect(),
@@ -217,10 +206,8 @@ impl<'r> Assembler<'r> {
         let hdr: BlockSlotHeader = bytemuck_read(bytes, 0);
         let count = (hdr.count as usize).min(per_slot);
         for i in 0..count {
-            let rec: DatagramRecord = bytemuck_read(
-                bytes,
-                size_of::<BlockSlotHeader>() + i * size_of::<DatagramRecord>(),
-            );
+            let rec: DatagramRecord =
+                bytemuck_read(bytes, size_of::<BlockSlotHeader>() + i * size_of::<DatagramRecord>());
             let len = (rec.len as usize).min(stride);
             let dgram = &bytes[data_off + i * stride..][..len];
             if rec.flags & DATAGRAM_TRUNCATED != 0 {
@@ -236,30 +223,13 @@ impl<'r> Assembler<'r> {
             };
             let sector = usize::from(rec.sector);
             if sector >= detector::SECTORS {
-                self.invalid(reason_index(&HeaderError::Geometry {
-                    width: 0,
-                    height: 0,
-                }));
+                self.invalid(reason_index(&HeaderError::Geometry { width: 0, height: 0 }));
                 continue;
             }
-            let block = self
-                .g
-                .block_index(sector, usize::from(h.x_start), usize::from(h.y_start));
-            self.file_block(
-                h.frame_id,
-                block,
-                BlockRef {
-                    seq,
-                    index: i as u32,
-                },
-                rec.recv_ns,
-                h.sync(),
-            )?;
+            let block = self.g.block_index(sector, usize::from(h.x_start), usize::from(h.y_start));
+            self.file_block(h.frame_id, block, BlockRef { seq, index: i as u32 }, rec.recv_ns, h.sync())?;
         }
-        self.area
-            .stage(Stage::Assembler)
-            .heartbeat
-            .fetch_add(1, Ordering::Relaxed);
+        self.area.stage(Stage::Assembler).heartbeat.fetch_add(1, Ordering::Relaxed);
         self.publish_ready()?;
         self.relieve_pressure()?;
         self.commit();
@@ -294,26 +264,15 @@ impl<'r> Assembler<'r> {
         }
         if (w..AHEAD_FRAMES).contains(&d) {
             // A newer frame forces the oldest ones out, complete or not.
-            while self
-                .window
-                .as_ref()
-                .is_some_and(|win| win.offset(frame_id) >= w)
-            {
+            while self.window.as_ref().is_some_and(|win| win.offset(frame_id) >= w) {
                 self.log_early("window", frame_id);
                 self.publish_front()?;
             }
             d = self.window.as_ref().map_or(0, |win| win.offset(frame_id));
         }
         if (0..w).contains(&d) {
-            let added = self
-                .window
-                .as_mut()
-                .is_some_and(|win| win.entry(d as usize, ns).add(block, r, ns, sync));
-            let counter = if added {
-                &self.area.assembler.blocks
-            } else {
-                &self.area.assembler.duplicates
-            };
+            let added = self.window.as_mut().is_some_and(|win| win.entry(d as usize, ns).add(block, r, ns, sync));
+            let counter = if added { &self.area.assembler.blocks } else { &self.area.assembler.duplicates };
             counter.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
@@ -338,17 +297,11 @@ impl<'r> Assembler<'r> {
         let base = self.window.as_ref().map_or(frame_id, |w| w.base);
         let blocks = self.g.blocks_per_frame();
         let w = self.cfg.window as i64;
-        let k = match self
-            .candidates
-            .iter()
-            .position(|c| (0..w).contains(&c.window.offset(frame_id)))
-        {
+        let k = match self.candidates.iter().position(|c| (0..w).contains(&c.window.offset(frame_id))) {
             Some(k) => k,
             None => {
                 if self.candidates.len() == MAX_CANDIDATES {
-                    let weakest = (0..self.candidates.len())
-                        .min_by_key(|&i| self.candidates[i].datagrams)
-                        .unwrap_or(0);
+                    let weakest = (0..self.candidates.len()).min_by_key(|&i| self.candidates[i].datagrams).unwrap_or(0);
                     self.drop_candidate(weakest);
                 }
                 tracing::debug!(frame_id, block, base, "reset candidate");
@@ -365,10 +318,7 @@ impl<'r> Assembler<'r> {
         if c.window.entry(dd, ns).add(block, r, ns, sync) {
             c.datagrams += 1;
         } else {
-            self.area
-                .assembler
-                .duplicates
-                .fetch_add(1, Ordering::Relaxed);
+            self.area.assembler.duplicates.fetch_add(1, Ordering::Relaxed);
         }
         if c.datagrams >= self.cfg.reset_threshold {
             // Confirmed: the camera restarted its numbering (or the stream started). Finish the old frames,
@@ -410,30 +360,14 @@ impl<'r> Assembler<'r> {
     }
 
     fn log_early(&self, why: &'static str, newer: u32) {
-        if let Some(f) = self
-            .window
-            .as_ref()
-            .and_then(Window::front)
-            .filter(|f| !f.is_complete())
-        {
-            tracing::debug!(
-                why,
-                frame_id = f.frame_id,
-                received = f.received,
-                newer,
-                "publishing an incomplete frame"
-            );
+        if let Some(f) = self.window.as_ref().and_then(Window::front).filter(|f| !f.is_complete()) {
+            tracing::debug!(why, frame_id = f.frame_id, received = f.received, newer, "publishing an incomplete frame");
         }
     }
 
     /// Publishes frames from the front while they are complete.
     fn publish_ready(&mut self) -> Result<(), AssemblerError> {
-        while self
-            .window
-            .as_ref()
-            .and_then(Window::front)
-            .is_some_and(InFlight::is_complete)
-        {
+        while self.window.as_ref().and_then(Window::front).is_some_and(InFlight::is_complete) {
             self.publish_front()?;
         }
         Ok(())
@@ -452,17 +386,9 @@ impl<'r> Assembler<'r> {
             && self.window.as_ref().is_some_and(|w| !w.is_empty())
         {
             if tracing::enabled!(tracing::Level::DEBUG) {
-                let frames: Vec<(u32, u32, u64)> = self
-                    .window
-                    .iter()
-                    .flat_map(|w| w.iter())
-                    .map(|f| (f.frame_id, f.received, f.min_seq))
-                    .collect();
-                tracing::debug!(
-                    next = self.blocks.next_seq(),
-                    ?frames,
-                    "block ring full of unfinished frames"
-                );
+                let frames: Vec<(u32, u32, u64)> =
+                    self.window.iter().flat_map(|w| w.iter()).map(|f| (f.frame_id, f.received, f.min_seq)).collect();
+                tracing::debug!(next = self.blocks.next_seq(), ?frames, "block ring full of unfinished frames");
             }
             self.log_early("pressure", 0);
             self.publish_front()?;
@@ -479,29 +405,17 @@ impl<'r> Assembler<'r> {
         let timeout = self.cfg.timeout;
         let timeout_ns = timeout.as_nanos() as u64;
         let idle = self.last_input.elapsed() >= timeout;
-        while self
-            .window
-            .as_ref()
-            .and_then(Window::front)
-            .is_some_and(|f| {
-                self.data_now.saturating_sub(f.data_ns) >= timeout_ns
-                    || (idle && f.touched.elapsed() >= timeout)
-            })
-        {
+        while self.window.as_ref().and_then(Window::front).is_some_and(|f| {
+            self.data_now.saturating_sub(f.data_ns) >= timeout_ns || (idle && f.touched.elapsed() >= timeout)
+        }) {
             self.log_early("timeout", 0);
             self.publish_front()?;
         }
         let mut k = 0;
         while k < self.candidates.len() {
             let c = &self.candidates[k];
-            let moved = self
-                .window
-                .as_ref()
-                .map_or(0, |w| i64::from(w.base.wrapping_sub(c.seen_at_base) as i32));
-            let stale = c
-                .window
-                .front()
-                .is_some_and(|f| f.touched.elapsed() >= timeout * 4);
+            let moved = self.window.as_ref().map_or(0, |w| i64::from(w.base.wrapping_sub(c.seen_at_base) as i32));
+            let stale = c.window.front().is_some_and(|f| f.touched.elapsed() >= timeout * 4);
             if moved >= self.cfg.window as i64 || stale {
                 self.drop_candidate(k);
             } else {
@@ -534,14 +448,8 @@ impl<'r> Assembler<'r> {
             }
         };
         let seq = slot.seq();
-        let (acquisition_id, index) = acquisition::assign(
-            self.area,
-            f.received > 0,
-            f.first_seq,
-            f.sync,
-            f.frame_id,
-            seq,
-        );
+        let (acquisition_id, index) =
+            acquisition::assign(self.area, f.received > 0, f.first_seq, f.sync, f.frame_id, seq);
         let payload = self.g.payload_bytes();
         let hdr_bytes = detector::mode::HEADER_BYTES;
         let stride = self.params.datagram_stride as usize;
@@ -552,25 +460,17 @@ impl<'r> Assembler<'r> {
                 // SAFETY: block-ring slot `r.seq` is not committed (commit stops at the lowest sequence a frame in
                 // flight references), so the receiver cannot rewrite it; the datagram was validated to be
                 // `block_bytes` long, so header + payload lie within its `stride` bytes inside the slot.
-                unsafe {
-                    std::slice::from_raw_parts(self.block_ring.slot_ptr(r.seq).add(at), payload)
-                }
+                unsafe { std::slice::from_raw_parts(self.block_ring.slot_ptr(r.seq).add(at), payload) }
             });
         }
         let base = slot.as_mut_ptr();
         // SAFETY: the slot is ours until published; its pixels start at FRAME_PIXELS_OFFSET (page aligned, so
         // aligned for u16) and hold frame_pixels u16 (checked against slot_size in `new`).
         let pixels = unsafe {
-            std::slice::from_raw_parts_mut(
-                base.add(FRAME_PIXELS_OFFSET).cast::<u16>(),
-                self.g.frame_pixels(),
-            )
+            std::slice::from_raw_parts_mut(base.add(FRAME_PIXELS_OFFSET).cast::<u16>(), self.g.frame_pixels())
         };
         let fill = self.params.fill_value as u16;
-        if let Err(e) = self
-            .decoder
-            .decode_frame(&self.g, &self.payloads, pixels, fill)
-        {
+        if let Err(e) = self.decoder.decode_frame(&self.g, &self.payloads, pixels, fill) {
             // Cannot happen for validated blocks; keep going with a filled frame rather than stop the pipeline.
             tracing::error!(error = %e, "decode failed");
             pixels.fill(fill);
@@ -587,11 +487,7 @@ impl<'r> Assembler<'r> {
             acquisition_id,
             index,
             frame_id: f.frame_id,
-            status: if complete {
-                FRAME_COMPLETE
-            } else {
-                FRAME_INCOMPLETE
-            },
+            status: if complete { FRAME_COMPLETE } else { FRAME_INCOMPLETE },
             blocks_expected: self.g.blocks_per_frame() as u32,
             blocks_received: f.received,
             flags: if f.sync { FRAME_SYNC } else { 0 },
@@ -608,23 +504,15 @@ impl<'r> Assembler<'r> {
         if complete {
             c.frames_complete.fetch_add(1, Ordering::Relaxed);
             if index != NO_INDEX {
-                self.area
-                    .acquisition(acquisition_id)
-                    .complete
-                    .fetch_add(1, Ordering::Relaxed);
+                self.area.acquisition(acquisition_id).complete.fetch_add(1, Ordering::Relaxed);
             }
         } else {
             c.frames_incomplete.fetch_add(1, Ordering::Relaxed);
-            c.missing_blocks.fetch_add(
-                u64::from(header.blocks_expected - f.received),
-                Ordering::Relaxed,
-            );
+            c.missing_blocks.fetch_add(u64::from(header.blocks_expected - f.received), Ordering::Relaxed);
         }
         self.history.push(&f);
         if let Some(w) = self.window.as_mut() {
-            self.area
-                .next_frame_id
-                .store(u64::from(w.base) | RESUME_VALID, Ordering::Release);
+            self.area.next_frame_id.store(u64::from(w.base) | RESUME_VALID, Ordering::Release);
             w.recycle(f);
         }
         Ok(())
@@ -633,12 +521,7 @@ impl<'r> Assembler<'r> {
     /// The block-ring sequence below which no frame in flight references anything.
     fn commit_target(&self) -> u64 {
         let held = self.window.as_ref().map_or(u64::MAX, Window::min_seq);
-        let cand = self
-            .candidates
-            .iter()
-            .map(|c| c.window.min_seq())
-            .min()
-            .unwrap_or(u64::MAX);
+        let cand = self.candidates.iter().map(|c| c.window.min_seq()).min().unwrap_or(u64::MAX);
         self.blocks.next_seq().min(held).min(cand)
     }
 

@@ -30,22 +30,14 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let _span =
-        tracing::info_span!("stage", stage = "assembler", pid = std::process::id()).entered();
-    let Session {
-        mut conn, region, ..
-    } = Session::open(
-        &args.control,
-        Role::Stage(Stage::Assembler),
-        Access::ReadWrite,
-    )
-    .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
+    let _span = tracing::info_span!("stage", stage = "assembler", pid = std::process::id()).entered();
+    let Session { mut conn, region, .. } =
+        Session::open(&args.control, Role::Stage(Stage::Assembler), Access::ReadWrite)
+            .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
     let cfg = assembler::AssemblerConfig {
         window: args.window.max(1),
         timeout: Duration::from_millis(args.timeout_ms),

@@ -107,12 +107,7 @@ pub struct Window {
 impl Window {
     /// An empty window starting at `base`, for frames of `blocks` blocks.
     pub fn new(base: u32, blocks: usize) -> Self {
-        Self {
-            base,
-            frames: VecDeque::new(),
-            spare: Vec::new(),
-            blocks,
-        }
+        Self { base, frames: VecDeque::new(), spare: Vec::new(), blocks }
     }
 
     /// Offset of `frame_id` from the base, as a signed distance (frame ids wrap at 2^32).
@@ -121,10 +116,7 @@ impl Window {
     }
 
     fn fresh(&mut self, frame_id: u32, data_ns: u64) -> InFlight {
-        let mut f = self
-            .spare
-            .pop()
-            .unwrap_or_else(|| InFlight::new(self.blocks));
+        let mut f = self.spare.pop().unwrap_or_else(|| InFlight::new(self.blocks));
         f.reset(frame_id, data_ns);
         f
     }
@@ -181,11 +173,7 @@ impl Window {
 
     /// Lowest block-ring sequence referenced by any frame in flight.
     pub fn min_seq(&self) -> u64 {
-        self.frames
-            .iter()
-            .map(|f| f.min_seq)
-            .min()
-            .unwrap_or(u64::MAX)
+        self.frames.iter().map(|f| f.min_seq).min().unwrap_or(u64::MAX)
     }
 
     /// The frames in flight, oldest first.
@@ -206,11 +194,7 @@ pub struct History {
 impl History {
     /// Room for `frames` frames of `blocks` blocks.
     pub fn new(frames: usize, blocks: usize) -> Self {
-        Self {
-            entries: vec![(0, vec![0; blocks.div_ceil(64)]); frames.max(1)],
-            next: 0,
-            len: 0,
-        }
+        Self { entries: vec![(0, vec![0; blocks.div_ceil(64)]); frames.max(1)], next: 0, len: 0 }
     }
 
     /// Records a published frame.
@@ -233,10 +217,7 @@ impl History {
         (0..self.len)
             .map(|k| &self.entries[(self.next + n - 1 - k) % n])
             .find(|(id, _)| *id == frame_id)
-            .map(|(_, bits)| {
-                bits.get(block / 64)
-                    .is_some_and(|w| w >> (block % 64) & 1 == 1)
-            })
+            .map(|(_, bits)| bits.get(block / 64).is_some_and(|w| w >> (block % 64) & 1 == 1))
     }
 }
 
@@ -249,15 +230,8 @@ mod tests {
         let mut w = Window::new(u32::MAX - 1, 4);
         assert_eq!(w.offset(0), 2, "wraps");
         assert_eq!(w.offset(u32::MAX - 3), -2);
-        assert!(
-            w.entry(2, 10)
-                .add(1, BlockRef { seq: 5, index: 0 }, 10, false)
-        );
-        assert!(
-            !w.entry(2, 11)
-                .add(1, BlockRef { seq: 6, index: 0 }, 11, false),
-            "duplicate"
-        );
+        assert!(w.entry(2, 10).add(1, BlockRef { seq: 5, index: 0 }, 10, false));
+        assert!(!w.entry(2, 11).add(1, BlockRef { seq: 6, index: 0 }, 11, false), "duplicate");
         assert_eq!(w.len(), 3);
         assert_eq!(w.min_seq(), 5);
         let f = w.pop_front();

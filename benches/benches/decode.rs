@@ -47,10 +47,7 @@ fn bench(c: &mut Criterion) {
                 black_box(&frame);
             })
         });
-        for (name, d) in [
-            ("decode-portable", Decoder::portable()),
-            ("decode-fast", Decoder::detect()),
-        ] {
+        for (name, d) in [("decode-portable", Decoder::portable()), ("decode-fast", Decoder::detect())] {
             grp.bench_function(name, |b| {
                 b.iter(|| {
                     for (s, h, p) in &blocks {
@@ -60,14 +57,9 @@ fn bench(c: &mut Criterion) {
                 })
             });
         }
-        let index: Vec<usize> = blocks
-            .iter()
-            .map(|(s, h, _)| g.block_index(*s, h.x_start.into(), h.y_start.into()))
-            .collect();
-        for (name, d) in [
-            ("frame-decode-portable", Decoder::portable()),
-            ("frame-decode-fast", Decoder::detect()),
-        ] {
+        let index: Vec<usize> =
+            blocks.iter().map(|(s, h, _)| g.block_index(*s, h.x_start.into(), h.y_start.into())).collect();
+        for (name, d) in [("frame-decode-portable", Decoder::portable()), ("frame-decode-fast", Decoder::detect())] {
             grp.bench_function(name, |b| {
                 b.iter(|| {
                     // Gather the blocks as they arrived (camera order) into their frame positions, then decode.
@@ -94,13 +86,8 @@ fn bench(c: &mut Criterion) {
             })
         });
         let (s, h, p) = &blocks[0];
-        for (name, d) in [
-            ("decode-portable", Decoder::portable()),
-            ("decode-fast", Decoder::detect()),
-        ] {
-            grp.bench_function(name, |b| {
-                b.iter(|| d.place(&g, *s, h, black_box(p), &mut frame).unwrap())
-            });
+        for (name, d) in [("decode-portable", Decoder::portable()), ("decode-fast", Decoder::detect())] {
+            grp.bench_function(name, |b| b.iter(|| d.place(&g, *s, h, black_box(p), &mut frame).unwrap()));
         }
         grp.finish();
     }

@@ -102,18 +102,14 @@ impl Decoder {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
-            return Self {
-                imp: Implementation::Avx2,
-            };
+            return Self { imp: Implementation::Avx2 };
         }
         Self::portable()
     }
 
     /// The portable implementation.
     pub const fn portable() -> Self {
-        Self {
-            imp: Implementation::Portable,
-        }
+        Self { imp: Implementation::Portable }
     }
 
     /// Which implementation this decoder uses.
@@ -135,16 +131,10 @@ impl Decoder {
             return Err(PlaceError::Sector(sector));
         }
         if payload.len() != g.payload_bytes() {
-            return Err(PlaceError::Payload {
-                found: payload.len(),
-                expected: g.payload_bytes(),
-            });
+            return Err(PlaceError::Payload { found: payload.len(), expected: g.payload_bytes() });
         }
         if frame.len() != g.frame_pixels() {
-            return Err(PlaceError::Frame {
-                found: frame.len(),
-                expected: g.frame_pixels(),
-            });
+            return Err(PlaceError::Frame { found: frame.len(), expected: g.frame_pixels() });
         }
         let (x, y) = (usize::from(h.x_start), usize::from(h.y_start));
         if x % g.block_width != 0
@@ -184,26 +174,13 @@ impl Decoder {
         fill: u16,
     ) -> Result<(), PlaceError> {
         if blocks.len() != g.blocks_per_frame() {
-            return Err(PlaceError::Blocks {
-                found: blocks.len(),
-                expected: g.blocks_per_frame(),
-            });
+            return Err(PlaceError::Blocks { found: blocks.len(), expected: g.blocks_per_frame() });
         }
         if frame.len() != g.frame_pixels() {
-            return Err(PlaceError::Frame {
-                found: frame.len(),
-                expected: g.frame_pixels(),
-            });
+            return Err(PlaceError::Frame { found: frame.len(), expected: g.frame_pixels() });
         }
-        if let Some(p) = blocks
-            .iter()
-            .flatten()
-            .find(|p| p.len() != g.payload_bytes())
-        {
-            return Err(PlaceError::Payload {
-                found: p.len(),
-                expected: g.payload_bytes(),
-            });
+        if let Some(p) = blocks.iter().flatten().find(|p| p.len() != g.payload_bytes()) {
+            return Err(PlaceError::Payload { found: p.len(), expected: g.payload_bytes() });
         }
         let across = g.blocks_across();
         let row_bytes = match g.encoding {
@@ -215,12 +192,10 @@ impl Decoder {
         for by in 0..g.blocks_down() {
             for s in 0..SECTORS {
                 for bx in 0..across {
-                    band[s * across + bx] =
-                        blocks[g.block_index(s, bx * g.block_width, by * g.block_height)];
+                    band[s * across + bx] = blocks[g.block_index(s, bx * g.block_width, by * g.block_height)];
                 }
             }
-            let band_rows = &mut frame[by * g.block_height * g.frame_cols()..]
-                [..g.block_height * g.frame_cols()];
+            let band_rows = &mut frame[by * g.block_height * g.frame_cols()..][..g.block_height * g.frame_cols()];
             match (self.imp, g.encoding) {
                 #[cfg(target_arch = "x86_64")]
                 (Implementation::Avx2, PixelEncoding::Packed12) if g.block_width == 16 => {
@@ -234,9 +209,7 @@ impl Decoder {
                         for (out, blk) in row.chunks_exact_mut(g.block_width).zip(&band) {
                             match blk {
                                 None => out.fill(fill),
-                                Some(p) => {
-                                    self.decode_row(g, &p[r * row_bytes..(r + 1) * row_bytes], out)
-                                }
+                                Some(p) => self.decode_row(g, &p[r * row_bytes..(r + 1) * row_bytes], out),
                             }
                         }
                     }
@@ -251,15 +224,13 @@ impl Decoder {
     fn decode_row(&self, g: &Geometry, src: &[u8], out: &mut [u16]) {
         match (self.imp, g.encoding) {
             #[cfg(target_arch = "x86_64")]
-            (Implementation::Avx2, PixelEncoding::Packed12)
-                if out.len() == 16 && src.len() == 24 =>
-            {
+            (Implementation::Avx2, PixelEncoding::Packed12) if out.len() == 16 && src.len() == 24 => {
                 // SAFETY: AVX2 was detected when this variant was made; lengths checked in the guard.
                 unsafe { avx2::row12(src, out) }
             }
             #[cfg(target_arch = "x86_64")]
             (Implementation::Avx2, PixelEncoding::U16Be)
-                if out.len() % 16 == 0 && src.len() == out.len() * 2 =>
+                if out.len().is_multiple_of(16) && src.len() == out.len() * 2 =>
             {
                 // SAFETY: as above.
                 unsafe { avx2::row16be(src, out) }
@@ -334,10 +305,8 @@ mod avx2 {
                             let lo = _mm_loadu_si128(s.cast());
                             let hi = _mm_loadu_si128(s.add(8).cast());
                             let v = _mm256_shuffle_epi8(_mm256_set_m128i(hi, lo), shuf);
-                            let px = _mm256_blend_epi16::<0b1010_1010>(
-                                _mm256_and_si256(v, mask),
-                                _mm256_srli_epi16::<4>(v),
-                            );
+                            let px =
+                                _mm256_blend_epi16::<0b1010_1010>(_mm256_and_si256(v, mask), _mm256_srli_epi16::<4>(v));
                             _mm256_storeu_si256(d, px);
                         }
                     }
@@ -358,16 +327,10 @@ mod avx2 {
             let s = src.as_ptr();
             let lo = _mm_loadu_si128(s.cast());
             let hi = _mm_loadu_si128(s.add(8).cast());
-            let v = _mm256_shuffle_epi8(
-                _mm256_set_m128i(hi, lo),
-                _mm256_loadu_si256(SHUF12.as_ptr().cast()),
-            );
+            let v = _mm256_shuffle_epi8(_mm256_set_m128i(hi, lo), _mm256_loadu_si256(SHUF12.as_ptr().cast()));
             let even = _mm256_and_si256(v, _mm256_set1_epi16(0x0FFF));
             let odd = _mm256_srli_epi16::<4>(v);
-            _mm256_storeu_si256(
-                out.as_mut_ptr().cast(),
-                _mm256_blend_epi16::<0b1010_1010>(even, odd),
-            );
+            _mm256_storeu_si256(out.as_mut_ptr().cast(), _mm256_blend_epi16::<0b1010_1010>(even, odd));
         }
     }
 
@@ -420,7 +383,7 @@ mod avx2 {
                         _mm256_storeu_si256(dst.add(r * cols).cast(), px);
                     }
                 }
-                PixelEncoding::U16Be if g.block_width % 16 == 0 => {
+                PixelEncoding::U16Be if g.block_width.is_multiple_of(16) => {
                     let swap = _mm256_setr_epi8(
                         1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14, //
                         1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14,
@@ -531,14 +494,8 @@ mod tests {
         let p = vec![0u8; g.payload_bytes()];
         let d = Decoder::detect();
         assert_eq!(d.place(&g, 8, &h, &p, &mut f), Err(PlaceError::Sector(8)));
-        assert!(matches!(
-            d.place(&g, 0, &h, &p[1..], &mut f),
-            Err(PlaceError::Payload { .. })
-        ));
-        assert!(matches!(
-            d.place(&g, 0, &h, &p, &mut f[1..]),
-            Err(PlaceError::Frame { .. })
-        ));
+        assert!(matches!(d.place(&g, 0, &h, &p[1..], &mut f), Err(PlaceError::Payload { .. })));
+        assert!(matches!(d.place(&g, 0, &h, &p, &mut f[1..]), Err(PlaceError::Frame { .. })));
         let mut bad = h;
         bad.x_start = 250;
         assert_eq!(d.place(&g, 0, &bad, &p, &mut f), Err(PlaceError::Position));

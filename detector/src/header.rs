@@ -88,9 +88,7 @@ pub enum HeaderError {
         height: u16,
     },
     /// The pixel range is not one block at a block position inside the sector.
-    #[error(
-        "block position x {x_start}..={x_end}, y {y_start}..={y_end} is not a block of this sector"
-    )]
+    #[error("block position x {x_start}..={x_end}, y {y_start}..={y_end} is not a block of this sector")]
     Position {
         /// x start.
         x_start: u16,
@@ -129,9 +127,7 @@ impl BlockHeader {
     /// Reads every field without validating anything but the length.
     pub fn read(datagram: &[u8]) -> Result<Self, HeaderError> {
         if datagram.len() < HEADER_BYTES {
-            return Err(HeaderError::Truncated {
-                len: datagram.len(),
-            });
+            return Err(HeaderError::Truncated { len: datagram.len() });
         }
         let b = datagram;
         Ok(Self {
@@ -158,31 +154,16 @@ impl BlockHeader {
             return Err(HeaderError::SyncWord { found: sync });
         }
         if h.block_size as usize != g.block_bytes {
-            return Err(HeaderError::BlockSize {
-                found: h.block_size,
-                expected: g.block_bytes as u32,
-            });
+            return Err(HeaderError::BlockSize { found: h.block_size, expected: g.block_bytes as u32 });
         }
         if datagram.len() != g.block_bytes {
-            return Err(HeaderError::Length {
-                len: datagram.len(),
-                block_size: h.block_size,
-            });
+            return Err(HeaderError::Length { len: datagram.len(), block_size: h.block_size });
         }
-        if usize::from(h.sector_width) != g.sector_width
-            || usize::from(h.sector_height) != g.sector_height
-        {
-            return Err(HeaderError::Geometry {
-                width: h.sector_width,
-                height: h.sector_height,
-            });
+        if usize::from(h.sector_width) != g.sector_width || usize::from(h.sector_height) != g.sector_height {
+            return Err(HeaderError::Geometry { width: h.sector_width, height: h.sector_height });
         }
-        let (xs, ys, xe, ye) = (
-            usize::from(h.x_start),
-            usize::from(h.y_start),
-            usize::from(h.x_end),
-            usize::from(h.y_end),
-        );
+        let (xs, ys, xe, ye) =
+            (usize::from(h.x_start), usize::from(h.y_start), usize::from(h.x_end), usize::from(h.y_end));
         let ok = xs % g.block_width == 0
             && ys % g.block_height == 0
             && xe == xs + g.block_width - 1
@@ -223,14 +204,7 @@ impl BlockHeader {
     }
 
     /// The header of block `(x_start, y_start)` of a sector in mode geometry `g`.
-    pub fn for_block(
-        g: &Geometry,
-        frame_id: u32,
-        block_count: u32,
-        x_start: usize,
-        y_start: usize,
-        flags: u8,
-    ) -> Self {
+    pub fn for_block(g: &Geometry, frame_id: u32, block_count: u32, x_start: usize, y_start: usize, flags: u8) -> Self {
         Self {
             version: 1,
             flags,
@@ -283,52 +257,24 @@ mod tests {
         let g = Mode::Is.geometry();
         let good = BlockHeader::for_block(&g, 5, 0, 16, 0, 0);
         let d = datagram(&g, &good);
-        assert_eq!(
-            BlockHeader::parse(&d[..10], &g),
-            Err(HeaderError::Truncated { len: 10 })
-        );
+        assert_eq!(BlockHeader::parse(&d[..10], &g), Err(HeaderError::Truncated { len: 10 }));
         let mut bad = d.clone();
         bad[3] = 0x56;
-        assert!(matches!(
-            BlockHeader::parse(&bad, &g),
-            Err(HeaderError::SyncWord { found: 0xFFFF_0056 })
-        ));
-        assert!(matches!(
-            BlockHeader::parse(&d[..100], &g),
-            Err(HeaderError::Length { len: 100, .. })
-        ));
+        assert!(matches!(BlockHeader::parse(&bad, &g), Err(HeaderError::SyncWord { found: 0xFFFF_0056 })));
+        assert!(matches!(BlockHeader::parse(&d[..100], &g), Err(HeaderError::Length { len: 100, .. })));
         let mut h = good;
         h.block_size = 0xC028;
-        assert!(matches!(
-            BlockHeader::parse(&datagram(&g, &h), &g),
-            Err(HeaderError::BlockSize { .. })
-        ));
-        assert!(matches!(
-            BlockHeader::parse(&d[..d.len() - 1], &g),
-            Err(HeaderError::Length { .. })
-        ));
+        assert!(matches!(BlockHeader::parse(&datagram(&g, &h), &g), Err(HeaderError::BlockSize { .. })));
+        assert!(matches!(BlockHeader::parse(&d[..d.len() - 1], &g), Err(HeaderError::Length { .. })));
         let mut h = good;
         h.sector_width = 512;
-        assert!(matches!(
-            BlockHeader::parse(&datagram(&g, &h), &g),
-            Err(HeaderError::Geometry { .. })
-        ));
-        for (xs, xe, ys, ye) in [
-            (8, 23, 0, 929),
-            (256, 271, 0, 929),
-            (0, 15, 930, 1858),
-            (0, 16, 0, 929),
-            (0, 15, 1860, 2789),
-        ] {
+        assert!(matches!(BlockHeader::parse(&datagram(&g, &h), &g), Err(HeaderError::Geometry { .. })));
+        for (xs, xe, ys, ye) in
+            [(8, 23, 0, 929), (256, 271, 0, 929), (0, 15, 930, 1858), (0, 16, 0, 929), (0, 15, 1860, 2789)]
+        {
             let mut h = good;
             (h.x_start, h.x_end, h.y_start, h.y_end) = (xs, xe, ys, ye);
-            assert!(
-                matches!(
-                    BlockHeader::parse(&datagram(&g, &h), &g),
-                    Err(HeaderError::Position { .. })
-                ),
-                "{h:?}"
-            );
+            assert!(matches!(BlockHeader::parse(&datagram(&g, &h), &g), Err(HeaderError::Position { .. })), "{h:?}");
         }
         // A Summit block is not an IS block.
         let s = Mode::Summit.geometry();

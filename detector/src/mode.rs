@@ -100,9 +100,7 @@ impl std::str::FromStr for Mode {
         match s.to_ascii_lowercase().as_str() {
             "is" => Ok(Mode::Is),
             "summit" => Ok(Mode::Summit),
-            other => Err(format!(
-                "unknown mode {other:?} (expected \"is\" or \"summit\")"
-            )),
+            other => Err(format!("unknown mode {other:?} (expected \"is\" or \"summit\")")),
         }
     }
 }
@@ -187,26 +185,11 @@ mod tests {
     #[test]
     fn geometry_matches_the_camera() {
         let g = Mode::Is.geometry();
-        assert_eq!(
-            (
-                g.payload_bytes(),
-                g.blocks_per_sector(),
-                g.blocks_per_frame()
-            ),
-            (22320, 32, 256)
-        );
+        assert_eq!((g.payload_bytes(), g.blocks_per_sector(), g.blocks_per_frame()), (22320, 32, 256));
         assert_eq!((g.frame_rows(), g.frame_cols()), (1860, 2048));
         assert_eq!(g.payload_bytes(), g.block_width * g.block_height * 3 / 2);
         let s = Mode::Summit.geometry();
-        assert_eq!(
-            (
-                s.payload_bytes(),
-                s.blocks_per_sector(),
-                s.frame_rows(),
-                s.frame_cols()
-            ),
-            (49152, 80, 3840, 4096)
-        );
+        assert_eq!((s.payload_bytes(), s.blocks_per_sector(), s.frame_rows(), s.frame_cols()), (49152, 80, 3840, 4096));
         assert_eq!(s.payload_bytes(), s.block_width * s.block_height * 2);
     }
 

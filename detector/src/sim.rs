@@ -93,11 +93,7 @@ pub struct SimReport {
 impl SimReport {
     /// Frames per second achieved.
     pub fn fps(&self) -> f64 {
-        if self.seconds > 0.0 {
-            self.frames as f64 / self.seconds
-        } else {
-            0.0
-        }
+        if self.seconds > 0.0 { self.frames as f64 / self.seconds } else { 0.0 }
     }
 }
 
@@ -135,8 +131,7 @@ impl Payloads {
                     let (x, y) = g.block_position(b);
                     for r in 0..g.block_height {
                         for c in 0..g.block_width {
-                            px[r * g.block_width + c] =
-                                pixel(&g, v, y + r, s * g.sector_width + x + c);
+                            px[r * g.block_width + c] = pixel(&g, v, y + r, s * g.sector_width + x + c);
                         }
                     }
                     let mut out = vec![0u8; g.payload_bytes()];
@@ -196,9 +191,7 @@ pub struct Simulator {
 
 impl std::fmt::Debug for Simulator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Simulator")
-            .field("cfg", &self.cfg)
-            .finish_non_exhaustive()
+        f.debug_struct("Simulator").field("cfg", &self.cfg).finish_non_exhaustive()
     }
 }
 
@@ -208,27 +201,18 @@ const BATCH: usize = 64;
 impl Simulator {
     /// Validates the configuration, encodes the payloads and opens the sending socket.
     pub fn new(cfg: SimConfig) -> Result<Self, SimError> {
-        for (name, p) in [
-            ("drop", cfg.drop),
-            ("duplicate", cfg.duplicate),
-            ("corrupt", cfg.corrupt),
-        ] {
+        for (name, p) in [("drop", cfg.drop), ("duplicate", cfg.duplicate), ("corrupt", cfg.corrupt)] {
             if !(0.0..=1.0).contains(&p) {
-                return Err(SimError::Config(format!(
-                    "--{name} {p} is not a probability in 0..=1"
-                )));
+                return Err(SimError::Config(format!("--{name} {p} is not a probability in 0..=1")));
             }
         }
-        if let Some(f) = cfg.fps {
-            if !(f > 0.0 && f.is_finite()) {
-                return Err(SimError::Config(format!("--fps {f} must be positive")));
-            }
+        if let Some(f) = cfg.fps
+            && !(f > 0.0 && f.is_finite())
+        {
+            return Err(SimError::Config(format!("--fps {f} must be positive")));
         }
         if usize::from(cfg.port_base) + SECTORS > 65536 {
-            return Err(SimError::Config(format!(
-                "--port-base {} leaves no room for {SECTORS} ports",
-                cfg.port_base
-            )));
+            return Err(SimError::Config(format!("--port-base {} leaves no room for {SECTORS} ports", cfg.port_base)));
         }
         let g = cfg.mode.geometry();
         // Frame ids run from any start and wrap around the period, so every variant is encoded up front.
@@ -237,10 +221,8 @@ impl Simulator {
             std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
             std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
         };
-        let socket = UdpSocket::bind(bind).map_err(|source| SimError::Io {
-            what: "binding the sending socket",
-            source,
-        })?;
+        let socket =
+            UdpSocket::bind(bind).map_err(|source| SimError::Io { what: "binding the sending socket", source })?;
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, 8 << 20);
         let mut targets = Vec::with_capacity(SECTORS);
         let mut target_len = 0;
@@ -249,14 +231,7 @@ impl Simulator {
             targets.push(st);
             target_len = len;
         }
-        Ok(Self {
-            cfg,
-            g,
-            payloads,
-            socket,
-            targets,
-            target_len,
-        })
+        Ok(Self { cfg, g, payloads, socket, targets, target_len })
     }
 
     /// Sends the configured frames (or until `stop` is set) and reports what was sent.
@@ -276,23 +251,12 @@ impl Simulator {
             if cfg.reset_at == Some(index) {
                 frame_id = cfg.first_frame_id;
             }
-            let flags = if cfg.sync_at.is_some_and(|s| index >= s) {
-                FLAG_SYNC
-            } else {
-                0
-            };
+            let flags = if cfg.sync_at.is_some_and(|s| index >= s) { FLAG_SYNC } else { 0 };
             let mut lost = 0u32;
             for b in 0..per_sector {
                 let (x, y) = g.block_position(b);
                 for sector in 0..SECTORS {
-                    let h = BlockHeader::for_block(
-                        g,
-                        frame_id,
-                        block_count.wrapping_add(b as u32),
-                        x,
-                        y,
-                        flags,
-                    );
+                    let h = BlockHeader::for_block(g, frame_id, block_count.wrapping_add(b as u32), x, y, flags);
                     let mut out = Outgoing {
                         sector,
                         header: [0; HEADER_BYTES],
@@ -320,8 +284,7 @@ impl Simulator {
                 if pending.len() >= cfg.reorder.max(BATCH) {
                     self.flush(&mut pending, &mut rng, &mut report)?;
                     if let Some(p) = frame_period {
-                        let due =
-                            start + p.mul_f64(index as f64 + (b + 1) as f64 / per_sector as f64);
+                        let due = start + p.mul_f64(index as f64 + (b + 1) as f64 / per_sector as f64);
                         let now = Instant::now();
                         if due > now {
                             std::thread::sleep(due - now);
@@ -343,12 +306,7 @@ impl Simulator {
     }
 
     /// Shuffles `pending` (when reordering) and sends it all.
-    fn flush(
-        &self,
-        pending: &mut Vec<Outgoing>,
-        rng: &mut Rng,
-        report: &mut SimReport,
-    ) -> Result<(), SimError> {
+    fn flush(&self, pending: &mut Vec<Outgoing>, rng: &mut Rng, report: &mut SimReport) -> Result<(), SimError> {
         if self.cfg.reorder > 1 {
             for w in pending.chunks_mut(self.cfg.reorder) {
                 for i in (1..w.len()).rev() {
@@ -365,26 +323,15 @@ impl Simulator {
     }
 
     fn send_batch(&self, batch: &[Outgoing], report: &mut SimReport) -> Result<(), SimError> {
-        let mut iov = [[libc::iovec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; 2]; BATCH];
+        let mut iov = [[libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2]; BATCH];
         // SAFETY: mmsghdr is a plain C struct for which all-zero is a valid value.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         for (i, o) in batch.iter().enumerate() {
             let payload = self.payloads.get(o.frame_id, o.sector, o.block);
-            iov[i][0] = libc::iovec {
-                iov_base: o.header.as_ptr() as *mut _,
-                iov_len: HEADER_BYTES,
-            };
-            iov[i][1] = libc::iovec {
-                iov_base: payload.as_ptr() as *mut _,
-                iov_len: o.payload_len.min(payload.len()),
-            };
+            iov[i][0] = libc::iovec { iov_base: o.header.as_ptr() as *mut _, iov_len: HEADER_BYTES };
+            iov[i][1] = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: o.payload_len.min(payload.len()) };
             let h = &mut msgs[i].msg_hdr;
-            h.msg_name = (&self.targets[o.sector] as *const libc::sockaddr_storage)
-                .cast_mut()
-                .cast();
+            h.msg_name = (&self.targets[o.sector] as *const libc::sockaddr_storage).cast_mut().cast();
             h.msg_namelen = self.target_len;
             h.msg_iov = iov[i].as_mut_ptr();
             h.msg_iovlen = 2;
@@ -394,12 +341,7 @@ impl Simulator {
             // SAFETY: msgs[sent..batch.len()] are initialised above and point at iovecs, headers, payloads and
             // addresses that all outlive this call; the kernel only reads them (and writes msg_len).
             let n = unsafe {
-                libc::sendmmsg(
-                    self.socket.as_raw_fd(),
-                    msgs.as_mut_ptr().add(sent),
-                    (batch.len() - sent) as u32,
-                    0,
-                )
+                libc::sendmmsg(self.socket.as_raw_fd(), msgs.as_mut_ptr().add(sent), (batch.len() - sent) as u32, 0)
             };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
@@ -408,10 +350,7 @@ impl Simulator {
                     // A port without a listener answers with ICMP; the camera does not care either.
                     Some(libc::ECONNREFUSED) => continue,
                     _ => {
-                        return Err(SimError::Io {
-                            what: "sendmmsg",
-                            source: e,
-                        });
+                        return Err(SimError::Io { what: "sendmmsg", source: e });
                     }
                 }
             }
@@ -442,34 +381,24 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(a.ip().octets()),
-                },
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in.
             unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast(), sin) };
-            (
-                st,
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
+            (st, std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
         }
         SocketAddr::V6(a) => {
             let sin6 = libc::sockaddr_in6 {
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: sockaddr_storage is larger than and suitably aligned for sockaddr_in6.
             unsafe { std::ptr::write((&mut st as *mut libc::sockaddr_storage).cast(), sin6) };
-            (
-                st,
-                std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
-            )
+            (st, std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t)
         }
     }
 }

@@ -15,8 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use shm_protocol::pipeline::{
-    self, BLOCK_RING, BlockSlotHeader, DATAGRAM_TRUNCATED, DatagramRecord, PipelineArea,
-    PipelineParams, Stage,
+    self, BLOCK_RING, BlockSlotHeader, DATAGRAM_TRUNCATED, DatagramRecord, PipelineArea, PipelineParams, Stage,
 };
 use shm_protocol::{Producer, Region, RingError};
 
@@ -99,10 +98,7 @@ impl<'r> Receiver<'r> {
         let area = pipeline::pipeline_area(region)?;
         let max = region.header().geometry.sectors.max(1) as usize;
         if sockets.is_empty() || sockets.len() > max {
-            return Err(ReceiverError::Sockets {
-                got: sockets.len(),
-                max,
-            });
+            return Err(ReceiverError::Sockets { got: sockets.len(), max });
         }
         let params = area.params;
         let n = params.datagrams_per_slot as usize;
@@ -110,36 +106,20 @@ impl<'r> Receiver<'r> {
         let batch = Batch {
             // SAFETY: mmsghdr/iovec are plain C structs; all-zero is valid. They are filled before each use.
             hdrs: vec![unsafe { std::mem::zeroed() }; n],
-            iovs: vec![
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0
-                };
-                n
-            ],
+            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; n],
         };
         let drops = vec![0; sockets.len()];
         Ok(Self {
             producer,
             area,
             params,
-            io: Io {
-                sockets,
-                batch,
-                drops,
-                drops_read: Instant::now(),
-                next_socket: 0,
-            },
+            io: Io { sockets, batch, drops, drops_read: Instant::now(), next_socket: 0 },
             stopping: false,
         })
     }
 
     /// Runs until `stop` is set (checked at least every [`IDLE_POLL`]) or `should_stop` returns true.
-    pub fn run(
-        &mut self,
-        stop: &AtomicBool,
-        mut should_stop: impl FnMut() -> bool,
-    ) -> Result<(), ReceiverError> {
+    pub fn run(&mut self, stop: &AtomicBool, mut should_stop: impl FnMut() -> bool) -> Result<(), ReceiverError> {
         let mut last_check = Instant::now();
         loop {
             if stop.load(Ordering::Relaxed) || self.stopping {
@@ -175,9 +155,7 @@ impl<'r> Receiver<'r> {
             Err(e) => return Err(e.into()),
         };
         let base = slot.as_mut_ptr();
-        let records = base
-            .wrapping_add(std::mem::size_of::<BlockSlotHeader>())
-            .cast::<DatagramRecord>();
+        let records = base.wrapping_add(std::mem::size_of::<BlockSlotHeader>()).cast::<DatagramRecord>();
         let mut filled = 0usize;
         let mut first_at = Instant::now();
         loop {
@@ -188,14 +166,7 @@ impl<'r> Receiver<'r> {
                 }
                 let sector = io.next_socket;
                 io.next_socket = (sector + 1) % io.sockets.len();
-                let n = io.recv_into(
-                    sector,
-                    base,
-                    data_off,
-                    stride,
-                    filled,
-                    (per_slot - filled).min(TURN),
-                )?;
+                let n = io.recv_into(sector, base, data_off, stride, filled, (per_slot - filled).min(TURN))?;
                 if n == 0 {
                     continue;
                 }
@@ -220,13 +191,9 @@ impl<'r> Receiver<'r> {
                     // per_slot records (datagram_offset was computed to leave room for them); the slot is ours
                     // until published.
                     unsafe { records.add(filled + i).write(rec) };
-                    area.receiver
-                        .bytes
-                        .fetch_add(u64::from(h.msg_len), Ordering::Relaxed);
+                    area.receiver.bytes.fetch_add(u64::from(h.msg_len), Ordering::Relaxed);
                 }
-                area.receiver
-                    .datagrams
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                area.receiver.datagrams.fetch_add(n as u64, Ordering::Relaxed);
                 area.receiver.batches.fetch_add(1, Ordering::Relaxed);
                 filled += n;
             }
@@ -250,31 +217,20 @@ impl<'r> Receiver<'r> {
                         return Ok(());
                     }
                     io.read_drops();
-                    area.receiver.kernel_drops.store(
-                        io.drops.iter().map(|&d| u64::from(d)).sum(),
-                        Ordering::Relaxed,
-                    );
+                    area.receiver.kernel_drops.store(io.drops.iter().map(|&d| u64::from(d)).sum(), Ordering::Relaxed);
                 }
                 io.wait_readable(IDLE_POLL);
             }
         }
-        let header = BlockSlotHeader {
-            count: filled as u32,
-            ..Default::default()
-        };
+        let header = BlockSlotHeader { count: filled as u32, ..Default::default() };
         // SAFETY: the slot begins with a BlockSlotHeader; it is ours until published.
         unsafe { base.cast::<BlockSlotHeader>().write(header) };
         slot.publish();
         area.receiver.slots.fetch_add(1, Ordering::Relaxed);
-        area.stage(Stage::Receiver)
-            .heartbeat
-            .fetch_add(1, Ordering::Relaxed);
+        area.stage(Stage::Receiver).heartbeat.fetch_add(1, Ordering::Relaxed);
         if io.drops_read.elapsed() >= IDLE_POLL {
             io.read_drops();
-            area.receiver.kernel_drops.store(
-                io.drops.iter().map(|&d| u64::from(d)).sum(),
-                Ordering::Relaxed,
-            );
+            area.receiver.kernel_drops.store(io.drops.iter().map(|&d| u64::from(d)).sum(), Ordering::Relaxed);
         }
         Ok(())
     }
@@ -297,10 +253,8 @@ impl Io {
         max: usize,
     ) -> Result<usize, ReceiverError> {
         for i in 0..max {
-            self.batch.iovs[i] = libc::iovec {
-                iov_base: base.wrapping_add(data_off + (first + i) * stride).cast(),
-                iov_len: stride,
-            };
+            self.batch.iovs[i] =
+                libc::iovec { iov_base: base.wrapping_add(data_off + (first + i) * stride).cast(), iov_len: stride };
             let h = &mut self.batch.hdrs[i];
             h.msg_len = 0;
             h.msg_hdr.msg_name = std::ptr::null_mut();
@@ -344,13 +298,7 @@ impl Io {
             let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
             // SAFETY: getsockopt writes at most `len` bytes into `info`, which is that large.
             let r = unsafe {
-                libc::getsockopt(
-                    s.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    libc::SO_MEMINFO,
-                    info.as_mut_ptr().cast(),
-                    &mut len,
-                )
+                libc::getsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_MEMINFO, info.as_mut_ptr().cast(), &mut len)
             };
             if r == 0 && len as usize > SK_MEMINFO_DROPS * 4 {
                 self.drops[i] = info[SK_MEMINFO_DROPS];
@@ -361,15 +309,9 @@ impl Io {
 
     /// Sleeps until a socket is readable or `timeout` passes.
     fn wait_readable(&self, timeout: Duration) {
-        let mut fds: Vec<_> = self
-            .sockets
-            .iter()
-            .map(|s| rustix::event::PollFd::new(s, rustix::event::PollFlags::IN))
-            .collect();
-        let ts = rustix::event::Timespec {
-            tv_sec: 0,
-            tv_nsec: timeout.as_nanos().clamp(1, 999_999_999) as i64,
-        };
+        let mut fds: Vec<_> =
+            self.sockets.iter().map(|s| rustix::event::PollFd::new(s, rustix::event::PollFlags::IN)).collect();
+        let ts = rustix::event::Timespec { tv_sec: 0, tv_nsec: timeout.as_nanos().clamp(1, 999_999_999) as i64 };
         let _ = rustix::event::poll(&mut fds, Some(&ts));
     }
 }

@@ -21,31 +21,18 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let _span =
-        tracing::info_span!("stage", stage = "receiver", pid = std::process::id()).entered();
-    let session = Session::open(
-        &args.control,
-        Role::Stage(Stage::Receiver),
-        Access::ReadWrite,
-    )
-    .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
-    let Session {
-        mut conn,
-        region,
-        fds,
-    } = session;
+    let _span = tracing::info_span!("stage", stage = "receiver", pid = std::process::id()).entered();
+    let session = Session::open(&args.control, Role::Stage(Stage::Receiver), Access::ReadWrite)
+        .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
+    let Session { mut conn, region, fds } = session;
     let mut rx = receiver::Receiver::new(&region, fds)?;
     conn.send(&shm_protocol::messages::Request::Ready)?;
     tracing::info!("receiving");
-    rx.run(&AtomicBool::new(false), || {
-        shm_protocol::session::should_stop(&mut conn)
-    })?;
+    rx.run(&AtomicBool::new(false), || shm_protocol::session::should_stop(&mut conn))?;
     tracing::info!("stopped");
     Ok(())
 }

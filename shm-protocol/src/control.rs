@@ -14,9 +14,8 @@ use std::time::Duration;
 
 use rustix::io::Errno;
 use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
-    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
-    sockopt,
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType, sockopt,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -76,10 +75,7 @@ pub enum ControlError {
 }
 
 fn io_err(what: &'static str) -> impl FnOnce(Errno) -> ControlError {
-    move |e| ControlError::Io {
-        what,
-        source: e.into(),
-    }
+    move |e| ControlError::Io { what, source: e.into() }
 }
 
 /// Credentials of the process at the other end, as the kernel recorded them at connect time.
@@ -122,27 +118,15 @@ impl ControlListener {
                 }
             }
         }
-        let fd = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(io_err("creating the control socket"))?;
+        let fd = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+            .map_err(io_err("creating the control socket"))?;
         let addr = SocketAddrUnix::new(path).map_err(io_err("control socket path"))?;
         rustix::net::bind(&fd, &addr).map_err(io_err("binding the control socket"))?;
         // Restrict before listening: nobody can connect to a socket that does not listen yet.
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
-            |source| ControlError::Io {
-                what: "chmod of the control socket",
-                source,
-            },
-        )?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|source| ControlError::Io { what: "chmod of the control socket", source })?;
         rustix::net::listen(&fd, 64).map_err(io_err("listening on the control socket"))?;
-        Ok(Self {
-            fd,
-            path: path.to_owned(),
-        })
+        Ok(Self { fd, path: path.to_owned() })
     }
 
     /// Where the socket is bound.
@@ -154,16 +138,11 @@ impl ControlListener {
     ///
     /// A refused peer's connection is closed and [`ControlError::PeerRefused`] returned; the listener is intact.
     pub fn accept(&self) -> Result<Connection, ControlError> {
-        let fd =
-            rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC).map_err(io_err("accept"))?;
+        let fd = rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC).map_err(io_err("accept"))?;
         let conn = Connection::from_fd(fd)?;
         let me = rustix::process::geteuid().as_raw();
         if conn.peer.uid != me && conn.peer.uid != 0 {
-            return Err(ControlError::PeerRefused {
-                uid: conn.peer.uid,
-                pid: conn.peer.pid,
-                allowed: me,
-            });
+            return Err(ControlError::PeerRefused { uid: conn.peer.uid, pid: conn.peer.pid, allowed: me });
         }
         Ok(conn)
     }
@@ -187,10 +166,7 @@ impl Drop for ControlListener {
 }
 
 fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> Result<bool, ControlError> {
-    let mut fds = [rustix::event::PollFd::new(
-        &fd,
-        rustix::event::PollFlags::IN,
-    )];
+    let mut fds = [rustix::event::PollFd::new(&fd, rustix::event::PollFlags::IN)];
     let ts = rustix::event::Timespec {
         tv_sec: timeout.as_secs().min(i64::MAX as u64) as i64,
         tv_nsec: i64::from(timeout.subsec_nanos()),
@@ -222,27 +198,15 @@ pub struct Connection {
 impl Connection {
     fn from_fd(fd: OwnedFd) -> Result<Self, ControlError> {
         let cred = sockopt::socket_peercred(&fd).map_err(io_err("reading peer credentials"))?;
-        let peer = PeerCredentials {
-            pid: cred.pid.as_raw_nonzero().get(),
-            uid: cred.uid.as_raw(),
-            gid: cred.gid.as_raw(),
-        };
-        Ok(Self {
-            fd,
-            peer,
-            buf: vec![0; MAX_MESSAGE + 1],
-        })
+        let peer =
+            PeerCredentials { pid: cred.pid.as_raw_nonzero().get(), uid: cred.uid.as_raw(), gid: cred.gid.as_raw() };
+        Ok(Self { fd, peer, buf: vec![0; MAX_MESSAGE + 1] })
     }
 
     /// Connects to a listener at `path`.
     pub fn connect(path: &Path) -> Result<Self, ControlError> {
-        let fd = rustix::net::socket_with(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(io_err("creating a control socket"))?;
+        let fd = rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+            .map_err(io_err("creating a control socket"))?;
         let addr = SocketAddrUnix::new(path).map_err(io_err("control socket path"))?;
         rustix::net::connect(&fd, &addr).map_err(io_err("connecting to the control socket"))?;
         Self::from_fd(fd)
@@ -250,13 +214,8 @@ impl Connection {
 
     /// A connected pair (for a parent and the child it spawns, or tests).
     pub fn pair() -> Result<(Self, Self), ControlError> {
-        let (a, b) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::SEQPACKET,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .map_err(io_err("socketpair"))?;
+        let (a, b) = rustix::net::socketpair(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
+            .map_err(io_err("socketpair"))?;
         Ok((Self::from_fd(a)?, Self::from_fd(b)?))
     }
 
@@ -272,8 +231,7 @@ impl Connection {
 
     /// Sets how long [`Connection::recv`] waits (`None`: forever).
     pub fn set_recv_timeout(&self, timeout: Option<Duration>) -> Result<(), ControlError> {
-        sockopt::set_socket_timeout(&self.fd, sockopt::Timeout::Recv, timeout)
-            .map_err(io_err("SO_RCVTIMEO"))
+        sockopt::set_socket_timeout(&self.fd, sockopt::Timeout::Recv, timeout).map_err(io_err("SO_RCVTIMEO"))
     }
 
     /// Sends `msg` with no descriptors.
@@ -282,11 +240,7 @@ impl Connection {
     }
 
     /// Sends `msg` with `fds` attached (`SCM_RIGHTS`).
-    pub fn send_with_fds<T: Serialize>(
-        &self,
-        msg: &T,
-        fds: &[BorrowedFd<'_>],
-    ) -> Result<(), ControlError> {
+    pub fn send_with_fds<T: Serialize>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> Result<(), ControlError> {
         let bytes = postcard::to_stdvec(msg)?;
         if bytes.len() > MAX_MESSAGE {
             return Err(ControlError::SendTooLarge { size: bytes.len() });
@@ -305,12 +259,7 @@ impl Connection {
             return Err(ControlError::TooManyFds);
         }
         loop {
-            match rustix::net::sendmsg(
-                &self.fd,
-                &[IoSlice::new(bytes)],
-                &mut control,
-                SendFlags::NOSIGNAL,
-            ) {
+            match rustix::net::sendmsg(&self.fd, &[IoSlice::new(bytes)], &mut control, SendFlags::NOSIGNAL) {
                 Ok(_) => return Ok(()),
                 Err(Errno::INTR) => continue,
                 Err(Errno::PIPE) | Err(Errno::CONNRESET) => return Err(ControlError::Closed),
@@ -328,12 +277,7 @@ impl Connection {
         let mut control = RecvAncillaryBuffer::new(&mut space);
         let r = loop {
             let mut iov = [IoSliceMut::new(&mut self.buf)];
-            match rustix::net::recvmsg(
-                &self.fd,
-                &mut iov,
-                &mut control,
-                RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC,
-            ) {
+            match rustix::net::recvmsg(&self.fd, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC | RecvFlags::TRUNC) {
                 Ok(r) => break r,
                 Err(Errno::INTR) => continue,
                 Err(Errno::AGAIN) => return Err(ControlError::Timeout),
@@ -362,10 +306,7 @@ impl Connection {
     }
 
     /// Sends `request` and waits for one reply.
-    pub fn call<Q: Serialize, A: DeserializeOwned>(
-        &mut self,
-        request: &Q,
-    ) -> Result<Received<A>, ControlError> {
+    pub fn call<Q: Serialize, A: DeserializeOwned>(&mut self, request: &Q) -> Result<Received<A>, ControlError> {
         self.send(request)?;
         self.recv()
     }
@@ -407,16 +348,10 @@ mod tests {
     #[test]
     fn oversized_message_is_rejected_and_connection_survives() {
         let (a, mut b) = Connection::pair().unwrap();
-        assert!(matches!(
-            a.send(&Msg::Blob(vec![0; MAX_MESSAGE + 10])),
-            Err(ControlError::SendTooLarge { .. })
-        ));
+        assert!(matches!(a.send(&Msg::Blob(vec![0; MAX_MESSAGE + 10])), Err(ControlError::SendTooLarge { .. })));
         a.send_raw(&vec![0u8; MAX_MESSAGE + 100], &[]).unwrap();
         let e = b.recv::<Msg>().unwrap_err();
-        assert!(
-            matches!(e, ControlError::TooLarge { size } if size == MAX_MESSAGE + 100),
-            "{e}"
-        );
+        assert!(matches!(e, ControlError::TooLarge { size } if size == MAX_MESSAGE + 100), "{e}");
         a.send(&Msg::Ping(1)).unwrap();
         assert_eq!(b.recv::<Msg>().unwrap().msg, Msg::Ping(1));
     }
@@ -424,8 +359,7 @@ mod tests {
     #[test]
     fn garbage_is_a_decode_error() {
         let (a, mut b) = Connection::pair().unwrap();
-        a.send_raw(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], &[])
-            .unwrap();
+        a.send_raw(&[0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF], &[]).unwrap();
         assert!(matches!(b.recv::<Msg>(), Err(ControlError::Decode(_))));
         a.send_raw(&[1], &[]).unwrap(); // Blob with its length missing: truncated
         assert!(matches!(b.recv::<Msg>(), Err(ControlError::Decode(_))));
@@ -453,10 +387,7 @@ mod tests {
             let mut s = l.accept().unwrap();
             c.send(&Msg::Ping(3)).unwrap();
             assert_eq!(s.recv::<Msg>().unwrap().msg, Msg::Ping(3));
-            assert!(
-                ControlListener::bind(&path).is_err(),
-                "a live socket must not be stolen"
-            );
+            assert!(ControlListener::bind(&path).is_err(), "a live socket must not be stolen");
         }
         assert!(!path.exists());
         std::fs::remove_dir_all(&dir).unwrap();

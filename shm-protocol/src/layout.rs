@@ -22,8 +22,8 @@ pub const PAGE_SIZE: usize = 4096;
 /// How many rings a region's header can describe.
 pub const MAX_RINGS: usize = 4;
 
-/// How many consumer cursors a ring can have at most.
-pub const MAX_CONSUMERS: usize = 64;
+/// How many consumer cursors a ring can have at most (one sleep flag each in [`SleepLine`]).
+pub const MAX_CONSUMERS: usize = 56;
 
 /// Detector geometry as recorded in the region, so that any process attaching knows the frame shape without
 /// asking anyone. Plain numbers: the meaning of `mode` belongs to the detector crate.
@@ -124,15 +124,15 @@ pub struct RegionHeader {
     pub rings: [RingDesc; MAX_RINGS],
 }
 
-/// A ring's producer-side words, one cache line.
+/// A ring's producer-side words, one cache line, written at every publish.
 #[repr(C, align(64))]
 pub struct ProducerLine {
     /// Number of slots published: every sequence below it is readable.
     pub published: AtomicU64,
     /// Low 32 bits of `published`, stored after it: the futex word consumers sleep on.
     pub wake_word: AtomicU32,
-    /// Non-zero while the producer sleeps waiting for a gating consumer.
-    pub producer_sleeping: AtomicU32,
+    /// Reserved, zero.
+    pub _reserved: AtomicU32,
     /// Pid of the process that last attached as producer (informational).
     pub producer_pid: AtomicU32,
     /// Bumped each time a producer attaches (restarts are visible from outside).
@@ -140,11 +140,25 @@ pub struct ProducerLine {
     _pad: [u8; 40],
 }
 
-/// A ring's control block: the producer line; the consumer lines follow at `consumers_offset`.
+/// Who sleeps, one cache line of its own: written only when a process goes to sleep or wakes, so the producer
+/// and consumers read it at every hand-off without the line bouncing between their caches.
+#[repr(C, align(64))]
+pub struct SleepLine {
+    /// Non-zero while the producer sleeps waiting for a gating consumer.
+    pub producer_sleeping: AtomicU32,
+    /// Reserved, zero.
+    pub _reserved: AtomicU32,
+    /// Non-zero while consumer `i` sleeps waiting for the producer.
+    pub consumer_sleeping: [std::sync::atomic::AtomicU8; MAX_CONSUMERS],
+}
+
+/// A ring's control block; the consumer lines follow at `consumers_offset`.
 #[repr(C, align(64))]
 pub struct RingControl {
     /// Producer cursor and wake word.
     pub producer: ProducerLine,
+    /// Sleep flags.
+    pub sleep: SleepLine,
 }
 
 /// The state of one consumer cursor.
@@ -179,8 +193,8 @@ pub struct ConsumerLine {
     pub wake_word: AtomicU32,
     /// A [`ConsumerMode`] as `u32`.
     pub mode: AtomicU32,
-    /// Non-zero while this consumer sleeps waiting for the producer.
-    pub sleeping: AtomicU32,
+    /// Reserved, zero.
+    pub _reserved: AtomicU32,
     /// Pid of the process that last attached to this cursor (informational).
     pub owner_pid: AtomicU32,
     /// Bumped each time a process attaches to this cursor.
@@ -235,15 +249,16 @@ const _: () = {
     assert!(size_of::<ProducerLine>() == CACHE_LINE);
     assert!(offset_of!(ProducerLine, published) == 0);
     assert!(offset_of!(ProducerLine, wake_word) == 8);
-    assert!(offset_of!(ProducerLine, producer_sleeping) == 12);
     assert!(offset_of!(ProducerLine, producer_pid) == 16);
     assert!(offset_of!(ProducerLine, producer_generation) == 20);
-    assert!(size_of::<RingControl>() == CACHE_LINE);
+    assert!(size_of::<SleepLine>() == CACHE_LINE);
+    assert!(offset_of!(SleepLine, consumer_sleeping) == 8);
+    assert!(size_of::<RingControl>() == 2 * CACHE_LINE);
+    assert!(offset_of!(RingControl, sleep) == CACHE_LINE);
     assert!(size_of::<ConsumerLine>() == CACHE_LINE);
     assert!(offset_of!(ConsumerLine, cursor) == 0);
     assert!(offset_of!(ConsumerLine, wake_word) == 8);
     assert!(offset_of!(ConsumerLine, mode) == 12);
-    assert!(offset_of!(ConsumerLine, sleeping) == 16);
     assert!(offset_of!(ConsumerLine, owner_pid) == 20);
     assert!(offset_of!(ConsumerLine, generation) == 24);
     assert!(size_of::<SlotStamp>() == CACHE_LINE);
@@ -323,16 +338,10 @@ pub fn compute_layout(spec: &RegionSpec) -> Result<RegionHeader, SpecError> {
     let mut off = page;
     for (i, r) in spec.rings.iter().enumerate() {
         if r.slot_count < 2 {
-            return Err(SpecError::TooFewSlots {
-                ring: i,
-                slots: r.slot_count,
-            });
+            return Err(SpecError::TooFewSlots { ring: i, slots: r.slot_count });
         }
         if r.max_consumers == 0 || r.max_consumers as usize > MAX_CONSUMERS {
-            return Err(SpecError::Consumers {
-                ring: i,
-                consumers: r.max_consumers,
-            });
+            return Err(SpecError::Consumers { ring: i, consumers: r.max_consumers });
         }
         if r.slot_bytes == 0 {
             return Err(SpecError::EmptySlot { ring: i });
@@ -340,11 +349,7 @@ pub fn compute_layout(spec: &RegionSpec) -> Result<RegionHeader, SpecError> {
         let d = &mut rings[i];
         d.kind = r.kind as u32;
         d.slot_count = r.slot_count;
-        d.slot_size = r
-            .slot_bytes
-            .checked_add(page - 1)
-            .ok_or(SpecError::Overflow)?
-            & !(page - 1);
+        d.slot_size = r.slot_bytes.checked_add(page - 1).ok_or(SpecError::Overflow)? & !(page - 1);
         d.max_consumers = r.max_consumers;
         d.control_offset = off;
         off += size_of::<RingControl>() as u64;
@@ -356,24 +361,12 @@ pub fn compute_layout(spec: &RegionSpec) -> Result<RegionHeader, SpecError> {
     off = align_up(off, page);
     let app_offset = if spec.app_bytes > 0 { off } else { 0 };
     off = off
-        .checked_add(
-            spec.app_bytes
-                .checked_add(page - 1)
-                .ok_or(SpecError::Overflow)?
-                & !(page - 1),
-        )
+        .checked_add(spec.app_bytes.checked_add(page - 1).ok_or(SpecError::Overflow)? & !(page - 1))
         .ok_or(SpecError::Overflow)?;
-    let app_size = if spec.app_bytes > 0 {
-        off - app_offset
-    } else {
-        0
-    };
+    let app_size = if spec.app_bytes > 0 { off - app_offset } else { 0 };
     for d in rings.iter_mut().take(spec.rings.len()) {
         d.slots_offset = off;
-        let bytes = d
-            .slot_size
-            .checked_mul(u64::from(d.slot_count))
-            .ok_or(SpecError::Overflow)?;
+        let bytes = d.slot_size.checked_mul(u64::from(d.slot_count)).ok_or(SpecError::Overflow)?;
         off = off.checked_add(bytes).ok_or(SpecError::Overflow)?;
     }
     if usize::try_from(off).is_err() {
@@ -401,18 +394,8 @@ mod tests {
         RegionSpec {
             geometry: Geometry::default(),
             rings: vec![
-                RingSpec {
-                    kind: RingKind::Block,
-                    slot_count: 8,
-                    slot_bytes: 10_000,
-                    max_consumers: 2,
-                },
-                RingSpec {
-                    kind: RingKind::Frame,
-                    slot_count: 4,
-                    slot_bytes: 4096,
-                    max_consumers: 8,
-                },
+                RingSpec { kind: RingKind::Block, slot_count: 8, slot_bytes: 10_000, max_consumers: 2 },
+                RingSpec { kind: RingKind::Frame, slot_count: 4, slot_bytes: 4096, max_consumers: 8 },
             ],
             app_bytes: 100,
         }
@@ -430,18 +413,9 @@ mod tests {
             assert_eq!(d.slot_size % page, 0);
             assert_eq!(d.control_offset % CACHE_LINE as u64, 0);
             spans.push((d.control_offset, d.control_offset + 64));
-            spans.push((
-                d.consumers_offset,
-                d.consumers_offset + 64 * u64::from(d.max_consumers),
-            ));
-            spans.push((
-                d.stamps_offset,
-                d.stamps_offset + 64 * u64::from(d.slot_count),
-            ));
-            spans.push((
-                d.slots_offset,
-                d.slots_offset + d.slot_size * u64::from(d.slot_count),
-            ));
+            spans.push((d.consumers_offset, d.consumers_offset + 64 * u64::from(d.max_consumers)));
+            spans.push((d.stamps_offset, d.stamps_offset + 64 * u64::from(d.slot_count)));
+            spans.push((d.slots_offset, d.slots_offset + d.slot_size * u64::from(d.slot_count)));
         }
         spans.sort();
         for w in spans.windows(2) {
@@ -455,16 +429,10 @@ mod tests {
     fn bad_specs_are_refused() {
         let mut s = spec();
         s.rings[0].slot_count = 1;
-        assert_eq!(
-            compute_layout(&s),
-            Err(SpecError::TooFewSlots { ring: 0, slots: 1 })
-        );
+        assert_eq!(compute_layout(&s), Err(SpecError::TooFewSlots { ring: 0, slots: 1 }));
         let mut s = spec();
         s.rings[1].max_consumers = 0;
-        assert!(matches!(
-            compute_layout(&s),
-            Err(SpecError::Consumers { .. })
-        ));
+        assert!(matches!(compute_layout(&s), Err(SpecError::Consumers { .. })));
         let mut s = spec();
         s.rings[0].slot_bytes = u64::MAX / 2;
         assert_eq!(compute_layout(&s), Err(SpecError::Overflow));

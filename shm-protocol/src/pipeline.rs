@@ -39,16 +39,8 @@ pub const MAX_PATH: usize = 1024;
 pub const MAX_ERROR: usize = 512;
 
 /// Reasons a datagram is invalid, in the order of [`AssemblerCounters::invalid`].
-pub const INVALID_REASONS: [&str; 8] = [
-    "truncated",
-    "sync_word",
-    "block_size",
-    "length",
-    "geometry",
-    "position",
-    "oversized",
-    "out_of_window",
-];
+pub const INVALID_REASONS: [&str; 8] =
+    ["truncated", "sync_word", "block_size", "length", "geometry", "position", "oversized", "out_of_window"];
 
 /// Per-datagram record in a block slot: written by the receiver right after `recvmmsg` returns.
 #[repr(C)]
@@ -395,8 +387,7 @@ impl PipelineSizes {
 
     /// Offset of the first datagram in a block slot.
     pub fn datagram_offset(&self) -> u32 {
-        let records = size_of::<BlockSlotHeader>()
-            + self.datagrams_per_slot as usize * size_of::<DatagramRecord>();
+        let records = size_of::<BlockSlotHeader>() + self.datagrams_per_slot as usize * size_of::<DatagramRecord>();
         align_up(records as u64, PAGE_SIZE as u64) as u32
     }
 
@@ -407,8 +398,8 @@ impl PipelineSizes {
 
     /// The region spec for these sizes.
     pub fn region_spec(&self) -> RegionSpec {
-        let block_slot = u64::from(self.datagram_offset())
-            + u64::from(self.datagrams_per_slot) * u64::from(self.datagram_stride());
+        let block_slot =
+            u64::from(self.datagram_offset()) + u64::from(self.datagrams_per_slot) * u64::from(self.datagram_stride());
         RegionSpec {
             geometry: self.geometry,
             rings: vec![
@@ -443,8 +434,7 @@ impl PipelineSizes {
         // SAFETY: the app area is at least size_of::<PipelineArea>() bytes, page aligned, zero-filled, and no
         // other process has the region yet; `params` is the first field (offset 0, asserted above).
         unsafe { std::ptr::write(app.cast::<PipelineParams>(), params) };
-        let map_err =
-            |e: crate::ring::RingError| crate::region::RegionError::Corrupt(e.to_string());
+        let map_err = |e: crate::ring::RingError| crate::region::RegionError::Corrupt(e.to_string());
         use crate::layout::ConsumerMode;
         use crate::ring::StartAt;
         region
@@ -471,15 +461,10 @@ pub enum PipelineError {
 pub fn pipeline_area(region: &Region) -> Result<&PipelineArea, PipelineError> {
     let (app, len) = region.app_area();
     if len < size_of::<PipelineArea>() {
-        return Err(PipelineError::NotAPipeline(format!(
-            "application area of {len} bytes"
-        )));
+        return Err(PipelineError::NotAPipeline(format!("application area of {len} bytes")));
     }
     if region.header().ring_count < 2 {
-        return Err(PipelineError::NotAPipeline(format!(
-            "{} rings",
-            region.header().ring_count
-        )));
+        return Err(PipelineError::NotAPipeline(format!("{} rings", region.header().ring_count)));
     }
     // SAFETY: the area lies in the mapping (validated at attach), is page aligned (so aligned for 64), large enough
     // (checked), outlives the borrow of `region`; its shared fields are atomics and `params` is written once by
@@ -585,8 +570,7 @@ impl AcquisitionRecord {
         self.path_len.store(n as u32, Ordering::Relaxed);
         self.frames.store(frames, Ordering::Relaxed);
         self.sync.store(sync, Ordering::Relaxed);
-        self.armed_block_seq
-            .store(armed_block_seq, Ordering::Relaxed);
+        self.armed_block_seq.store(armed_block_seq, Ordering::Relaxed);
         self.stop_requested.store(0, Ordering::Relaxed);
         self.assigned.store(0, Ordering::Relaxed);
         self.first_seq.store(u64::MAX, Ordering::Relaxed);

@@ -8,9 +8,7 @@ use memfd::{FileSeal, MemfdOptions};
 use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FallocateFlags, SealFlags};
 
-use crate::layout::{
-    self, LAYOUT_VERSION, MAGIC, PAGE_SIZE, RegionHeader, RegionSpec, RingDesc, SpecError,
-};
+use crate::layout::{self, LAYOUT_VERSION, MAGIC, PAGE_SIZE, RegionHeader, RegionSpec, RingDesc, SpecError};
 use crate::ring::Ring;
 
 /// How a process maps the region.
@@ -103,8 +101,7 @@ impl Region {
             .create("ringdaq-region")
             .map_err(|e| io_err("memfd_create")(io::Error::other(e)))?;
         let file = memfd.into_file();
-        file.set_len(header.region_size)
-            .map_err(io_err("sizing the region"))?;
+        file.set_len(header.region_size).map_err(io_err("sizing the region"))?;
         // Reserve the pages now: a tmpfs out of space fails here, at start-up, not as a SIGBUS mid-run.
         rustix::fs::fallocate(&file, FallocateFlags::empty(), 0, header.region_size)
             .map_err(|e| io_err("allocating the region (fallocate)")(e.into()))?;
@@ -122,56 +119,30 @@ impl Region {
         // SAFETY: the mapping is at least `region_size` >= PAGE_SIZE bytes long, page aligned, and nobody else
         // has the fd yet, so this unaligned write of a Pod struct races with no one.
         unsafe { std::ptr::write_unaligned(map.as_mut_ptr().cast::<RegionHeader>(), header) };
-        tracing::debug!(
-            size = header.region_size,
-            rings = header.ring_count,
-            "region created"
-        );
-        Ok(Self {
-            map,
-            file,
-            header,
-            access: Access::ReadWrite,
-        })
+        tracing::debug!(size = header.region_size, rings = header.ring_count, "region created");
+        Ok(Self { map, file, header, access: Access::ReadWrite })
     }
 
     /// Attaches to a region from its memfd, checking magic, layout version, seals and every offset.
     pub fn attach(fd: OwnedFd, access: Access) -> Result<Self, RegionError> {
         let file = File::from(fd);
-        let seals =
-            rustix::fs::fcntl_get_seals(&file).map_err(|e| io_err("reading seals")(e.into()))?;
+        let seals = rustix::fs::fcntl_get_seals(&file).map_err(|e| io_err("reading seals")(e.into()))?;
         if !seals.contains(SealFlags::SHRINK) {
             return Err(RegionError::NotSealed);
         }
-        let file_len = file
-            .metadata()
-            .map_err(io_err("fstat of the region"))?
-            .len();
+        let file_len = file.metadata().map_err(io_err("fstat of the region"))?.len();
         if file_len < PAGE_SIZE as u64 {
-            return Err(RegionError::Corrupt(format!(
-                "region is {file_len} bytes, less than a page"
-            )));
+            return Err(RegionError::Corrupt(format!("region is {file_len} bytes, less than a page")));
         }
         let map = match access {
-            Access::ReadWrite => MmapOptions::new()
-                .len(file_len as usize)
-                .populate()
-                .map_raw(&file),
-            Access::ReadOnly => MmapOptions::new()
-                .len(file_len as usize)
-                .populate()
-                .map_raw_read_only(&file),
+            Access::ReadWrite => MmapOptions::new().len(file_len as usize).populate().map_raw(&file),
+            Access::ReadOnly => MmapOptions::new().len(file_len as usize).populate().map_raw_read_only(&file),
         }
         .map_err(io_err("mapping the region"))?;
         // SAFETY: the mapping is at least a page long; the header is Pod and written before the fd was shared.
         let header: RegionHeader = unsafe { std::ptr::read_unaligned(map.as_ptr().cast()) };
         validate_header(&header, file_len)?;
-        Ok(Self {
-            map,
-            file,
-            header,
-            access,
-        })
+        Ok(Self { map, file, header, access })
     }
 
     /// The region's header (a copy taken at attach time; it never changes).
@@ -218,10 +189,7 @@ impl Region {
             return (std::ptr::null_mut(), 0);
         }
         // SAFETY: app_offset + app_size was checked to lie inside the mapping.
-        (
-            unsafe { self.map.as_mut_ptr().add(self.header.app_offset as usize) },
-            self.header.app_size as usize,
-        )
+        (unsafe { self.map.as_mut_ptr().add(self.header.app_offset as usize) }, self.header.app_size as usize)
     }
 
     /// Base address of this process's mapping.
@@ -246,20 +214,14 @@ fn validate_header(h: &RegionHeader, file_len: u64) -> Result<(), RegionError> {
         return Err(RegionError::BadMagic { found: h.magic });
     }
     if h.layout_version != LAYOUT_VERSION {
-        return Err(RegionError::VersionMismatch {
-            found: h.layout_version,
-            expected: LAYOUT_VERSION,
-        });
+        return Err(RegionError::VersionMismatch { found: h.layout_version, expected: LAYOUT_VERSION });
     }
     let corrupt = |m: String| Err(RegionError::Corrupt(m));
     if h.header_size as usize != std::mem::size_of::<RegionHeader>() {
         return corrupt(format!("header size {}", h.header_size));
     }
     if h.region_size != file_len {
-        return corrupt(format!(
-            "header says {} bytes, the memfd has {file_len}",
-            h.region_size
-        ));
+        return corrupt(format!("header says {} bytes, the memfd has {file_len}", h.region_size));
     }
     if h.ring_count as usize > layout::MAX_RINGS {
         return corrupt(format!("{} rings", h.ring_count));
@@ -276,37 +238,26 @@ fn validate_header(h: &RegionHeader, file_len: u64) -> Result<(), RegionError> {
 
 fn check_ring(d: &RingDesc, file_len: u64) -> Result<(), String> {
     let line = layout::CACHE_LINE as u64;
-    let within = |off: u64, len: Option<u64>| {
-        len.and_then(|l| off.checked_add(l))
-            .is_some_and(|end| end <= file_len)
-    };
-    if d.slot_count < 2 || d.max_consumers == 0 || d.max_consumers as usize > layout::MAX_CONSUMERS
-    {
-        return Err(format!(
-            "{} slots, {} consumers",
-            d.slot_count, d.max_consumers
-        ));
+    let within = |off: u64, len: Option<u64>| len.and_then(|l| off.checked_add(l)).is_some_and(|end| end <= file_len);
+    if d.slot_count < 2 || d.max_consumers == 0 || d.max_consumers as usize > layout::MAX_CONSUMERS {
+        return Err(format!("{} slots, {} consumers", d.slot_count, d.max_consumers));
     }
-    if d.control_offset % line != 0 || d.consumers_offset % line != 0 || d.stamps_offset % line != 0
+    if !d.control_offset.is_multiple_of(line)
+        || !d.consumers_offset.is_multiple_of(line)
+        || !d.stamps_offset.is_multiple_of(line)
     {
         return Err("control words not cache-line aligned".into());
     }
-    if d.slots_offset % PAGE_SIZE as u64 != 0
-        || d.slot_size % PAGE_SIZE as u64 != 0
+    if !d.slots_offset.is_multiple_of(PAGE_SIZE as u64)
+        || !d.slot_size.is_multiple_of(PAGE_SIZE as u64)
         || d.slot_size == 0
     {
         return Err("slots not page aligned".into());
     }
-    if !within(d.control_offset, Some(line))
-        || !within(
-            d.consumers_offset,
-            line.checked_mul(u64::from(d.max_consumers)),
-        )
+    if !within(d.control_offset, Some(std::mem::size_of::<layout::RingControl>() as u64))
+        || !within(d.consumers_offset, line.checked_mul(u64::from(d.max_consumers)))
         || !within(d.stamps_offset, line.checked_mul(u64::from(d.slot_count)))
-        || !within(
-            d.slots_offset,
-            d.slot_size.checked_mul(u64::from(d.slot_count)),
-        )
+        || !within(d.slots_offset, d.slot_size.checked_mul(u64::from(d.slot_count)))
     {
         return Err("extends past the end of the region".into());
     }
@@ -320,18 +271,8 @@ mod tests {
 
     pub(crate) fn small_spec() -> RegionSpec {
         RegionSpec {
-            geometry: Geometry {
-                frame_rows: 4,
-                frame_cols: 8,
-                bytes_per_pixel: 2,
-                ..Default::default()
-            },
-            rings: vec![RingSpec {
-                kind: RingKind::Bytes,
-                slot_count: 4,
-                slot_bytes: 64,
-                max_consumers: 2,
-            }],
+            geometry: Geometry { frame_rows: 4, frame_cols: 8, bytes_per_pixel: 2, ..Default::default() },
+            rings: vec![RingSpec { kind: RingKind::Bytes, slot_count: 4, slot_bytes: 64, max_consumers: 2 }],
             app_bytes: 0,
         }
     }
@@ -353,10 +294,7 @@ mod tests {
         let r = Region::create(&small_spec()).unwrap();
         let f = File::from(dup(r.fd()));
         assert!(f.set_len(1).is_err(), "shrinking must be refused");
-        assert!(
-            f.set_len(r.header().region_size * 2).is_err(),
-            "growing must be refused"
-        );
+        assert!(f.set_len(r.header().region_size * 2).is_err(), "growing must be refused");
     }
 
     #[test]

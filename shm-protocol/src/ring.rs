@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering, fence};
 use std::time::Duration;
 
 use crate::layout::{
-    CACHE_LINE, ConsumerLine, ConsumerMode, RingControl, RingDesc, RingKind, SlotStamp,
-    stamp_writing, stamp_written,
+    CACHE_LINE, ConsumerLine, ConsumerMode, RingControl, RingDesc, RingKind, SlotStamp, stamp_writing, stamp_written,
 };
 use crate::region::Access;
 use crate::wait::{self, Deadline, Wake};
@@ -76,10 +75,7 @@ unsafe impl Sync for Ring<'_> {}
 
 impl std::fmt::Debug for Ring<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ring")
-            .field("desc", &self.desc)
-            .field("published", &self.published())
-            .finish()
+        f.debug_struct("Ring").field("desc", &self.desc).field("published", &self.published()).finish()
     }
 }
 
@@ -90,12 +86,7 @@ impl<'r> Ring<'r> {
     /// `base` must be a mapping of the whole region that outlives `'r`, and every offset in `desc` must have been
     /// validated to lie inside it with cache-line (control, cursors, stamps) and page (slots) alignment.
     pub(crate) unsafe fn from_raw(base: *mut u8, desc: RingDesc, access: Access) -> Self {
-        Self {
-            base,
-            desc,
-            access,
-            _region: std::marker::PhantomData,
-        }
+        Self { base, desc, access, _region: std::marker::PhantomData }
     }
 
     /// The ring's descriptor.
@@ -126,35 +117,20 @@ impl<'r> Ring<'r> {
     fn control(&self) -> &'r RingControl {
         // SAFETY: control_offset is in bounds and cache-line aligned (see `from_raw`); RingControl is all atomics,
         // valid for any bit pattern, and shared mutation goes through them only.
-        unsafe {
-            &*self
-                .base
-                .add(self.desc.control_offset as usize)
-                .cast::<RingControl>()
-        }
+        unsafe { &*self.base.add(self.desc.control_offset as usize).cast::<RingControl>() }
     }
 
     /// Consumer line `i`, unchecked index.
     fn line(&self, i: usize) -> &'r ConsumerLine {
         debug_assert!(i < self.max_consumers());
         // SAFETY: i < max_consumers, so the line lies in the validated consumers array; all atomics.
-        unsafe {
-            &*self
-                .base
-                .add(self.desc.consumers_offset as usize + i * CACHE_LINE)
-                .cast::<ConsumerLine>()
-        }
+        unsafe { &*self.base.add(self.desc.consumers_offset as usize + i * CACHE_LINE).cast::<ConsumerLine>() }
     }
 
     fn stamp(&self, seq: u64) -> &'r AtomicU64 {
         let i = (seq % self.slot_count()) as usize;
         // SAFETY: i < slot_count, so the stamp lies in the validated stamps array; an atomic.
-        let s = unsafe {
-            &*self
-                .base
-                .add(self.desc.stamps_offset as usize + i * CACHE_LINE)
-                .cast::<SlotStamp>()
-        };
+        let s = unsafe { &*self.base.add(self.desc.stamps_offset as usize + i * CACHE_LINE).cast::<SlotStamp>() };
         &s.stamp
     }
 
@@ -162,10 +138,7 @@ impl<'r> Ring<'r> {
     pub fn slot_ptr(&self, seq: u64) -> *mut u8 {
         let i = (seq % self.slot_count()) as usize;
         // SAFETY: i < slot_count; slots_offset + slot_count * slot_size was validated to lie inside the mapping.
-        unsafe {
-            self.base
-                .add(self.desc.slots_offset as usize + i * self.slot_size())
-        }
+        unsafe { self.base.add(self.desc.slots_offset as usize + i * self.slot_size()) }
     }
 
     /// Number of sequences published so far (every sequence below is readable).
@@ -175,10 +148,7 @@ impl<'r> Ring<'r> {
 
     /// The producer's attach count (restarts show as increments).
     pub fn producer_generation(&self) -> u32 {
-        self.control()
-            .producer
-            .producer_generation
-            .load(Ordering::Relaxed)
+        self.control().producer.producer_generation.load(Ordering::Relaxed)
     }
 
     /// Committed cursor, mode and attach count of consumer `index`.
@@ -194,10 +164,7 @@ impl<'r> Ring<'r> {
 
     fn check_index(&self, index: usize) -> Result<(), RingError> {
         if index >= self.max_consumers() {
-            return Err(RingError::NoSuchConsumer {
-                index,
-                max: self.max_consumers(),
-            });
+            return Err(RingError::NoSuchConsumer { index, max: self.max_consumers() });
         }
         Ok(())
     }
@@ -220,12 +187,7 @@ impl<'r> Ring<'r> {
 
     /// Activates consumer cursor `index` in `mode`, positioned at `start`. Used by whoever assigns cursors (the
     /// supervisor) before the consumer process attaches with [`Ring::consumer`].
-    pub fn activate_consumer(
-        &self,
-        index: usize,
-        mode: ConsumerMode,
-        start: StartAt,
-    ) -> Result<(), RingError> {
+    pub fn activate_consumer(&self, index: usize, mode: ConsumerMode, start: StartAt) -> Result<(), RingError> {
         self.check_writable()?;
         self.check_index(index)?;
         let l = self.line(index);
@@ -236,7 +198,7 @@ impl<'r> Ring<'r> {
         };
         l.cursor.store(pos, Ordering::Release);
         l.wake_word.store(pos as u32, Ordering::Release);
-        l.sleeping.store(0, Ordering::Relaxed);
+        self.control().sleep.consumer_sleeping[index].store(0, Ordering::Relaxed);
         l.mode.store(mode as u32, Ordering::Release);
         self.wake_producer();
         Ok(())
@@ -249,14 +211,7 @@ impl<'r> Ring<'r> {
             let l = self.line(i);
             // Claim with a value the producer treats as "not gating" while the cursor is positioned.
             const CLAIMING: u32 = 0xFFFF_0000;
-            if l.mode
-                .compare_exchange(
-                    ConsumerMode::Free as u32,
-                    CLAIMING,
-                    Ordering::AcqRel,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
+            if l.mode.compare_exchange(ConsumerMode::Free as u32, CLAIMING, Ordering::AcqRel, Ordering::Relaxed).is_ok()
             {
                 self.activate_consumer(i, mode, StartAt::Next)?;
                 return Ok(i);
@@ -269,9 +224,7 @@ impl<'r> Ring<'r> {
     pub fn release_consumer(&self, index: usize) -> Result<(), RingError> {
         self.check_writable()?;
         self.check_index(index)?;
-        self.line(index)
-            .mode
-            .store(ConsumerMode::Free as u32, Ordering::Release);
+        self.line(index).mode.store(ConsumerMode::Free as u32, Ordering::Release);
         self.wake_producer();
         Ok(())
     }
@@ -281,15 +234,11 @@ impl<'r> Ring<'r> {
         self.check_writable()?;
         let p = &self.control().producer;
         // A producer that died asleep left its flag set; clear it (there is one producer per ring).
-        p.producer_sleeping.store(0, Ordering::Relaxed);
+        self.control().sleep.producer_sleeping.store(0, Ordering::Relaxed);
         p.producer_pid.store(std::process::id(), Ordering::Relaxed);
         p.producer_generation.fetch_add(1, Ordering::Relaxed);
         let next = p.published.load(Ordering::Acquire);
-        Ok(Producer {
-            ring: *self,
-            next,
-            gate_limit: next,
-        })
+        Ok(Producer { ring: *self, next, gate_limit: next })
     }
 
     /// Attaches this process to the active consumer cursor `index`; it resumes at the committed cursor.
@@ -302,40 +251,30 @@ impl<'r> Ring<'r> {
             return Err(RingError::Inactive(index));
         }
         // A consumer that died asleep left its flag set; clear it (one process per cursor).
-        l.sleeping.store(0, Ordering::Relaxed);
+        self.control().sleep.consumer_sleeping[index].store(0, Ordering::Relaxed);
         l.owner_pid.store(std::process::id(), Ordering::Relaxed);
         l.generation.fetch_add(1, Ordering::Relaxed);
         let next = l.cursor.load(Ordering::Acquire);
-        Ok(Consumer {
-            ring: *self,
-            index,
-            mode,
-            next,
-        })
+        Ok(Consumer { ring: *self, index, mode, next, seen_published: 0 })
     }
 
     /// Wakes every consumer that announced it sleeps. Called after publishing.
+    ///
+    /// Waking is a Dekker handshake, every access SeqCst: the waker swaps the wake word, then reads the sleep
+    /// flags; a sleeper sets its flag, then re-reads the wake word (and the kernel compares it once more). Either
+    /// the sleeper sees the new word and does not sleep, or the waker sees the flag and wakes it. The locked swap
+    /// orders as a full barrier does, for less than a separate fence.
     fn wake_consumers(&self) {
-        // Pairs with the SeqCst fence in `Consumer::wait_published`: either the consumer sees the new
-        // `wake_word` (and does not sleep) or we see its `sleeping` flag (and wake it).
-        fence(Ordering::SeqCst);
-        let any =
-            (0..self.max_consumers()).any(|i| self.line(i).sleeping.load(Ordering::Relaxed) != 0);
-        if any {
+        let flags = &self.control().sleep.consumer_sleeping[..self.max_consumers()];
+        if flags.iter().any(|f| f.load(Ordering::SeqCst) != 0) {
             wait::wake_all(&self.control().producer.wake_word);
         }
     }
 
-    /// Wakes the producer if it sleeps on a gate. Called after a consumer commits.
+    /// Wakes the producer if it sleeps on a gate. Called after a consumer commits (same handshake as
+    /// [`Ring::wake_consumers`], on the consumer's wake word).
     fn wake_producer_from(&self, line: &ConsumerLine) {
-        fence(Ordering::SeqCst);
-        if self
-            .control()
-            .producer
-            .producer_sleeping
-            .load(Ordering::Relaxed)
-            != 0
-        {
+        if self.control().sleep.producer_sleeping.load(Ordering::SeqCst) != 0 {
             wait::wake_all(&line.wake_word);
         }
     }
@@ -343,18 +282,30 @@ impl<'r> Ring<'r> {
     /// Wakes the producer from whatever gate it sleeps on (used when gates change).
     fn wake_producer(&self) {
         fence(Ordering::SeqCst);
-        if self
-            .control()
-            .producer
-            .producer_sleeping
-            .load(Ordering::Relaxed)
-            != 0
-        {
+        if self.control().sleep.producer_sleeping.load(Ordering::Relaxed) != 0 {
             for i in 0..self.max_consumers() {
                 wait::wake_all(&self.line(i).wake_word);
             }
         }
     }
+}
+
+/// Iterations of a CPU pause before a waiter goes to sleep.
+///
+/// A peer that is actively producing (or consuming) usually moves within a microsecond; checking for that
+/// briefly saves the sleeper a futex wait and its peer the wake-up system call, which otherwise cost more than
+/// the hand-off itself. Bounded (~1-2 µs), so an idle waiter still sleeps almost at once.
+const SPIN: u32 = 200;
+
+/// Spins up to [`SPIN`] pauses for `ready`; whether it became true.
+fn spin_until(mut ready: impl FnMut() -> bool) -> bool {
+    for _ in 0..SPIN {
+        if ready() {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    ready()
 }
 
 /// The ring's single producer.
@@ -394,10 +345,7 @@ impl<'r> Producer<'r> {
         }
         // Rescan. Without gates the limit is one lap ahead of where we are, so a gate registered later (whose
         // cursor starts at or above `published`) is seen before we could lap it.
-        let base = self
-            .ring
-            .min_gating_cursor()
-            .map_or(self.next, |c| c.min(self.next));
+        let base = self.ring.min_gating_cursor().map_or(self.next, |c| c.min(self.next));
         self.gate_limit = base + self.ring.slot_count();
         self.next < self.gate_limit
     }
@@ -413,16 +361,18 @@ impl<'r> Producer<'r> {
     /// Claims the next slot, sleeping while a gating consumer is a full ring behind; at most `timeout`.
     pub fn claim(&mut self, timeout: Option<Duration>) -> Result<WriteSlot<'_, 'r>, RingError> {
         let deadline = Deadline::after(timeout);
+        if !self.slot_free() {
+            spin_until(|| self.ring.min_gating_cursor().is_none_or(|c| self.next < c + self.ring.slot_count()));
+        }
         while !self.slot_free() {
-            let sleeping = &self.ring.control().producer.producer_sleeping;
+            let sleeping = &self.ring.control().sleep.producer_sleeping;
             // Find the gate that blocks us and sleep on its wake word.
             let Some((line, seen)) = self.blocking_gate() else {
                 continue;
             };
-            sleeping.store(1, Ordering::Relaxed);
-            fence(Ordering::SeqCst);
-            let still_blocked = line.cursor.load(Ordering::Acquire) + self.ring.slot_count()
-                <= self.next
+            sleeping.store(1, Ordering::SeqCst);
+            let still_blocked = line.wake_word.load(Ordering::SeqCst) == seen
+                && line.cursor.load(Ordering::Acquire) + self.ring.slot_count() <= self.next
                 && line.mode.load(Ordering::Acquire) == ConsumerMode::Gating as u32;
             let woke = if still_blocked {
                 wait::wait_while_equal(&line.wake_word, seen, deadline.remaining())
@@ -442,27 +392,19 @@ impl<'r> Producer<'r> {
 
     /// The gating consumer line that is a full lap behind, with its wake word as read before its cursor.
     fn blocking_gate(&self) -> Option<(&'r ConsumerLine, u32)> {
-        (0..self.ring.max_consumers())
-            .map(|i| self.ring.line(i))
-            .find_map(|l| {
-                let w = l.wake_word.load(Ordering::Acquire);
-                let gating = l.mode.load(Ordering::Acquire) == ConsumerMode::Gating as u32;
-                (gating && l.cursor.load(Ordering::Acquire) + self.ring.slot_count() <= self.next)
-                    .then_some((l, w))
-            })
+        (0..self.ring.max_consumers()).map(|i| self.ring.line(i)).find_map(|l| {
+            let w = l.wake_word.load(Ordering::Acquire);
+            let gating = l.mode.load(Ordering::Acquire) == ConsumerMode::Gating as u32;
+            (gating && l.cursor.load(Ordering::Acquire) + self.ring.slot_count() <= self.next).then_some((l, w))
+        })
     }
 
     fn begin_write(&mut self) -> WriteSlot<'_, 'r> {
         let seq = self.next;
         // Seqlock write side: mark the slot as being rewritten before touching its bytes.
-        self.ring
-            .stamp(seq)
-            .store(stamp_writing(seq), Ordering::Relaxed);
+        self.ring.stamp(seq).store(stamp_writing(seq), Ordering::Relaxed);
         fence(Ordering::Release);
-        WriteSlot {
-            producer: self,
-            seq,
-        }
+        WriteSlot { producer: self, seq }
     }
 }
 
@@ -500,12 +442,10 @@ impl WriteSlot<'_, '_> {
     pub fn publish(self) {
         let p = self.producer;
         let seq = self.seq;
-        p.ring
-            .stamp(seq)
-            .store(stamp_written(seq), Ordering::Release);
+        p.ring.stamp(seq).store(stamp_written(seq), Ordering::Release);
         let ctl = &p.ring.control().producer;
         ctl.published.store(seq + 1, Ordering::Release);
-        ctl.wake_word.store((seq + 1) as u32, Ordering::Release);
+        ctl.wake_word.swap((seq + 1) as u32, Ordering::SeqCst);
         p.next = seq + 1;
         p.ring.wake_consumers();
     }
@@ -519,6 +459,9 @@ pub struct Consumer<'r> {
     mode: ConsumerMode,
     /// Next sequence to read; may run ahead of the committed cursor.
     next: u64,
+    /// `published` as last read: re-read only when the consumer has caught up with it, so that a consumer that
+    /// is behind does not touch the producer's line at every item.
+    seen_published: u64,
 }
 
 /// A slot a consumer reads. For lossy consumers, [`ReadSlot::still_valid`] tells whether it was overwritten.
@@ -564,7 +507,10 @@ impl<'r> Consumer<'r> {
     /// A lossy consumer that was lapped gets [`RingError::Overrun`] once, with the count it missed, and is moved
     /// to the oldest slot that cannot be being rewritten.
     pub fn try_next(&mut self) -> Result<Option<ReadSlot<'r>>, RingError> {
-        let published = self.ring.published();
+        if self.next >= self.seen_published || self.mode == ConsumerMode::Lossy {
+            self.seen_published = self.ring.published();
+        }
+        let published = self.seen_published;
         if self.next >= published {
             return Ok(None);
         }
@@ -582,10 +528,7 @@ impl<'r> Consumer<'r> {
                 return Err(RingError::Overrun { missed });
             }
         }
-        let slot = ReadSlot {
-            ring: self.ring,
-            seq: self.next,
-        };
+        let slot = ReadSlot { ring: self.ring, seq: self.next };
         self.next += 1;
         Ok(Some(slot))
     }
@@ -606,27 +549,25 @@ impl<'r> Consumer<'r> {
     /// Sleeps until at least `want` sequences are published or the deadline passes.
     fn wait_published(&self, want: u64, deadline: &Deadline) -> Wake {
         let ctl = &self.ring.control().producer;
-        let line = self.ring.line(self.index);
+        let sleeping = &self.ring.control().sleep.consumer_sleeping[self.index];
+        if spin_until(|| ctl.published.load(Ordering::Acquire) >= want) {
+            return Wake::Changed;
+        }
         while ctl.published.load(Ordering::Acquire) < want {
             if deadline.expired() {
                 return Wake::TimedOut;
             }
             let w = ctl.wake_word.load(Ordering::Acquire);
-            line.sleeping.store(1, Ordering::Relaxed);
-            // Pairs with the fence in `Ring::wake_consumers`.
-            fence(Ordering::SeqCst);
-            let r = if ctl.published.load(Ordering::Acquire) < want {
+            // The sleeper's half of the handshake in `Ring::wake_consumers`.
+            sleeping.store(1, Ordering::SeqCst);
+            let r = if ctl.wake_word.load(Ordering::SeqCst) == w && ctl.published.load(Ordering::Acquire) < want {
                 wait::wait_while_equal(&ctl.wake_word, w, deadline.remaining())
             } else {
                 Wake::Changed
             };
-            line.sleeping.store(0, Ordering::Relaxed);
+            sleeping.store(0, Ordering::Relaxed);
             if r == Wake::TimedOut {
-                return if ctl.published.load(Ordering::Acquire) >= want {
-                    Wake::Changed
-                } else {
-                    Wake::TimedOut
-                };
+                return if ctl.published.load(Ordering::Acquire) >= want { Wake::Changed } else { Wake::TimedOut };
             }
         }
         Wake::Changed
@@ -650,7 +591,7 @@ impl<'r> Consumer<'r> {
         }
         debug_assert!(upto <= self.ring.published());
         line.cursor.store(upto, Ordering::Release);
-        line.wake_word.store(upto as u32, Ordering::Release);
+        line.wake_word.swap(upto as u32, Ordering::SeqCst);
         if self.next < upto {
             self.next = upto;
         }
@@ -704,9 +645,7 @@ impl<'r> ReadSlot<'r> {
         let end = offset.saturating_add(dst.len());
         assert!(end <= self.len(), "copy past the end of the slot");
         // SAFETY: range checked above; source is in the mapping, destination is our own buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), dst.as_mut_ptr(), dst.len())
-        };
+        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) };
         self.still_valid()
     }
 

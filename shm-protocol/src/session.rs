@@ -48,18 +48,10 @@ pub struct Session {
 impl Session {
     /// Connects to the supervisor's control socket at `path` as `role` and attaches the region.
     pub fn open(path: &Path, role: Role, access: Access) -> Result<Self, SessionError> {
-        let ctl = |source| SessionError::Control {
-            path: path.display().to_string(),
-            source,
-        };
+        let ctl = |source| SessionError::Control { path: path.display().to_string(), source };
         let mut conn = Connection::connect(path).map_err(ctl)?;
-        conn.set_recv_timeout(Some(Duration::from_secs(10)))
-            .map_err(ctl)?;
-        conn.send(&Request::Hello {
-            protocol: PROTOCOL_VERSION,
-            role,
-        })
-        .map_err(ctl)?;
+        conn.set_recv_timeout(Some(Duration::from_secs(10))).map_err(ctl)?;
+        conn.send(&Request::Hello { protocol: PROTOCOL_VERSION, role }).map_err(ctl)?;
         let got = conn.recv::<Reply>().map_err(ctl)?;
         match got.msg {
             Reply::Welcome { .. } => {}
@@ -69,11 +61,7 @@ impl Session {
         let mut fds = got.fds.into_iter();
         let region = Region::attach(fds.next().ok_or(SessionError::NoRegion)?, access)?;
         conn.set_recv_timeout(None).map_err(ctl)?;
-        Ok(Self {
-            conn,
-            region,
-            fds: fds.collect(),
-        })
+        Ok(Self { conn, region, fds: fds.collect() })
     }
 
     /// A command from the supervisor, if one is waiting; see [`poll_command`].

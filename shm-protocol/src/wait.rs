@@ -68,20 +68,14 @@ mod tests {
     #[test]
     fn returns_at_once_when_value_differs() {
         let w = AtomicU32::new(1);
-        assert_eq!(
-            wait_while_equal(&w, 0, Some(Duration::from_secs(5))),
-            Wake::Changed
-        );
+        assert_eq!(wait_while_equal(&w, 0, Some(Duration::from_secs(5))), Wake::Changed);
     }
 
     #[test]
     fn times_out() {
         let w = AtomicU32::new(0);
         let t = Instant::now();
-        assert_eq!(
-            wait_while_equal(&w, 0, Some(Duration::from_millis(20))),
-            Wake::TimedOut
-        );
+        assert_eq!(wait_while_equal(&w, 0, Some(Duration::from_millis(20))), Wake::TimedOut);
         assert!(t.elapsed() >= Duration::from_millis(15));
     }
 

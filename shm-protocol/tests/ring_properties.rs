@@ -28,12 +28,7 @@ fn ops(gating: usize, lossy: usize) -> impl Strategy<Value = Vec<Op>> {
 fn region(slots: u32, consumers: u32) -> Region {
     Region::create(&RegionSpec {
         geometry: Geometry::default(),
-        rings: vec![RingSpec {
-            kind: RingKind::Bytes,
-            slot_count: slots,
-            slot_bytes: 64,
-            max_consumers: consumers,
-        }],
+        rings: vec![RingSpec { kind: RingKind::Bytes, slot_count: slots, slot_bytes: 64, max_consumers: consumers }],
         app_bytes: 0,
     })
     .unwrap()
@@ -137,12 +132,9 @@ fn threads_hand_off_through_futexes() {
     const N: u64 = 200_000;
     let region = region(8, 3);
     let ring = region.ring(0).unwrap();
-    ring.activate_consumer(0, ConsumerMode::Gating, StartAt::Seq(0))
-        .unwrap();
-    ring.activate_consumer(1, ConsumerMode::Gating, StartAt::Seq(0))
-        .unwrap();
-    ring.activate_consumer(2, ConsumerMode::Lossy, StartAt::Seq(0))
-        .unwrap();
+    ring.activate_consumer(0, ConsumerMode::Gating, StartAt::Seq(0)).unwrap();
+    ring.activate_consumer(1, ConsumerMode::Gating, StartAt::Seq(0)).unwrap();
+    ring.activate_consumer(2, ConsumerMode::Lossy, StartAt::Seq(0)).unwrap();
     std::thread::scope(|s| {
         for i in 0..2 {
             s.spawn(move || {
@@ -191,8 +183,5 @@ fn wrong_layout_version_is_refused_naming_both() {
     let fd = region.fd().try_clone_to_owned().unwrap();
     let e = Region::attach(fd, shm_protocol::Access::ReadWrite).unwrap_err();
     let msg = e.to_string();
-    assert!(
-        msg.contains("99") && msg.contains(&shm_protocol::layout::LAYOUT_VERSION.to_string()),
-        "{msg}"
-    );
+    assert!(msg.contains("99") && msg.contains(&shm_protocol::layout::LAYOUT_VERSION.to_string()), "{msg}");
 }

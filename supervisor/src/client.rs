@@ -7,9 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use shm_protocol::control::Connection;
-use shm_protocol::messages::{
-    AcquisitionStatus, PROTOCOL_VERSION, Reply, Request, Role, StatusReport, SyncMode,
-};
+use shm_protocol::messages::{AcquisitionStatus, PROTOCOL_VERSION, Reply, Request, Role, StatusReport, SyncMode};
 
 use crate::config;
 
@@ -17,22 +15,11 @@ use crate::config;
 pub fn connect(runtime_dir: &Path) -> anyhow::Result<Connection> {
     let sock = config::control_socket(runtime_dir);
     if !sock.exists() {
-        bail!(
-            "no ringdaq is running with runtime directory {} (no {})",
-            runtime_dir.display(),
-            sock.display()
-        );
+        bail!("no ringdaq is running with runtime directory {} (no {})", runtime_dir.display(), sock.display());
     }
-    let mut conn =
-        Connection::connect(&sock).with_context(|| format!("connecting to {}", sock.display()))?;
+    let mut conn = Connection::connect(&sock).with_context(|| format!("connecting to {}", sock.display()))?;
     conn.set_recv_timeout(Some(Duration::from_secs(10)))?;
-    match call(
-        &mut conn,
-        Request::Hello {
-            protocol: PROTOCOL_VERSION,
-            role: Role::Client,
-        },
-    )? {
+    match call(&mut conn, Request::Hello { protocol: PROTOCOL_VERSION, role: Role::Client })? {
         Reply::Welcome { .. } => Ok(conn),
         other => bail!("unexpected answer to hello: {other:?}"),
     }
@@ -40,9 +27,7 @@ pub fn connect(runtime_dir: &Path) -> anyhow::Result<Connection> {
 
 /// Sends a request and returns the reply; an `Error` reply becomes an error.
 pub fn call(conn: &mut Connection, req: Request) -> anyhow::Result<Reply> {
-    let r = conn
-        .call::<_, Reply>(&req)
-        .context("talking to the supervisor")?;
+    let r = conn.call::<_, Reply>(&req).context("talking to the supervisor")?;
     match r.msg {
         Reply::Error { message } => bail!("{message}"),
         other => Ok(other),
@@ -77,29 +62,15 @@ pub struct AcquireArgs {
 
 /// `ringdaq acquire`.
 pub fn acquire(runtime_dir: &Path, a: &AcquireArgs) -> anyhow::Result<()> {
-    let path = if a.out.is_absolute() {
-        a.out.clone()
-    } else {
-        std::env::current_dir()?.join(&a.out)
-    };
+    let path = if a.out.is_absolute() { a.out.clone() } else { std::env::current_dir()?.join(&a.out) };
     let sync = match a.sync {
         SyncArg::Immediate => SyncMode::Immediate,
         SyncArg::Flag => SyncMode::Flag,
     };
     let mut conn = connect(runtime_dir)?;
-    let req = Request::Acquire {
-        frames: a.frames,
-        path: path.display().to_string(),
-        sync,
-    };
-    let Reply::Armed { id } = call(&mut conn, req)? else {
-        bail!("unexpected reply to acquire")
-    };
-    eprintln!(
-        "acquisition {id} armed: {} frames to {}",
-        a.frames,
-        path.display()
-    );
+    let req = Request::Acquire { frames: a.frames, path: path.display().to_string(), sync };
+    let Reply::Armed { id } = call(&mut conn, req)? else { bail!("unexpected reply to acquire") };
+    eprintln!("acquisition {id} armed: {} frames to {}", a.frames, path.display());
     if !a.wait {
         println!("{id}");
         return Ok(());
@@ -109,23 +80,13 @@ pub fn acquire(runtime_dir: &Path, a: &AcquireArgs) -> anyhow::Result<()> {
 }
 
 /// Polls acquisition `id` until it is done or failed; shows progress on stderr if `progress`.
-pub fn wait_for(
-    conn: &mut Connection,
-    id: u64,
-    progress: bool,
-) -> anyhow::Result<AcquisitionStatus> {
+pub fn wait_for(conn: &mut Connection, id: u64, progress: bool) -> anyhow::Result<AcquisitionStatus> {
     let t = Instant::now();
     loop {
-        let Reply::Acquisition(st) = call(conn, Request::Acquisition { id })? else {
-            bail!("unexpected reply")
-        };
+        let Reply::Acquisition(st) = call(conn, Request::Acquisition { id })? else { bail!("unexpected reply") };
         if progress {
             let rate = st.written as f64 / t.elapsed().as_secs_f64().max(1e-3);
-            let left = if rate > 0.0 {
-                (st.frames.saturating_sub(st.written)) as f64 / rate
-            } else {
-                f64::NAN
-            };
+            let left = if rate > 0.0 { (st.frames.saturating_sub(st.written)) as f64 / rate } else { f64::NAN };
             eprint!(
                 "\r{:>8}: {}/{} frames written, {:.0} frames/s, {:.1} s left   ",
                 st.state, st.written, st.frames, rate, left
@@ -146,19 +107,14 @@ fn finish_message(st: &AcquisitionStatus) -> anyhow::Result<()> {
     if let Some(e) = &st.error {
         bail!("acquisition {} failed: {e}", st.id);
     }
-    println!(
-        "acquisition {} done: {} frames ({} complete) in {}",
-        st.id, st.assigned, st.complete, st.path
-    );
+    println!("acquisition {} done: {} frames ({} complete) in {}", st.id, st.assigned, st.complete, st.path);
     Ok(())
 }
 
 /// `ringdaq status`.
 pub fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
     let mut conn = connect(runtime_dir)?;
-    let Reply::Status(s) = call(&mut conn, Request::Status)? else {
-        bail!("unexpected reply to status")
-    };
+    let Reply::Status(s) = call(&mut conn, Request::Status)? else { bail!("unexpected reply to status") };
     if json {
         println!("{}", serde_json::to_string_pretty(&*s)?);
     } else {
@@ -171,11 +127,7 @@ pub fn status(runtime_dir: &Path, json: bool) -> anyhow::Result<()> {
 pub fn render_status(s: &StatusReport) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
-    let _ = writeln!(
-        o,
-        "ringdaq (pid {}, mode {}, up {} s)",
-        s.pid, s.mode, s.uptime_s
-    );
+    let _ = writeln!(o, "ringdaq (pid {}, mode {}, up {} s)", s.pid, s.mode, s.uptime_s);
     for st in &s.stages {
         let _ = writeln!(
             o,
@@ -184,17 +136,10 @@ pub fn render_status(s: &StatusReport) -> String {
             st.state,
             st.pid,
             st.restarts,
-            st.last_exit
-                .as_deref()
-                .map(|e| format!("last: {e}"))
-                .unwrap_or_default()
+            st.last_exit.as_deref().map(|e| format!("last: {e}")).unwrap_or_default()
         );
     }
-    let _ = writeln!(
-        o,
-        "  rings: block {} slots in use, frame {} slots in use",
-        s.block_ring_used, s.frame_ring_used
-    );
+    let _ = writeln!(o, "  rings: block {} slots in use, frame {} slots in use", s.block_ring_used, s.frame_ring_used);
     for (k, v) in &s.counters {
         if *v != 0 {
             let _ = writeln!(o, "  {k:<32} {v}");
@@ -210,10 +155,7 @@ pub fn render_status(s: &StatusReport) -> String {
             a.frames,
             a.complete,
             a.path,
-            a.error
-                .as_deref()
-                .map(|e| format!(" error: {e}"))
-                .unwrap_or_default()
+            a.error.as_deref().map(|e| format!(" error: {e}")).unwrap_or_default()
         );
     }
     o

@@ -102,23 +102,13 @@ impl Default for Config {
 
 impl Default for RingsConfig {
     fn default() -> Self {
-        Self {
-            block_slots: 64,
-            datagrams_per_slot: 64,
-            frame_slots: 16,
-            frame_cursors: 8,
-            fill_value: 0,
-        }
+        Self { block_slots: 64, datagrams_per_slot: 64, frame_slots: 16, frame_cursors: 8, fill_value: 0 }
     }
 }
 
 impl Default for AssemblerConfig {
     fn default() -> Self {
-        Self {
-            window: 4,
-            timeout_ms: 100,
-            reset_threshold: 32,
-        }
+        Self { window: 4, timeout_ms: 100, reset_threshold: 32 }
     }
 }
 
@@ -130,18 +120,14 @@ impl Default for WriterConfig {
 
 impl Default for SupervisorConfig {
     fn default() -> Self {
-        Self {
-            max_restarts: 5,
-            restart_window_s: 60,
-        }
+        Self { max_restarts: 5, restart_window_s: 60 }
     }
 }
 
 impl Config {
     /// Reads a TOML file; unknown keys are an error (a typo must not silently fall back to a default).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     }
 
@@ -150,18 +136,9 @@ impl Config {
         let r = &self.rings;
         anyhow::ensure!(r.block_slots >= 4, "rings.block_slots must be at least 4");
         anyhow::ensure!(r.frame_slots >= 2, "rings.frame_slots must be at least 2");
-        anyhow::ensure!(
-            (1..=1024).contains(&r.datagrams_per_slot),
-            "rings.datagrams_per_slot must be 1..=1024"
-        );
-        anyhow::ensure!(
-            (1..=64).contains(&r.frame_cursors),
-            "rings.frame_cursors must be 1..=64"
-        );
-        anyhow::ensure!(
-            self.assembler.window >= 1,
-            "assembler.window must be at least 1"
-        );
+        anyhow::ensure!((1..=1024).contains(&r.datagrams_per_slot), "rings.datagrams_per_slot must be 1..=1024");
+        anyhow::ensure!((1..=64).contains(&r.frame_cursors), "rings.frame_cursors must be 1..=64");
+        anyhow::ensure!(self.assembler.window >= 1, "assembler.window must be at least 1");
         anyhow::ensure!(
             usize::from(self.port_base) + detector::SECTORS <= 65536,
             "port_base leaves no room for 8 ports"
@@ -195,10 +172,7 @@ pub fn resolve_runtime_dir(flag: Option<&Path>) -> PathBuf {
     if let Some(p) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
         return PathBuf::from(p).join("ringdaq");
     }
-    PathBuf::from(format!(
-        "/tmp/ringdaq-{}",
-        rustix::process::getuid().as_raw()
-    ))
+    PathBuf::from(format!("/tmp/ringdaq-{}", rustix::process::getuid().as_raw()))
 }
 
 /// The control socket inside a runtime directory.
@@ -214,10 +188,10 @@ mod tests {
     fn example_file_parses_to_the_defaults() {
         let text = include_str!("../../ringdaq.example.toml");
         let c: Config = toml::from_str(text).unwrap();
-        let mut d = Config::default();
-        d.multicast_group = c.multicast_group;
-        d.bind = c.bind;
+        // The example sets bind and multicast_group as for a camera; everything else is the default.
+        let d = Config { multicast_group: c.multicast_group, bind: c.bind, ..Config::default() };
         assert_eq!(c, d);
+        assert_eq!(c.multicast_group, Some(std::net::Ipv4Addr::new(225, 1, 1, 1)));
     }
 
     #[test]
@@ -229,11 +203,6 @@ mod tests {
     fn a_block_ring_too_small_for_the_window_is_refused() {
         let mut c = Config::default();
         c.rings.block_slots = 4;
-        assert!(
-            c.validate()
-                .unwrap_err()
-                .to_string()
-                .contains("block ring holds")
-        );
+        assert!(c.validate().unwrap_err().to_string().contains("block ring holds"));
     }
 }

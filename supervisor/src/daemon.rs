@@ -12,12 +12,9 @@ use anyhow::Context;
 use shm_protocol::Region;
 use shm_protocol::control::{Connection, ControlError, ControlListener};
 use shm_protocol::messages::{
-    AcquisitionStatus, PROTOCOL_VERSION, Reply, Request, Role, StageCommand, StageStatus,
-    StatusReport, SyncMode,
+    AcquisitionStatus, PROTOCOL_VERSION, Reply, Request, Role, StageCommand, StageStatus, StatusReport, SyncMode,
 };
-use shm_protocol::pipeline::{
-    self, BLOCK_RING, FRAME_RING, PipelineArea, PipelineSizes, Stage, acq_state, sync_mode,
-};
+use shm_protocol::pipeline::{self, BLOCK_RING, FRAME_RING, PipelineArea, PipelineSizes, Stage, acq_state, sync_mode};
 
 use crate::config::{self, Config};
 use crate::stages;
@@ -54,9 +51,7 @@ pub struct Supervisor {
 
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Supervisor")
-            .field("control", &self.control_path)
-            .finish_non_exhaustive()
+        f.debug_struct("Supervisor").field("control", &self.control_path).finish_non_exhaustive()
     }
 }
 
@@ -70,13 +65,8 @@ pub fn prepare_runtime_dir(dir: &Path) -> anyhow::Result<()> {
             .create(dir)
             .with_context(|| format!("creating runtime directory {}", dir.display()))?;
     }
-    let md =
-        std::fs::metadata(dir).with_context(|| format!("runtime directory {}", dir.display()))?;
-    anyhow::ensure!(
-        md.is_dir(),
-        "runtime directory {} is not a directory",
-        dir.display()
-    );
+    let md = std::fs::metadata(dir).with_context(|| format!("runtime directory {}", dir.display()))?;
+    anyhow::ensure!(md.is_dir(), "runtime directory {} is not a directory", dir.display());
     anyhow::ensure!(
         md.uid() == rustix::process::geteuid().as_raw(),
         "runtime directory {} belongs to uid {}, not to us",
@@ -116,16 +106,11 @@ impl Supervisor {
         let bytes = sizes.region_spec();
         let total = shm_protocol::layout::compute_layout(&bytes)?.region_size;
         check_memory(total)?;
-        let region = sizes
-            .create_region()
-            .context("creating the shared region")?;
+        let region = sizes.create_region().context("creating the shared region")?;
         let sockets = crate::sockets::bind_sector_sockets(&cfg)?;
         let control_path = config::control_socket(&runtime);
         let listener = ControlListener::bind(&control_path).with_context(|| {
-            format!(
-                "control socket {} (is another ringdaq running there?)",
-                control_path.display()
-            )
+            format!("control socket {} (is another ringdaq running there?)", control_path.display())
         })?;
         tracing::info!(
             region_mb = total / (1 << 20),
@@ -139,10 +124,7 @@ impl Supervisor {
             region,
             sockets,
             control_path,
-            state: Mutex::new(State {
-                stages: Default::default(),
-                next_acquisition: 1,
-            }),
+            state: Mutex::new(State { stages: Default::default(), next_acquisition: 1 }),
             shutdown: AtomicBool::new(false),
             failure: Mutex::new(None),
             started: Instant::now(),
@@ -181,10 +163,7 @@ impl Supervisor {
 
     /// Why the pipeline failed, if it did.
     pub fn failure(&self) -> Option<String> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn fail(&self, why: String) {
@@ -211,11 +190,7 @@ impl Supervisor {
     }
 
     /// Runs the control server and the stage watcher until shutdown; stops the stages in order before returning.
-    pub fn run(
-        self: &Arc<Self>,
-        listener: ControlListener,
-        stop_flag: &'static AtomicBool,
-    ) -> anyhow::Result<()> {
+    pub fn run(self: &Arc<Self>, listener: ControlListener, stop_flag: &'static AtomicBool) -> anyhow::Result<()> {
         std::thread::scope(|s| {
             let sup = self.clone();
             s.spawn(move || sup.serve(listener));
@@ -345,9 +320,7 @@ impl Supervisor {
                         tracing::info!(stage = st.name(), "stage {}", stages::describe_exit(st_));
                         break;
                     }
-                    Ok(None) if t.elapsed() < Duration::from_secs(10) => {
-                        std::thread::sleep(Duration::from_millis(5))
-                    }
+                    Ok(None) if t.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(5)),
                     _ => {
                         tracing::warn!(stage = st.name(), "stage did not stop in 10 s; killing it");
                         let _ = child.kill();
@@ -391,28 +364,19 @@ impl Supervisor {
                     return;
                 }
                 other => {
-                    let _ = conn.send(&Reply::Error {
-                        message: format!("expected Hello first, got {other:?}"),
-                    });
+                    let _ = conn.send(&Reply::Error { message: format!("expected Hello first, got {other:?}") });
                     return;
                 }
             },
             Err(e) => {
-                let _ = conn.send(&Reply::Error {
-                    message: format!("bad first message: {e}"),
-                });
+                let _ = conn.send(&Reply::Error { message: format!("bad first message: {e}") });
                 return;
             }
         };
         match role {
             Role::Stage(st) => self.welcome_stage(st, conn),
             Role::Client => {
-                if conn
-                    .send(&Reply::Welcome {
-                        protocol: PROTOCOL_VERSION,
-                    })
-                    .is_err()
-                {
+                if conn.send(&Reply::Welcome { protocol: PROTOCOL_VERSION }).is_err() {
                     return;
                 }
                 let _ = conn.set_recv_timeout(None);
@@ -426,12 +390,7 @@ impl Supervisor {
         if st == Stage::Receiver {
             fds.extend(self.sockets.iter().map(|s| s.as_fd()));
         }
-        if let Err(e) = conn.send_with_fds(
-            &Reply::Welcome {
-                protocol: PROTOCOL_VERSION,
-            },
-            &fds,
-        ) {
+        if let Err(e) = conn.send_with_fds(&Reply::Welcome { protocol: PROTOCOL_VERSION }, &fds) {
             tracing::warn!(stage = st.name(), error = %e, "welcome failed");
             return;
         }
@@ -457,9 +416,7 @@ impl Supervisor {
                 Err(ControlError::Closed) => return,
                 Err(e) => {
                     // A malformed request gets an error reply and the connection is closed; nothing else changes.
-                    let _ = conn.send(&Reply::Error {
-                        message: format!("malformed request: {e}"),
-                    });
+                    let _ = conn.send(&Reply::Error { message: format!("malformed request: {e}") });
                     return;
                 }
             };
@@ -476,32 +433,24 @@ impl Supervisor {
             Request::Status => Reply::Status(Box::new(self.status())),
             Request::Acquire { frames, path, sync } => match self.arm(frames, &path, sync) {
                 Ok(id) => Reply::Armed { id },
-                Err(e) => Reply::Error {
-                    message: format!("{e:#}"),
-                },
+                Err(e) => Reply::Error { message: format!("{e:#}") },
             },
             Request::Acquisition { id } => match self.acquisition_status(id) {
                 Some(s) => Reply::Acquisition(s),
-                None => Reply::Error {
-                    message: format!("no acquisition {id}"),
-                },
+                None => Reply::Error { message: format!("no acquisition {id}") },
             },
             Request::Stop => match self.area().active() {
                 Some(rec) => {
                     rec.stop_requested.store(1, Ordering::Release);
                     Reply::Ok
                 }
-                None => Reply::Error {
-                    message: "no acquisition is running".into(),
-                },
+                None => Reply::Error { message: "no acquisition is running".into() },
             },
             Request::Shutdown => {
                 self.request_shutdown();
                 Reply::Ok
             }
-            Request::Hello { .. } | Request::Ready => Reply::Error {
-                message: "unexpected message".into(),
-            },
+            Request::Hello { .. } | Request::Ready => Reply::Error { message: "unexpected message".into() },
         }
     }
 
@@ -516,19 +465,14 @@ impl Supervisor {
             "output path is longer than {} bytes",
             pipeline::MAX_PATH - 16
         );
-        let dir = p
-            .parent()
-            .filter(|d| d.is_dir())
-            .with_context(|| format!("the directory of {path} does not exist"))?;
+        let dir =
+            p.parent().filter(|d| d.is_dir()).with_context(|| format!("the directory of {path} does not exist"))?;
         anyhow::ensure!(!p.exists(), "{path} exists; refusing to overwrite it");
         let _ = dir;
         let area = self.area();
         let mut g = self.lock();
         if let Some(rec) = area.active() {
-            anyhow::bail!(
-                "acquisition {} is still running; stop it first",
-                rec.id.load(Ordering::Relaxed)
-            );
+            anyhow::bail!("acquisition {} is still running; stop it first", rec.id.load(Ordering::Relaxed));
         }
         let id = g.next_acquisition;
         let rec = area.acquisition(id);
@@ -539,11 +483,7 @@ impl Supervisor {
             rec.id.load(Ordering::Relaxed)
         );
         g.next_acquisition += 1;
-        let armed_at = self
-            .region
-            .ring(BLOCK_RING)
-            .map(|r| r.published())
-            .unwrap_or(0);
+        let armed_at = self.region.ring(BLOCK_RING).map(|r| r.published()).unwrap_or(0);
         let sync = match sync {
             SyncMode::Immediate => sync_mode::IMMEDIATE,
             SyncMode::Flag => sync_mode::FLAG,
@@ -616,9 +556,7 @@ impl Supervisor {
                 r.min_gating_cursor().map_or(0, |c| p.saturating_sub(c))
             })
         };
-        let acquisitions = (next_id
-            .saturating_sub(pipeline::ACQUISITION_SLOTS as u64)
-            .max(1)..next_id)
+        let acquisitions = (next_id.saturating_sub(pipeline::ACQUISITION_SLOTS as u64).max(1)..next_id)
             .filter_map(|id| self.acquisition_status(id))
             .collect();
         StatusReport {

@@ -86,17 +86,11 @@ pub fn run(args: &RunArgs, runtime_dir: Option<&Path>) -> anyhow::Result<()> {
             let sup = sup.clone();
             s.spawn(move || sup.run(listener, stop))
         };
-        let result = if args.simulate {
-            simulate(&sup, args, stop)
-        } else {
-            Ok(())
-        };
+        let result = if args.simulate { simulate(&sup, args, stop) } else { Ok(()) };
         if result.is_err() || args.frames.is_some() {
             sup.request_shutdown();
         }
-        runner
-            .join()
-            .map_err(|_| anyhow::anyhow!("supervisor thread panicked"))??;
+        runner.join().map_err(|_| anyhow::anyhow!("supervisor thread panicked"))??;
         result
     });
     if let Some(why) = sup.failure() {
@@ -138,14 +132,12 @@ fn simulate(sup: &Arc<Supervisor>, args: &RunArgs, stop: &AtomicBool) -> anyhow:
                 std::thread::sleep(Duration::from_millis(20));
             }
             sim_stop.store(true, Ordering::Relaxed);
-            h.join()
-                .map_err(|_| anyhow::anyhow!("simulator panicked"))??;
+            h.join().map_err(|_| anyhow::anyhow!("simulator panicked"))??;
             Ok(())
         });
     };
     let dir = args.out.clone().unwrap_or_else(|| PathBuf::from("."));
-    let dir = std::fs::canonicalize(&dir)
-        .with_context(|| format!("output directory {}", dir.display()))?;
+    let dir = std::fs::canonicalize(&dir).with_context(|| format!("output directory {}", dir.display()))?;
     let name = format!("sim-{}.npy", shm_protocol::pipeline::now_ns() / 1_000_000);
     let path = dir.join(name);
     let id = sup.arm(frames, &path.display().to_string(), SyncMode::Immediate)?;
@@ -156,15 +148,11 @@ fn simulate(sup: &Arc<Supervisor>, args: &RunArgs, stop: &AtomicBool) -> anyhow:
         let budget = Duration::from_secs_f64(frames as f64 / args.fps + 30.0);
         let mut stop_sent = false;
         loop {
-            let st = sup
-                .acquisition_status(id)
-                .context("acquisition record vanished")?;
+            let st = sup.acquisition_status(id).context("acquisition record vanished")?;
             if st.state == "done" || st.state == "failed" {
                 break;
             }
-            if (started.elapsed() > budget || stop.load(Ordering::Relaxed) || sup.shutting_down())
-                && !stop_sent
-            {
+            if (started.elapsed() > budget || stop.load(Ordering::Relaxed) || sup.shutting_down()) && !stop_sent {
                 tracing::warn!("frames stopped arriving; finishing the file with what came");
                 sup.handle(shm_protocol::messages::Request::Stop);
                 stop_sent = true;
@@ -175,12 +163,9 @@ fn simulate(sup: &Arc<Supervisor>, args: &RunArgs, stop: &AtomicBool) -> anyhow:
             std::thread::sleep(Duration::from_millis(20));
         }
         sim_stop.store(true, Ordering::Relaxed);
-        Ok(h.join()
-            .map_err(|_| anyhow::anyhow!("simulator panicked"))??)
+        Ok(h.join().map_err(|_| anyhow::anyhow!("simulator panicked"))??)
     })?;
-    let st = sup
-        .acquisition_status(id)
-        .context("acquisition record vanished")?;
+    let st = sup.acquisition_status(id).context("acquisition record vanished")?;
     if let Some(e) = st.error {
         bail!("acquisition failed: {e}");
     }
@@ -189,34 +174,14 @@ fn simulate(sup: &Arc<Supervisor>, args: &RunArgs, stop: &AtomicBool) -> anyhow:
 
 fn print_summary(path: &Path, sim: &SimReport, sup: &Supervisor) -> anyhow::Result<()> {
     let side = writer::sidecar_path(path);
-    let text =
-        std::fs::read_to_string(&side).with_context(|| format!("reading {}", side.display()))?;
+    let text = std::fs::read_to_string(&side).with_context(|| format!("reading {}", side.display()))?;
     let sc: writer::Sidecar = serde_json::from_str(&text)?;
-    let first = sc
-        .frame_list
-        .iter()
-        .map(|f| f.first_block_ns)
-        .filter(|&t| t > 0)
-        .min()
-        .unwrap_or(0);
-    let last = sc
-        .frame_list
-        .iter()
-        .map(|f| f.last_block_ns)
-        .max()
-        .unwrap_or(0);
+    let first = sc.frame_list.iter().map(|f| f.first_block_ns).filter(|&t| t > 0).min().unwrap_or(0);
+    let last = sc.frame_list.iter().map(|f| f.last_block_ns).max().unwrap_or(0);
     let secs = (last.saturating_sub(first)) as f64 / 1e9;
-    let fps = if secs > 0.0 {
-        sc.frames as f64 / secs
-    } else {
-        0.0
-    };
+    let fps = if secs > 0.0 { sc.frames as f64 / secs } else { 0.0 };
     let frame_bytes = sc.shape[1] * sc.shape[2] * 2;
-    let c = sup
-        .status()
-        .counters
-        .into_iter()
-        .collect::<std::collections::BTreeMap<_, _>>();
+    let c = sup.status().counters.into_iter().collect::<std::collections::BTreeMap<_, _>>();
     let get = |k: &str| c.get(k).copied().unwrap_or(0);
     let invalid: Vec<String> = c
         .iter()
@@ -241,11 +206,7 @@ fn print_summary(path: &Path, sim: &SimReport, sup: &Supervisor) -> anyhow::Resu
         get("receiver.datagrams"),
         sim.dropped,
         get("receiver.kernel_drops"),
-        if invalid.is_empty() {
-            "0".to_string()
-        } else {
-            invalid.join(" ")
-        },
+        if invalid.is_empty() { "0".to_string() } else { invalid.join(" ") },
         get("assembler.late"),
         get("assembler.duplicates"),
     );

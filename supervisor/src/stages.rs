@@ -20,11 +20,7 @@ pub fn binary(stage: Stage) -> anyhow::Result<PathBuf> {
             .context("the ringdaq binary has no directory")?,
     };
     let p = dir.join(&name);
-    anyhow::ensure!(
-        p.exists(),
-        "stage binary {} not found (build the workspace: cargo build --release)",
-        p.display()
-    );
+    anyhow::ensure!(p.exists(), "stage binary {} not found (build the workspace: cargo build --release)", p.display());
     Ok(p)
 }
 
@@ -37,10 +33,8 @@ pub fn spawn(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Result<Child
         Stage::Receiver => {}
         Stage::Assembler => {
             cmd.arg("--window").arg(cfg.assembler.window.to_string());
-            cmd.arg("--timeout-ms")
-                .arg(cfg.assembler.timeout_ms.to_string());
-            cmd.arg("--reset-threshold")
-                .arg(cfg.assembler.reset_threshold.to_string());
+            cmd.arg("--timeout-ms").arg(cfg.assembler.timeout_ms.to_string());
+            cmd.arg("--reset-threshold").arg(cfg.assembler.reset_threshold.to_string());
         }
         Stage::Writer => {
             if !cfg.writer.direct_io {
@@ -64,8 +58,7 @@ pub fn spawn(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Result<Child
             Ok(())
         });
     }
-    cmd.spawn()
-        .with_context(|| format!("starting the {}", stage.name()))
+    cmd.spawn().with_context(|| format!("starting the {}", stage.name()))
 }
 
 /// How a process ended, in words.

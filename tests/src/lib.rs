@@ -63,18 +63,15 @@ impl ChildGuard {
 
     /// Sends a signal without reaping.
     pub fn signal(&self, sig: rustix::process::Signal) {
-        if let Some(c) = &self.0 {
-            if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
-                let _ = rustix::process::kill_process(pid, sig);
-            }
+        if let Some(c) = &self.0
+            && let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32)
+        {
+            let _ = rustix::process::kill_process(pid, sig);
         }
     }
 
     /// Waits up to `timeout` for the child to exit; `None` if it is still running.
-    pub fn wait_timeout(
-        &mut self,
-        timeout: Duration,
-    ) -> std::io::Result<Option<std::process::ExitStatus>> {
+    pub fn wait_timeout(&mut self, timeout: Duration) -> std::io::Result<Option<std::process::ExitStatus>> {
         let deadline = Instant::now() + timeout;
         loop {
             let Some(c) = self.0.as_mut() else {
@@ -93,9 +90,7 @@ impl ChildGuard {
 
     /// Whether the child is still running.
     pub fn running(&mut self) -> bool {
-        self.0
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.0.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 }
 
@@ -112,23 +107,14 @@ pub struct XorShift(u64);
 impl XorShift {
     /// A generator from `seed` (0 is replaced by a constant).
     pub fn new(seed: u64) -> Self {
-        Self(if seed == 0 {
-            0x9E37_79B9_7F4A_7C15
-        } else {
-            seed
-        })
+        Self(if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed })
     }
 
     /// A seed from the clock, or from `RINGDAQ_TEST_SEED` when set.
     pub fn seed_from_env() -> u64 {
-        std::env::var("RINGDAQ_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            })
+        std::env::var("RINGDAQ_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64)
+        })
     }
 
     /// Next value.
@@ -163,16 +149,9 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
+    let dir = exe.parent().and_then(Path::parent).expect("test executable lives in target/<profile>/deps");
     let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is not built; run the tests with `cargo test --workspace`",
-        p.display()
-    );
+    assert!(p.exists(), "{} is not built; run the tests with `cargo test --workspace`", p.display());
     p
 }
 
@@ -182,17 +161,12 @@ pub fn bind_consecutive_udp(n: u16) -> std::io::Result<(u16, Vec<std::net::UdpSo
     let mut rng = XorShift::new(XorShift::seed_from_env() ^ u64::from(std::process::id()));
     for _ in 0..200 {
         let base = rng.range(20_000, 60_000) as u16;
-        let socks: Result<Vec<_>, _> = (0..n)
-            .map(|i| std::net::UdpSocket::bind(("127.0.0.1", base + i)))
-            .collect();
+        let socks: Result<Vec<_>, _> = (0..n).map(|i| std::net::UdpSocket::bind(("127.0.0.1", base + i))).collect();
         if let Ok(s) = socks {
             return Ok((base, s));
         }
     }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::AddrInUse,
-        "no free range of UDP ports",
-    ))
+    Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "no free range of UDP ports"))
 }
 
 /// A base port with `n` consecutive free UDP ports on 127.0.0.1 (released again; a process binds them next).

@@ -23,12 +23,7 @@ pub struct Welcome {
 
 /// Payload of item `seq`: the sequence and a pattern derived from it, so that a torn or stale slot is detected.
 pub fn payload(seq: u64) -> [u64; 4] {
-    [
-        seq,
-        seq.wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        !seq,
-        seq.rotate_left(17),
-    ]
+    [seq, seq.wrapping_mul(0x9E37_79B9_7F4A_7C15), !seq, seq.rotate_left(17)]
 }
 
 /// Creates the region, serves it on `socket`, publishes `items` items and returns once the consumer committed
@@ -36,12 +31,7 @@ pub fn payload(seq: u64) -> [u64; 4] {
 pub fn produce(socket: &Path, items: u64, slots: u32) -> anyhow::Result<()> {
     let region = Region::create(&RegionSpec {
         geometry: Geometry::default(),
-        rings: vec![RingSpec {
-            kind: RingKind::Bytes,
-            slot_count: slots,
-            slot_bytes: 64,
-            max_consumers: 1,
-        }],
+        rings: vec![RingSpec { kind: RingKind::Bytes, slot_count: slots, slot_bytes: 64, max_consumers: 1 }],
         app_bytes: 0,
     })?;
     let ring = region.ring(0)?;
@@ -84,30 +74,17 @@ pub fn produce(socket: &Path, items: u64, slots: u32) -> anyhow::Result<()> {
 pub fn consume(socket: &Path, out: &Path) -> anyhow::Result<()> {
     let mut conn = Connection::connect(socket).context("connecting to the producer")?;
     let got = conn.recv::<Welcome>()?;
-    let fd = got
-        .fds
-        .into_iter()
-        .next()
-        .context("no memfd with the welcome")?;
+    let fd = got.fds.into_iter().next().context("no memfd with the welcome")?;
     let region = Region::attach(fd, Access::ReadWrite)?;
     let ring = region.ring(0)?;
     let mut c = ring.consumer(got.msg.consumer as usize)?;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(out)?;
-    eprintln!(
-        "consumer {} resumes at {}",
-        std::process::id(),
-        c.next_seq()
-    );
+    let file = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(out)?;
+    eprintln!("consumer {} resumes at {}", std::process::id(), c.next_seq());
     while c.next_seq() < got.msg.items {
         let r = c.next(Some(Duration::from_secs(60)))?;
         let b = r.bytes();
-        let words: Vec<u64> = (0..4)
-            .map(|i| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default()))
-            .collect();
+        let words: Vec<u64> =
+            (0..4).map(|i| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default())).collect();
         if words != payload(r.seq()) {
             bail!("slot {} holds {:?}", r.seq(), words);
         }

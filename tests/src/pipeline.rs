@@ -15,7 +15,8 @@ use crate::{ChildGuard, TempDir, bin_path, free_udp_port_base, wait_for};
 
 /// Ring sizes small enough for tests (about 110 MB of shared memory), and a frame timeout long enough that a
 /// test process paused by the machine does not look like a gap in the stream.
-pub const SMALL_RINGS: &str = "[rings]\nblock_slots = 32\ndatagrams_per_slot = 64\nframe_slots = 8\n[assembler]\ntimeout_ms = 500\n";
+pub const SMALL_RINGS: &str =
+    "[rings]\nblock_slots = 32\ndatagrams_per_slot = 64\nframe_slots = 8\n[assembler]\ntimeout_ms = 500\n";
 
 /// A running `ringdaq run`.
 pub struct Pipeline {
@@ -44,23 +45,12 @@ impl Pipeline {
                 .stderr(Stdio::from(log)),
         )
         .expect("spawn ringdaq run");
-        let p = Self {
-            dir,
-            port_base,
-            child,
-        };
+        let p = Self { dir, port_base, child };
         let ready = wait_for(Duration::from_secs(20), || {
             let s = p.try_status()?;
-            s.stages
-                .iter()
-                .all(|st| st.state == "running")
-                .then_some(())
+            s.stages.iter().all(|st| st.state == "running").then_some(())
         });
-        assert!(
-            ready.is_some(),
-            "pipeline did not become ready:\n{}",
-            p.log()
-        );
+        assert!(ready.is_some(), "pipeline did not become ready:\n{}", p.log());
         p
     }
 
@@ -100,11 +90,7 @@ impl Pipeline {
     /// Arms an acquisition into `<dir>/<name>` and returns its id and path.
     pub fn acquire(&self, frames: u64, name: &str, sync: SyncMode) -> (u64, PathBuf) {
         let path = self.dir.path().join(name);
-        match self.call(Request::Acquire {
-            frames,
-            path: path.display().to_string(),
-            sync,
-        }) {
+        match self.call(Request::Acquire { frames, path: path.display().to_string(), sync }) {
             Ok(Reply::Armed { id }) => (id, path),
             other => panic!("acquire failed: {other:?}\n{}", self.log()),
         }
@@ -114,47 +100,30 @@ impl Pipeline {
     pub fn wait(&self, id: u64, timeout: Duration) -> AcquisitionStatus {
         let t = Instant::now();
         loop {
-            if let Ok(Reply::Acquisition(s)) = self.call(Request::Acquisition { id }) {
-                if s.state == "done" || s.state == "failed" {
-                    return s;
-                }
+            if let Ok(Reply::Acquisition(s)) = self.call(Request::Acquisition { id })
+                && (s.state == "done" || s.state == "failed")
+            {
+                return s;
             }
-            assert!(
-                t.elapsed() < timeout,
-                "acquisition {id} did not finish in {timeout:?}:\n{}",
-                self.log()
-            );
+            assert!(t.elapsed() < timeout, "acquisition {id} did not finish in {timeout:?}:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// A simulator configuration aimed at this pipeline.
     pub fn sim_config(&self, frames: u64, fps: f64) -> SimConfig {
-        SimConfig {
-            port_base: self.port_base,
-            frames,
-            fps: Some(fps),
-            mode: Mode::Is,
-            ..SimConfig::default()
-        }
+        SimConfig { port_base: self.port_base, frames, fps: Some(fps), mode: Mode::Is, ..SimConfig::default() }
     }
 
     /// Runs the simulator to the end (in this process).
     pub fn simulate(&self, cfg: SimConfig) -> SimReport {
-        Simulator::new(cfg)
-            .expect("simulator")
-            .run(&AtomicBool::new(false))
-            .expect("simulator run")
+        Simulator::new(cfg).expect("simulator").run(&AtomicBool::new(false)).expect("simulator run")
     }
 
     /// Asks the pipeline to shut down and waits for it; returns whether it exited 0.
     pub fn shutdown(mut self) -> bool {
         let _ = self.call(Request::Shutdown);
-        let st = self
-            .child
-            .wait_timeout(Duration::from_secs(30))
-            .ok()
-            .flatten();
+        let st = self.child.wait_timeout(Duration::from_secs(30)).ok().flatten();
         st.is_some_and(|s| s.success())
     }
 }
@@ -188,20 +157,11 @@ impl Acquired {
         let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let npy = npyz::NpyFile::new(&bytes[..]).expect("npy header");
         let shape = npy.shape().to_vec();
-        assert_eq!(
-            npy.dtype(),
-            npyz::DType::Plain("<u2".parse().expect("dtype")),
-            "dtype"
-        );
+        assert_eq!(npy.dtype(), npyz::DType::Plain("<u2".parse().expect("dtype")), "dtype");
         let pixels: Vec<u16> = npy.into_vec().expect("npy data");
         let side = writer::sidecar_path(path);
-        let sidecar = serde_json::from_str(&std::fs::read_to_string(&side).expect("sidecar"))
-            .expect("sidecar json");
-        Self {
-            shape,
-            pixels,
-            sidecar,
-        }
+        let sidecar = serde_json::from_str(&std::fs::read_to_string(&side).expect("sidecar")).expect("sidecar json");
+        Self { shape, pixels, sidecar }
     }
 
     /// Frame `i`'s pixels.
@@ -214,7 +174,5 @@ impl Acquired {
 /// The simulator's frames for each pattern variant, computed once.
 pub fn expected_frames(mode: Mode) -> Vec<Vec<u16>> {
     let g = mode.geometry();
-    (0..detector::pattern::PATTERN_PERIOD)
-        .map(|v| detector::pattern::expected_frame(&g, v))
-        .collect()
+    (0..detector::pattern::PATTERN_PERIOD).map(|v| detector::pattern::expected_frame(&g, v)).collect()
 }

@@ -48,22 +48,12 @@ fn every_pixel_of_every_frame_end_to_end_and_numpy_reads_it() {
     let a = Acquired::read(&path);
     assert_eq!(a.shape, vec![200, 1860, 2048]);
     assert_eq!(a.sidecar.frames, 200);
-    assert_eq!(
-        a.sidecar.complete_frames, 200,
-        "every frame complete at 100 frames/s on loopback"
-    );
+    assert_eq!(a.sidecar.complete_frames, 200, "every frame complete at 100 frames/s on loopback");
     let expected = expected_frames(Mode::Is);
     for (i, m) in a.sidecar.frame_list.iter().enumerate() {
         assert_eq!(m.index, i as u64);
-        assert_eq!(
-            m.frame_id, i as u32,
-            "frame 0 is the simulator's first frame, sent after arming"
-        );
-        assert!(
-            m.first_block_ns > 0
-                && m.last_block_ns >= m.first_block_ns
-                && m.published_ns >= m.last_block_ns
-        );
+        assert_eq!(m.frame_id, i as u32, "frame 0 is the simulator's first frame, sent after arming");
+        assert!(m.first_block_ns > 0 && m.last_block_ns >= m.first_block_ns && m.published_ns >= m.last_block_ns);
     }
     assert_complete_frames_exact(&a, &expected);
 
@@ -88,12 +78,7 @@ for i in [0, 1, 2, 3, 4, 5, 6, 7, 137, 199]:
     assert np.array_equal(a[i], want), f"frame {i} differs"
 print("numpy ok")
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(&path)
-        .output()
-        .expect("python3");
+    let out = Command::new("python3").arg("-c").arg(script).arg(&path).output().expect("python3");
     assert!(
         out.status.success(),
         "numpy check failed (numpy is installed by .ci/run):\n{}{}",
@@ -119,26 +104,14 @@ fn faults_mark_exactly_the_frames_that_lost_blocks() {
     assert!(sim.dropped > 0 && sim.duplicated > 0, "{sim:?}");
 
     let a = Acquired::read(&path);
-    let lost: BTreeMap<u32, u32> = sim
-        .lossy_frames
-        .values()
-        .map(|&(fid, n)| (fid, n))
-        .collect();
+    let lost: BTreeMap<u32, u32> = sim.lossy_frames.values().map(|&(fid, n)| (fid, n)).collect();
     for m in &a.sidecar.frame_list {
         match lost.get(&m.frame_id) {
             Some(&n) => {
-                assert!(
-                    !m.complete,
-                    "frame_id {} lost {n} blocks but is marked complete",
-                    m.frame_id
-                );
+                assert!(!m.complete, "frame_id {} lost {n} blocks but is marked complete", m.frame_id);
                 assert_eq!(m.missing_blocks, n, "frame_id {}", m.frame_id);
             }
-            None => assert!(
-                m.complete,
-                "frame_id {} lost nothing but is marked incomplete",
-                m.frame_id
-            ),
+            None => assert!(m.complete, "frame_id {} lost nothing but is marked incomplete", m.frame_id),
         }
     }
     assert!(a.sidecar.incomplete_frames > 0);
@@ -149,24 +122,13 @@ fn faults_mark_exactly_the_frames_that_lost_blocks() {
     for m in a.sidecar.frame_list.iter().filter(|m| !m.complete) {
         let f = a.frame(m.index as usize);
         let want = &expected[(m.frame_id % 8) as usize];
-        let wrong = f
-            .iter()
-            .zip(want.iter())
-            .filter(|(x, y)| x != y && **x != 0)
-            .count();
-        assert_eq!(
-            wrong, 0,
-            "frame {}: pixels that are neither right nor fill",
-            m.index
-        );
+        let wrong = f.iter().zip(want.iter()).filter(|(x, y)| x != y && **x != 0).count();
+        assert_eq!(wrong, 0, "frame {}: pixels that are neither right nor fill", m.index);
         let filled = f.iter().zip(want.iter()).filter(|(x, y)| x != y).count();
         assert!(filled <= m.missing_blocks as usize * g.block_width * g.block_height);
     }
     let c = p.counters();
-    assert_eq!(
-        c["assembler.duplicates"], sim.duplicated,
-        "every duplicate counted"
-    );
+    assert_eq!(c["assembler.duplicates"], sim.duplicated, "every duplicate counted");
     assert_eq!(c["assembler.late"], 0);
     assert!(p.shutdown());
 }
@@ -201,25 +163,16 @@ fn back_to_back_acquisitions_start_within_a_few_frames() {
         let a2 = Acquired::read(&path2);
         let last1 = a1.sidecar.frame_list.last().unwrap().frame_id;
         let first2 = &a2.sidecar.frame_list[0];
-        assert!(
-            first2.frame_id > last1,
-            "second acquisition starts after the first"
-        );
+        assert!(first2.frame_id > last1, "second acquisition starts after the first");
         // Frame 0 is the first frame whose first block arrives after arming: within a frame period (10 ms) of
         // arming, plus scheduling; "a few frames" is 4 periods.
         let delay_ms = first2.first_block_ns.saturating_sub(armed_ns) as f64 / 1e6;
-        assert!(
-            delay_ms < 40.0,
-            "second acquisition's frame 0 arrived {delay_ms:.1} ms after arming"
-        );
+        assert!(delay_ms < 40.0, "second acquisition's frame 0 arrived {delay_ms:.1} ms after arming");
         for a in [&a1, &a2] {
             assert_eq!(a.sidecar.frames, 40);
             assert_eq!(a.sidecar.complete_frames, 40);
             let ids: Vec<u32> = a.sidecar.frame_list.iter().map(|m| m.frame_id).collect();
-            assert!(
-                ids.windows(2).all(|w| w[1] == w[0] + 1),
-                "consecutive frames"
-            );
+            assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "consecutive frames");
             assert_complete_frames_exact(a, &expected_frames(Mode::Is));
         }
     });
@@ -270,36 +223,20 @@ fn garbage_is_counted_by_reason_and_valid_frames_stay_exact() {
     std::thread::sleep(Duration::from_millis(2500));
     let c = p.counters();
     assert_eq!(c["assembler.invalid.truncated"], 10, "{c:?}");
-    assert_eq!(
-        c["assembler.invalid.block_size"], 10,
-        "Summit headers: {c:?}"
-    );
+    assert_eq!(c["assembler.invalid.block_size"], 10, "Summit headers: {c:?}");
     // 30,000-byte datagrams do not fit the receive buffers (block size + 64 bytes): the kernel truncates them and
     // the receiver flags them.
     assert_eq!(c["assembler.invalid.oversized"], 10, "{c:?}");
     assert_eq!(c["receiver.truncated"], 10, "{c:?}");
-    let corrupt_seen = c["assembler.invalid.sync_word"]
-        + c["assembler.invalid.length"]
-        + c["assembler.invalid.position"];
-    assert_eq!(
-        corrupt_seen, sim.corrupted,
-        "each corrupted datagram counted under its reason: {c:?}"
-    );
+    let corrupt_seen =
+        c["assembler.invalid.sync_word"] + c["assembler.invalid.length"] + c["assembler.invalid.position"];
+    assert_eq!(corrupt_seen, sim.corrupted, "each corrupted datagram counted under its reason: {c:?}");
     assert_eq!(c["assembler.invalid.out_of_window"], 5, "{c:?}");
     let a = Acquired::read(&path);
     assert_complete_frames_exact(&a, &expected_frames(Mode::Is));
-    let lost: BTreeMap<u32, u32> = sim
-        .lossy_frames
-        .values()
-        .map(|&(fid, n)| (fid, n))
-        .collect();
+    let lost: BTreeMap<u32, u32> = sim.lossy_frames.values().map(|&(fid, n)| (fid, n)).collect();
     for m in &a.sidecar.frame_list {
-        assert_eq!(
-            m.complete,
-            !lost.contains_key(&m.frame_id),
-            "frame_id {}",
-            m.frame_id
-        );
+        assert_eq!(m.complete, !lost.contains_key(&m.frame_id), "frame_id {}", m.frame_id);
     }
     assert!(p.shutdown());
 }
@@ -319,10 +256,7 @@ fn sync_flag_and_frame_id_reset() {
     let a = Acquired::read(&path);
     let ids: Vec<u32> = a.sidecar.frame_list.iter().map(|m| m.frame_id).collect();
     let want: Vec<u32> = (1010..1030).chain(1000..1020).collect();
-    assert_eq!(
-        ids, want,
-        "frame 0 is the first with the sync flag; the reset is followed"
-    );
+    assert_eq!(ids, want, "frame 0 is the first with the sync flag; the reset is followed");
     assert_eq!(a.sidecar.complete_frames, 40);
     assert_complete_frames_exact(&a, &expected_frames(Mode::Is));
     assert_eq!(p.counters()["assembler.resets"], 1);
@@ -356,20 +290,14 @@ fn stop_finishes_a_short_file_and_bad_requests_are_refused() {
         }
     });
     assert!(all_in.is_some(), "30 frames assigned");
-    assert!(matches!(
-        p.call(shm_protocol::messages::Request::Stop),
-        Ok(shm_protocol::messages::Reply::Ok)
-    ));
+    assert!(matches!(p.call(shm_protocol::messages::Request::Stop), Ok(shm_protocol::messages::Reply::Ok)));
     let st = p.wait(id, Duration::from_secs(30));
     assert_eq!(st.state, "done");
     let a = Acquired::read(&path);
     assert_eq!(a.shape[0], 30, "the header says how many frames came");
     assert_eq!(a.sidecar.frames, 30);
     assert_eq!(a.sidecar.frames_requested, 1000);
-    assert_eq!(
-        std::fs::metadata(&path).unwrap().len(),
-        4096 + 30 * 1860 * 2048 * 2
-    );
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096 + 30 * 1860 * 2048 * 2);
     assert_complete_frames_exact(&a, &expected_frames(Mode::Is));
     assert!(p.shutdown());
 }

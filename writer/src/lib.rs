@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 use shm_protocol::pipeline::{
-    self, AcquisitionRecord, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader, NO_INDEX, PipelineArea,
-    Stage, WRITER_CURSOR, acq_state,
+    self, AcquisitionRecord, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader, NO_INDEX, PipelineArea, Stage,
+    WRITER_CURSOR, acq_state,
 };
 use shm_protocol::{Consumer, ReadSlot, Region, RingError};
 
@@ -168,15 +168,7 @@ impl<'r> Writer<'r> {
         let g = region.header().geometry;
         let frames = region.ring(FRAME_RING)?.consumer(WRITER_CURSOR)?;
         let frame_bytes = g.frame_rows as usize * g.frame_cols as usize * 2;
-        Ok(Self {
-            area,
-            frames,
-            cfg,
-            rows: g.frame_rows.into(),
-            cols: g.frame_cols.into(),
-            frame_bytes,
-            open: None,
-        })
+        Ok(Self { area, frames, cfg, rows: g.frame_rows.into(), cols: g.frame_cols.into(), frame_bytes, open: None })
     }
 
     /// Runs until `should_stop` returns true, then writes what is left and exits.
@@ -213,10 +205,7 @@ impl<'r> Writer<'r> {
             self.write_frame(&h, pixels);
         }
         self.frames.commit(slot.seq() + 1);
-        self.area
-            .stage(Stage::Writer)
-            .heartbeat
-            .fetch_add(1, Ordering::Relaxed);
+        self.area.stage(Stage::Writer).heartbeat.fetch_add(1, Ordering::Relaxed);
         self.housekeeping();
     }
 
@@ -256,18 +245,11 @@ impl<'r> Writer<'r> {
                 });
                 rec.written.fetch_add(1, Ordering::Release);
                 self.area.writer.frames.fetch_add(1, Ordering::Relaxed);
-                self.area
-                    .writer
-                    .bytes
-                    .fetch_add(pixels.len() as u64, Ordering::Relaxed);
+                self.area.writer.bytes.fetch_add(pixels.len() as u64, Ordering::Relaxed);
             }
             Err(e) => {
                 self.area.writer.errors.fetch_add(1, Ordering::Relaxed);
-                let msg = format!(
-                    "writing frame {} to {}: {e}",
-                    h.index,
-                    partial(&open.path).display()
-                );
+                let msg = format!("writing frame {} to {}: {e}", h.index, partial(&open.path).display());
                 self.fail(rec, &msg);
             }
         }
@@ -280,21 +262,12 @@ impl<'r> Writer<'r> {
         let requested = rec.frames.load(Ordering::Acquire);
         let tmp = partial(&path);
         let mut opts = OpenOptions::new();
-        opts.read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644);
-        let direct_ok = self.cfg.direct_io && self.frame_bytes % 4096 == 0;
-        let (file, direct) =
-            match direct_ok.then(|| opts.clone().custom_flags(libc::O_DIRECT).open(&tmp)) {
-                Some(Ok(f)) => (f, true),
-                _ => (
-                    opts.open(&tmp)
-                        .map_err(|e| format!("creating {}: {e}", tmp.display()))?,
-                    false,
-                ),
-            };
+        opts.read(true).write(true).create(true).truncate(true).mode(0o644);
+        let direct_ok = self.cfg.direct_io && self.frame_bytes.is_multiple_of(4096);
+        let (file, direct) = match direct_ok.then(|| opts.clone().custom_flags(libc::O_DIRECT).open(&tmp)) {
+            Some(Ok(f)) => (f, true),
+            _ => (opts.open(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?, false),
+        };
         let total = npy::HEADER_LEN as u64 + requested * self.frame_bytes as u64;
         match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, total) {
             Ok(()) => {}
@@ -306,18 +279,9 @@ impl<'r> Writer<'r> {
                     tmp.display()
                 ));
             }
-            Err(_) => file
-                .set_len(total)
-                .map_err(|e| format!("sizing {}: {e}", tmp.display()))?,
+            Err(_) => file.set_len(total).map_err(|e| format!("sizing {}: {e}", tmp.display()))?,
         }
-        let mut open = OpenAcquisition {
-            id,
-            path,
-            file,
-            direct,
-            requested,
-            meta: Vec::new(),
-        };
+        let mut open = OpenAcquisition { id, path, file, direct, requested, meta: Vec::new() };
         let header = npy::header(&[requested, self.rows, self.cols]);
         write_at(&mut open.file, &mut open.direct, &open.path, &header, 0)
             .map_err(|e| format!("writing the header of {}: {e}", tmp.display()))?;
@@ -327,31 +291,16 @@ impl<'r> Writer<'r> {
     }
 
     fn fail(&mut self, rec: &AcquisitionRecord, msg: &str) {
-        tracing::error!(
-            acquisition = rec.id.load(Ordering::Relaxed),
-            error = msg,
-            "acquisition failed"
-        );
+        tracing::error!(acquisition = rec.id.load(Ordering::Relaxed), error = msg, "acquisition failed");
         // SAFETY: the writer is the only process that writes an acquisition's error.
         unsafe { rec.set_error(msg) };
         self.area.writer.failed.fetch_add(1, Ordering::Relaxed);
-        if let Some(o) = self
-            .open
-            .take_if(|o| o.id == rec.id.load(Ordering::Relaxed))
-        {
+        if let Some(o) = self.open.take_if(|o| o.id == rec.id.load(Ordering::Relaxed)) {
             // Keep what was written, with a header that says how much: the frames so far stay readable.
             let n = o.meta.iter().map(|m| m.index + 1).max().unwrap_or(0);
             let mut o = o;
-            let _ = write_at(
-                &mut o.file,
-                &mut o.direct,
-                &o.path,
-                &npy::header(&[n, self.rows, self.cols]),
-                0,
-            );
-            let _ = o
-                .file
-                .set_len(npy::HEADER_LEN as u64 + n * self.frame_bytes as u64);
+            let _ = write_at(&mut o.file, &mut o.direct, &o.path, &npy::header(&[n, self.rows, self.cols]), 0);
+            let _ = o.file.set_len(npy::HEADER_LEN as u64 + n * self.frame_bytes as u64);
         }
     }
 
@@ -402,15 +351,12 @@ impl<'r> Writer<'r> {
         let tmp = partial(&o.path);
         if n < o.requested {
             let header = npy::header(&[n, self.rows, self.cols]);
-            write_at(&mut o.file, &mut o.direct, &o.path, &header, 0)
-                .map_err(|e| format!("fixing the header: {e}"))?;
+            write_at(&mut o.file, &mut o.direct, &o.path, &header, 0).map_err(|e| format!("fixing the header: {e}"))?;
             o.file
                 .set_len(npy::HEADER_LEN as u64 + n * self.frame_bytes as u64)
                 .map_err(|e| format!("truncating {}: {e}", tmp.display()))?;
         }
-        o.file
-            .sync_all()
-            .map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
+        o.file.sync_all().map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
         o.meta.sort_by_key(|m| m.index);
         o.meta.dedup_by_key(|m| m.index);
         let complete = o.meta.iter().filter(|m| m.complete).count() as u64;
@@ -428,56 +374,37 @@ impl<'r> Writer<'r> {
             counters: self.area.counters(),
             frame_list: o.meta.clone(),
         };
-        let json = serde_json::to_vec_pretty(&sidecar)
-            .map_err(|e| format!("encoding the sidecar: {e}"))?;
+        let json = serde_json::to_vec_pretty(&sidecar).map_err(|e| format!("encoding the sidecar: {e}"))?;
         let side = sidecar_path(&o.path);
         let side_tmp = partial(&side);
-        std::fs::write(&side_tmp, &json)
-            .map_err(|e| format!("writing {}: {e}", side_tmp.display()))?;
-        File::open(&side_tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| format!("syncing {}: {e}", side_tmp.display()))?;
-        std::fs::rename(&side_tmp, &side)
-            .map_err(|e| format!("renaming {}: {e}", side.display()))?;
-        std::fs::rename(&tmp, &o.path)
-            .map_err(|e| format!("renaming {}: {e}", o.path.display()))?;
+        std::fs::write(&side_tmp, &json).map_err(|e| format!("writing {}: {e}", side_tmp.display()))?;
+        File::open(&side_tmp).and_then(|f| f.sync_all()).map_err(|e| format!("syncing {}: {e}", side_tmp.display()))?;
+        std::fs::rename(&side_tmp, &side).map_err(|e| format!("renaming {}: {e}", side.display()))?;
+        std::fs::rename(&tmp, &o.path).map_err(|e| format!("renaming {}: {e}", o.path.display()))?;
         if let Some(dir) = o.path.parent() {
-            let _ = File::open(if dir.as_os_str().is_empty() {
-                Path::new(".")
-            } else {
-                dir
-            })
-            .and_then(|d| d.sync_all());
+            let _ =
+                File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }).and_then(|d| d.sync_all());
         }
         Ok(())
     }
 }
 
 /// Writes `bytes` at `offset`; an `O_DIRECT` write the file system refuses is retried buffered.
-fn write_at(
-    file: &mut File,
-    direct: &mut bool,
-    path: &Path,
-    bytes: &[u8],
-    offset: u64,
-) -> std::io::Result<()> {
+fn write_at(file: &mut File, direct: &mut bool, path: &Path, bytes: &[u8], offset: u64) -> std::io::Result<()> {
     if *direct {
-        let aligned_ok = bytes.as_ptr() as usize % 4096 == 0 && bytes.len() % 4096 == 0;
+        let aligned_ok = (bytes.as_ptr() as usize).is_multiple_of(4096) && bytes.len().is_multiple_of(4096);
         let res = if aligned_ok {
             file.write_all_at(bytes, offset)
         } else {
             match Aligned::new(bytes) {
-                Some(a) if bytes.len() % 4096 == 0 => file.write_all_at(a.as_slice(), offset),
+                Some(a) if bytes.len().is_multiple_of(4096) => file.write_all_at(a.as_slice(), offset),
                 _ => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
             }
         };
         match res {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 // Reopen without O_DIRECT and carry on buffered.
-                *file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(partial(path))?;
+                *file = OpenOptions::new().read(true).write(true).open(partial(path))?;
                 *direct = false;
             }
             other => return other,

@@ -23,23 +23,14 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
     let _span = tracing::info_span!("stage", stage = "writer", pid = std::process::id()).entered();
-    let Session {
-        mut conn, region, ..
-    } = Session::open(&args.control, Role::Stage(Stage::Writer), Access::ReadWrite)
+    let Session { mut conn, region, .. } = Session::open(&args.control, Role::Stage(Stage::Writer), Access::ReadWrite)
         .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
-    let mut w = writer::Writer::new(
-        &region,
-        writer::WriterConfig {
-            direct_io: !args.buffered,
-        },
-    )?;
+    let mut w = writer::Writer::new(&region, writer::WriterConfig { direct_io: !args.buffered })?;
     conn.send(&shm_protocol::messages::Request::Ready)?;
     tracing::info!("writing");
     w.run(|| shm_protocol::session::should_stop(&mut conn))?;

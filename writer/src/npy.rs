@@ -12,11 +12,7 @@ pub const HEADER_LEN: usize = 4096;
 /// The header of a C-order little-endian uint16 array of `shape`, exactly [`HEADER_LEN`] bytes.
 pub fn header(shape: &[u64]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
-    let shape = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
+    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
     let dict = format!("{{'descr': '<u2', 'fortran_order': False, 'shape': {shape}, }}");
     let mut h = Vec::with_capacity(HEADER_LEN);
     h.extend_from_slice(b"\x93NUMPY\x01\x00");

@@ -37,11 +37,7 @@ enum Cmd {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
-        Cmd::Produce {
-            socket,
-            items,
-            slots,
-        } => ringdaq_tests::peer::produce(&socket, items, slots),
+        Cmd::Produce { socket, items, slots } => ringdaq_tests::peer::produce(&socket, items, slots),
         Cmd::Echo { socket } => ringdaq_tests::peer::echo(&socket),
         Cmd::Consume { socket, out } => ringdaq_tests::peer::consume(&socket, &out),
     }
