@@ -80,6 +80,16 @@ fn reason_index(e: &HeaderError) -> usize {
 const OVERSIZED: usize = 6;
 const OUT_OF_WINDOW: usize = 7;
 
+/// A valid block as it arrived: which frame and block, where its datagram lies, when, and its sync flag.
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    frame_id: u32,
+    block: usize,
+    at: BlockRef,
+    recv_ns: u64,
+    sync: bool,
+}
+
 /// A frame id reset not yet confirmed: its blocks, kept in a window of their own.
 struct Candidate {
     window: Window,
@@ -227,7 +237,13 @@ impl<'r> Assembler<'r> {
                 continue;
             }
             let block = self.g.block_index(sector, usize::from(h.x_start), usize::from(h.y_start));
-            self.file_block(h.frame_id, block, BlockRef { seq, index: i as u32 }, rec.recv_ns, h.sync())?;
+            self.file_block(Arrival {
+                frame_id: h.frame_id,
+                block,
+                at: BlockRef { seq, index: i as u32 },
+                recv_ns: rec.recv_ns,
+                sync: h.sync(),
+            })?;
         }
         self.area.stage(Stage::Assembler).heartbeat.fetch_add(1, Ordering::Relaxed);
         self.publish_ready()?;
@@ -241,20 +257,14 @@ impl<'r> Assembler<'r> {
     }
 
     /// Puts a valid block into its frame (or counts it as duplicate or late, or holds it as reset evidence).
-    fn file_block(
-        &mut self,
-        frame_id: u32,
-        block: usize,
-        r: BlockRef,
-        ns: u64,
-        sync: bool,
-    ) -> Result<(), AssemblerError> {
+    fn file_block(&mut self, a: Arrival) -> Result<(), AssemblerError> {
+        let Arrival { frame_id, block, at: r, recv_ns: ns, sync } = a;
         let w = self.cfg.window as i64;
         self.data_now = self.data_now.max(ns);
         let Some(window) = self.window.as_mut() else {
             // The stream's first frames: taken like a reset, once enough datagrams agree (a stray datagram with
             // a wild frame id must not decide where the stream starts).
-            return self.file_outside(frame_id, block, r, ns, sync);
+            return self.file_outside(a);
         };
         let mut d = window.offset(frame_id);
         if d < 0 && d > -w && self.fresh_base {
@@ -281,19 +291,13 @@ impl<'r> Assembler<'r> {
             self.area.assembler.late.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        self.file_outside(frame_id, block, r, ns, sync)
+        self.file_outside(a)
     }
 
     /// A block whose frame id is far outside the window, or repeats a published block: evidence of a reset,
     /// held (not dropped) until enough agrees.
-    fn file_outside(
-        &mut self,
-        frame_id: u32,
-        block: usize,
-        r: BlockRef,
-        ns: u64,
-        sync: bool,
-    ) -> Result<(), AssemblerError> {
+    fn file_outside(&mut self, a: Arrival) -> Result<(), AssemblerError> {
+        let Arrival { frame_id, block, at: r, recv_ns: ns, sync } = a;
         let base = self.window.as_ref().map_or(frame_id, |w| w.base);
         let blocks = self.g.blocks_per_frame();
         let w = self.cfg.window as i64;

@@ -3,8 +3,7 @@
 //! `cargo bench -p ringdaq-benches --bench decode`
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use detector::mode::{HEADER_BYTES, Mode, SECTORS};
-use detector::sim::SimConfig;
+use detector::mode::{Mode, SECTORS};
 use detector::{BlockHeader, Decoder};
 use std::hint::black_box;
 
@@ -29,7 +28,6 @@ fn camera_frame(mode: Mode) -> Vec<(usize, BlockHeader, Vec<u8>)> {
             out.push((s, BlockHeader::for_block(&g, 3, 0, x, y, 0), payload));
         }
     }
-    let _ = (HEADER_BYTES, SimConfig::default());
     out
 }
 

@@ -96,6 +96,15 @@ impl Pipeline {
         }
     }
 
+    /// Waits until `n` frames of acquisition `id` are assigned (they arrived; the file may still be written).
+    pub fn wait_assigned(&self, id: u64, n: u64, timeout: Duration) {
+        let ok = wait_for(timeout, || match self.call(Request::Acquisition { id }) {
+            Ok(Reply::Acquisition(a)) if a.assigned >= n => Some(()),
+            _ => None,
+        });
+        assert!(ok.is_some(), "acquisition {id} did not get {n} frames in {timeout:?}:\n{}", self.log());
+    }
+
     /// Waits until acquisition `id` is done or failed.
     pub fn wait(&self, id: u64, timeout: Duration) -> AcquisitionStatus {
         let t = Instant::now();

@@ -145,13 +145,7 @@ fn back_to_back_acquisitions_start_within_a_few_frames() {
         std::thread::sleep(Duration::from_millis(200));
         let (id1, path1) = p.acquire(40, "first.npy", SyncMode::Immediate);
         // Arm the next one the moment the first has all its frames (while its file is still being finished).
-        let assigned = ringdaq_tests::wait_for(Duration::from_secs(30), || {
-            match p.call(shm_protocol::messages::Request::Acquisition { id: id1 }) {
-                Ok(shm_protocol::messages::Reply::Acquisition(a)) if a.assigned == 40 => Some(()),
-                _ => None,
-            }
-        });
-        assert!(assigned.is_some());
+        p.wait_assigned(id1, 40, Duration::from_secs(30));
         let armed_ns = shm_protocol::pipeline::now_ns();
         let (id2, path2) = p.acquire(40, "second.npy", SyncMode::Immediate);
         let s1 = p.wait(id1, Duration::from_secs(30));
@@ -283,13 +277,7 @@ fn stop_finishes_a_short_file_and_bad_requests_are_refused() {
     assert!(again.unwrap_err().to_string().contains("still running"));
     p.simulate(p.sim_config(30, 100.0));
     // Stop once the 30 frames sent are in (the last one is published when its timeout passes).
-    let all_in = ringdaq_tests::wait_for(Duration::from_secs(10), || {
-        match p.call(shm_protocol::messages::Request::Acquisition { id }) {
-            Ok(shm_protocol::messages::Reply::Acquisition(a)) if a.assigned == 30 => Some(()),
-            _ => None,
-        }
-    });
-    assert!(all_in.is_some(), "30 frames assigned");
+    p.wait_assigned(id, 30, Duration::from_secs(10));
     assert!(matches!(p.call(shm_protocol::messages::Request::Stop), Ok(shm_protocol::messages::Reply::Ok)));
     let st = p.wait(id, Duration::from_secs(30));
     assert_eq!(st.state, "done");
