@@ -468,6 +468,10 @@ impl Supervisor {
         let dir =
             p.parent().filter(|d| d.is_dir()).with_context(|| format!("the directory of {path} does not exist"))?;
         anyhow::ensure!(!p.exists(), "{path} exists; refusing to overwrite it");
+        // Leftovers of an earlier run that died with this path armed: a new acquisition starts afresh.
+        for suffix in [".partial", ".frames.partial"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
         let _ = dir;
         let area = self.area();
         let mut g = self.lock();

@@ -95,6 +95,45 @@ fn partial(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+fn journal_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".frames.partial");
+    PathBuf::from(s)
+}
+
+/// Size of one record of the frame journal.
+const JOURNAL_RECORD: usize = 64;
+
+/// Encodes a frame's sidecar entry as journal record `index` (little-endian; first byte 1 marks it written).
+/// Records sit at `64 × index` of `<path>.frames.partial`, so writing one twice is harmless, and a restarted
+/// writer finds what its predecessor wrote.
+fn encode_record(m: &FrameMeta) -> [u8; JOURNAL_RECORD] {
+    let mut r = [0u8; JOURNAL_RECORD];
+    r[0] = 1;
+    r[1] = u8::from(m.complete);
+    r[4..8].copy_from_slice(&m.frame_id.to_le_bytes());
+    r[8..16].copy_from_slice(&m.index.to_le_bytes());
+    r[16..20].copy_from_slice(&m.missing_blocks.to_le_bytes());
+    r[24..32].copy_from_slice(&m.first_block_ns.to_le_bytes());
+    r[32..40].copy_from_slice(&m.last_block_ns.to_le_bytes());
+    r[40..48].copy_from_slice(&m.published_ns.to_le_bytes());
+    r
+}
+
+fn decode_record(r: &[u8]) -> Option<FrameMeta> {
+    let u32at = |i: usize| u32::from_le_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
+    let u64at = |i: usize| u64::from_le_bytes(r[i..i + 8].try_into().unwrap_or_default());
+    (r.len() == JOURNAL_RECORD && r[0] == 1).then(|| FrameMeta {
+        index: u64at(8),
+        frame_id: u32at(4),
+        complete: r[1] == 1,
+        missing_blocks: u32at(16),
+        first_block_ns: u64at(24),
+        last_block_ns: u64at(32),
+        published_ns: u64at(40),
+    })
+}
+
 /// A page-aligned buffer, for writes through an `O_DIRECT` descriptor.
 struct Aligned {
     ptr: *mut u8,
@@ -134,7 +173,8 @@ struct OpenAcquisition {
     file: File,
     direct: bool,
     requested: u64,
-    meta: Vec<FrameMeta>,
+    /// `<path>.frames.partial`: one record per frame written, read back to make the sidecar.
+    journal: File,
 }
 
 /// Tuning of the writer.
@@ -232,18 +272,20 @@ impl<'r> Writer<'r> {
         }
         let offset = (npy::HEADER_LEN + h.index as usize * self.frame_bytes) as u64;
         let res = write_at(&mut open.file, &mut open.direct, &open.path, pixels, offset);
+        let meta = FrameMeta {
+            index: h.index,
+            frame_id: h.frame_id,
+            complete: h.is_complete(),
+            missing_blocks: h.blocks_expected.saturating_sub(h.blocks_received),
+            first_block_ns: h.first_block_ns,
+            last_block_ns: h.last_block_ns,
+            published_ns: h.published_ns,
+        };
+        let res = res.and_then(|()| open.journal.write_all_at(&encode_record(&meta), h.index * JOURNAL_RECORD as u64));
         match res {
             Ok(()) => {
-                open.meta.push(FrameMeta {
-                    index: h.index,
-                    frame_id: h.frame_id,
-                    complete: h.is_complete(),
-                    missing_blocks: h.blocks_expected.saturating_sub(h.blocks_received),
-                    first_block_ns: h.first_block_ns,
-                    last_block_ns: h.last_block_ns,
-                    published_ns: h.published_ns,
-                });
-                rec.written.fetch_add(1, Ordering::Release);
+                // The highest index written, + 1: idempotent, so a frame rewritten after a restart counts once.
+                rec.written.fetch_max(h.index + 1, Ordering::Release);
                 self.area.writer.frames.fetch_add(1, Ordering::Relaxed);
                 self.area.writer.bytes.fetch_add(pixels.len() as u64, Ordering::Relaxed);
             }
@@ -255,39 +297,67 @@ impl<'r> Writer<'r> {
         }
     }
 
-    /// Creates and preallocates `<path>.partial` for acquisition `rec`.
+    /// Creates and preallocates `<path>.partial` (and its journal) for acquisition `rec`, or, after a restart,
+    /// reopens the ones the previous writer left.
     fn open_acquisition(&mut self, rec: &AcquisitionRecord) -> Result<(), String> {
         let id = rec.id.load(Ordering::Acquire);
         let path = PathBuf::from(rec.path());
         let requested = rec.frames.load(Ordering::Acquire);
         let tmp = partial(&path);
+        let jpath = journal_path(&path);
+        let resume = tmp.exists() && jpath.exists() && rec.first_seq.load(Ordering::Acquire) != u64::MAX;
         let mut opts = OpenOptions::new();
-        opts.read(true).write(true).create(true).truncate(true).mode(0o644);
+        opts.read(true).write(true).create(true).truncate(!resume).mode(0o644);
         let direct_ok = self.cfg.direct_io && self.frame_bytes.is_multiple_of(4096);
         let (file, direct) = match direct_ok.then(|| opts.clone().custom_flags(libc::O_DIRECT).open(&tmp)) {
             Some(Ok(f)) => (f, true),
             _ => (opts.open(&tmp).map_err(|e| format!("creating {}: {e}", tmp.display()))?, false),
         };
+        let journal = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(!resume)
+            .mode(0o644)
+            .open(&jpath)
+            .map_err(|e| format!("creating {}: {e}", jpath.display()))?;
+        let mut open = OpenAcquisition { id, path, file, direct, requested, journal };
+        if resume {
+            tracing::info!(acquisition = id, path = %open.path.display(), "file reopened after a restart");
+            self.open = Some(open);
+            return Ok(());
+        }
         let total = npy::HEADER_LEN as u64 + requested * self.frame_bytes as u64;
-        match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, total) {
+        match rustix::fs::fallocate(&open.file, rustix::fs::FallocateFlags::empty(), 0, total) {
             Ok(()) => {}
             Err(rustix::io::Errno::NOSPC) => {
                 let _ = std::fs::remove_file(&tmp);
+                let _ = std::fs::remove_file(&jpath);
                 return Err(format!(
                     "not enough space for {requested} frames ({:.2} GB) at {}",
                     total as f64 / 1e9,
                     tmp.display()
                 ));
             }
-            Err(_) => file.set_len(total).map_err(|e| format!("sizing {}: {e}", tmp.display()))?,
+            Err(_) => open.file.set_len(total).map_err(|e| format!("sizing {}: {e}", tmp.display()))?,
         }
-        let mut open = OpenAcquisition { id, path, file, direct, requested, meta: Vec::new() };
         let header = npy::header(&[requested, self.rows, self.cols]);
         write_at(&mut open.file, &mut open.direct, &open.path, &header, 0)
             .map_err(|e| format!("writing the header of {}: {e}", tmp.display()))?;
         tracing::info!(acquisition = id, path = %open.path.display(), frames = requested, direct = open.direct, "file opened");
         self.open = Some(open);
         Ok(())
+    }
+
+    /// The journal's records for indices `0..n`, by index (missing ones skipped).
+    fn read_journal(o: &OpenAcquisition, n: u64) -> Vec<FrameMeta> {
+        let mut buf = vec![0u8; n as usize * JOURNAL_RECORD];
+        let got = o.journal.read_at(&mut buf, 0).unwrap_or(0);
+        buf[..got - got % JOURNAL_RECORD]
+            .chunks_exact(JOURNAL_RECORD)
+            .filter_map(decode_record)
+            .filter(|m| m.index < n)
+            .collect()
     }
 
     fn fail(&mut self, rec: &AcquisitionRecord, msg: &str) {
@@ -297,7 +367,7 @@ impl<'r> Writer<'r> {
         self.area.writer.failed.fetch_add(1, Ordering::Relaxed);
         if let Some(o) = self.open.take_if(|o| o.id == rec.id.load(Ordering::Relaxed)) {
             // Keep what was written, with a header that says how much: the frames so far stay readable.
-            let n = o.meta.iter().map(|m| m.index + 1).max().unwrap_or(0);
+            let n = rec.written.load(Ordering::Acquire);
             let mut o = o;
             let _ = write_at(&mut o.file, &mut o.direct, &o.path, &npy::header(&[n, self.rows, self.cols]), 0);
             let _ = o.file.set_len(npy::HEADER_LEN as u64 + n * self.frame_bytes as u64);
@@ -308,8 +378,12 @@ impl<'r> Writer<'r> {
     fn housekeeping(&mut self) {
         if let Some(o) = &self.open {
             let rec = self.area.acquisition(o.id);
+            // Done once the writer's own cursor has passed the acquisition's last frame (its frames are
+            // consecutive in the frame ring): a count of writes would be fooled by a frame rewritten after a restart.
+            let first = rec.first_seq.load(Ordering::Acquire);
+            let n = rec.assigned.load(Ordering::Acquire);
             if rec.state.load(Ordering::Acquire) == acq_state::ASSIGNED
-                && rec.written.load(Ordering::Acquire) >= rec.assigned.load(Ordering::Acquire)
+                && (n == 0 || self.frames.committed() >= first.saturating_add(n))
             {
                 self.finish_open();
             }
@@ -340,7 +414,7 @@ impl<'r> Writer<'r> {
             Ok(()) => {
                 rec.state.store(acq_state::DONE, Ordering::Release);
                 self.area.writer.done.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(acquisition = o.id, path = %o.path.display(), frames = o.meta.len(), "acquisition done");
+                tracing::info!(acquisition = o.id, path = %o.path.display(), "acquisition done");
             }
             Err(e) => self.fail(rec, &e),
         }
@@ -357,9 +431,8 @@ impl<'r> Writer<'r> {
                 .map_err(|e| format!("truncating {}: {e}", tmp.display()))?;
         }
         o.file.sync_all().map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
-        o.meta.sort_by_key(|m| m.index);
-        o.meta.dedup_by_key(|m| m.index);
-        let complete = o.meta.iter().filter(|m| m.complete).count() as u64;
+        let frame_list = Self::read_journal(o, n);
+        let complete = frame_list.iter().filter(|m| m.complete).count() as u64;
         let sidecar = Sidecar {
             version: 1,
             acquisition_id: o.id,
@@ -372,7 +445,7 @@ impl<'r> Writer<'r> {
             dtype: "uint16".into(),
             fill_value: self.area.params.fill_value,
             counters: self.area.counters(),
-            frame_list: o.meta.clone(),
+            frame_list,
         };
         let json = serde_json::to_vec_pretty(&sidecar).map_err(|e| format!("encoding the sidecar: {e}"))?;
         let side = sidecar_path(&o.path);
@@ -381,6 +454,7 @@ impl<'r> Writer<'r> {
         File::open(&side_tmp).and_then(|f| f.sync_all()).map_err(|e| format!("syncing {}: {e}", side_tmp.display()))?;
         std::fs::rename(&side_tmp, &side).map_err(|e| format!("renaming {}: {e}", side.display()))?;
         std::fs::rename(&tmp, &o.path).map_err(|e| format!("renaming {}: {e}", o.path.display()))?;
+        let _ = std::fs::remove_file(journal_path(&o.path));
         if let Some(dir) = o.path.parent() {
             let _ =
                 File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }).and_then(|d| d.sync_all());
