@@ -144,7 +144,13 @@ impl Decoder {
         {
             return Err(PlaceError::Position);
         }
-        let origin = y * g.frame_cols() + sector * g.sector_width + x;
+        self.place_checked(g, y * g.frame_cols() + sector * g.sector_width + x, payload, frame);
+        Ok(())
+    }
+
+    /// Places a block whose payload length, frame length and position (`origin`, its top-left pixel) are
+    /// already checked.
+    fn place_checked(&self, g: &Geometry, origin: usize, payload: &[u8], frame: &mut [u16]) {
         match self.imp {
             #[cfg(target_arch = "x86_64")]
             Implementation::Avx2 => {
@@ -155,7 +161,6 @@ impl Decoder {
             }
             _ => place_portable(g, payload, frame, origin),
         }
-        Ok(())
     }
 }
 
@@ -181,6 +186,25 @@ impl Decoder {
         }
         if let Some(p) = blocks.iter().flatten().find(|p| p.len() != g.payload_bytes()) {
             return Err(PlaceError::Payload { found: p.len(), expected: g.payload_bytes() });
+        }
+        if g.encoding == PixelEncoding::U16Be {
+            // A Summit block row is 32 pixels, one whole 64-byte line: block by block writes full lines and is
+            // faster than the row-major walk here (4.0 against 2.7 GiB/s in benches/decode).
+            for s in 0..SECTORS {
+                for b in 0..g.blocks_per_sector() {
+                    let (x, y) = g.block_position(b);
+                    let origin = y * g.frame_cols() + s * g.sector_width + x;
+                    match blocks[g.block_index(s, x, y)] {
+                        Some(p) => self.place_checked(g, origin, p, frame),
+                        None => {
+                            for r in 0..g.block_height {
+                                frame[origin + r * g.frame_cols()..][..g.block_width].fill(fill);
+                            }
+                        }
+                    }
+                }
+            }
+            return Ok(());
         }
         let across = g.blocks_across();
         let row_bytes = match g.encoding {
