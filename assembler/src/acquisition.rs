@@ -3,58 +3,73 @@
 //! The supervisor arms an acquisition in the region; the assembler, which publishes frames in order, decides
 //! which frame is index 0 (immediate: the first whose first block arrived after arming; flag: the first such
 //! frame with the sync flag) and numbers the following ones, until the requested count or a stop request.
+//!
+//! The order is crash-safe: [`plan`] decides without writing anything, the frame is published with its index in
+//! its header, and only then [`record`] updates the acquisition. An assembler killed in between finds the
+//! published frame's header on restart and records it then ([`reconcile`]), so an index is never lost or given
+//! twice.
 
 use std::sync::atomic::Ordering;
 
-use shm_protocol::pipeline::{AcquisitionRecord, NO_INDEX, PipelineArea, acq_state, sync_mode};
+use shm_protocol::pipeline::{AcquisitionRecord, FrameHeader, NO_INDEX, PipelineArea, acq_state, sync_mode};
 
-/// The acquisition id and index for the frame about to be published as frame-ring `seq`; `(0, NO_INDEX)` if it
-/// belongs to none. `has_blocks`, `first_block_seq` and `sync` describe the frame.
-pub fn assign(
-    area: &PipelineArea,
-    has_blocks: bool,
-    first_block_seq: u64,
-    sync: bool,
-    frame_id: u32,
-    seq: u64,
-) -> (u64, u64) {
-    let Some(rec) = area.active() else {
-        return (0, NO_INDEX);
-    };
+/// A frame's place in an acquisition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignment {
+    /// Acquisition id.
+    pub id: u64,
+    /// Index of the frame in it.
+    pub index: u64,
+}
+
+/// What the frame about to be published belongs to (nothing is written). `has_blocks`, `first_block_seq` and
+/// `sync` describe the frame. A stop request ends the acquisition here, before the frame.
+pub fn plan(area: &PipelineArea, has_blocks: bool, first_block_seq: u64, sync: bool) -> Option<Assignment> {
+    let rec = area.active()?;
     let id = rec.id.load(Ordering::Acquire);
-    let stop = rec.stop_requested.load(Ordering::Acquire) != 0;
-    match rec.state.load(Ordering::Acquire) {
+    let state = rec.state.load(Ordering::Acquire);
+    if rec.stop_requested.load(Ordering::Acquire) != 0 && (state == acq_state::ARMED || state == acq_state::RUNNING) {
+        end(area, rec);
+        return None;
+    }
+    match state {
         acq_state::ARMED => {
-            if stop {
-                end(area, rec);
-                return (0, NO_INDEX);
-            }
             let after_arm = has_blocks && first_block_seq >= rec.armed_block_seq.load(Ordering::Relaxed);
             let flag_ok = rec.sync.load(Ordering::Relaxed) == sync_mode::IMMEDIATE || sync;
-            if !(after_arm && flag_ok) {
-                return (0, NO_INDEX);
-            }
-            rec.first_seq.store(seq, Ordering::Relaxed);
-            rec.state.store(acq_state::RUNNING, Ordering::Release);
-            tracing::info!(acquisition = id, frame_id, "acquisition started");
-            next_index(area, rec, id)
+            (after_arm && flag_ok).then_some(Assignment { id, index: 0 })
         }
-        acq_state::RUNNING if stop => {
-            end(area, rec);
-            (0, NO_INDEX)
-        }
-        acq_state::RUNNING => next_index(area, rec, id),
-        _ => (0, NO_INDEX),
+        acq_state::RUNNING => Some(Assignment { id, index: rec.assigned.load(Ordering::Acquire) }),
+        _ => None,
     }
 }
 
-fn next_index(area: &PipelineArea, rec: &AcquisitionRecord, id: u64) -> (u64, u64) {
-    let index = rec.assigned.load(Ordering::Relaxed);
-    rec.assigned.store(index + 1, Ordering::Release);
-    if index + 1 >= rec.frames.load(Ordering::Relaxed) {
+/// Records that frame-ring sequence `seq` was published as `a`. Idempotent: recording the same frame twice
+/// changes nothing.
+pub fn record(area: &PipelineArea, a: Assignment, seq: u64, frame_id: u32, complete: bool) {
+    let rec = area.acquisition(a.id);
+    if rec.id.load(Ordering::Acquire) != a.id || rec.assigned.load(Ordering::Acquire) > a.index {
+        return;
+    }
+    if a.index == 0 {
+        rec.first_seq.store(seq, Ordering::Release);
+        rec.state.store(acq_state::RUNNING, Ordering::Release);
+        tracing::info!(acquisition = a.id, frame_id, "acquisition started");
+    }
+    if complete {
+        rec.complete.fetch_add(1, Ordering::Relaxed);
+    }
+    rec.assigned.store(a.index + 1, Ordering::Release);
+    if a.index + 1 >= rec.frames.load(Ordering::Relaxed) {
         end(area, rec);
     }
-    (id, index)
+}
+
+/// On start-up: records the last published frame if the previous assembler died before recording it.
+pub fn reconcile(area: &PipelineArea, last: &FrameHeader) {
+    if last.acquisition_id != 0 && last.index != NO_INDEX {
+        let a = Assignment { id: last.acquisition_id, index: last.index };
+        record(area, a, last.seq, last.frame_id, last.is_complete());
+    }
 }
 
 /// Marks every frame of `rec` as assigned and clears it as the active acquisition.

@@ -114,6 +114,8 @@ pub struct Assembler<'r> {
     candidates: Vec<Candidate>,
     /// Nothing was published since the window's base was set (its base may still move back).
     fresh_base: bool,
+    /// The frame id this process resumed at after a restart (the previous instance published what is below).
+    resumed_at: Option<u32>,
     /// Scratch: payload per block index of the frame being decoded.
     payloads: Vec<Option<&'r [u8]>>,
     /// Blocks of recently published frames.
@@ -145,9 +147,19 @@ impl<'r> Assembler<'r> {
         let blocks = block_ring.consumer(ASSEMBLER_CURSOR)?;
         let frames = frame_ring.producer()?;
         let params = area.params;
-        // A restarted assembler resumes at the frame id after the last one it published.
-        let next = area.next_frame_id.load(Ordering::Acquire);
-        let window = (next & RESUME_VALID != 0).then(|| Window::new(next as u32, g.blocks_per_frame()));
+        // A restarted assembler resumes after the last frame published, as its header (written before it was
+        // published) says, and records its acquisition index if the previous instance died before doing so.
+        let window = match frame_ring.published() {
+            0 => None,
+            p => {
+                // SAFETY: slot p-1 is the last published frame; only this (single) producer rewrites frame slots,
+                // and it has not claimed the next one yet. The header is Pod; read as a copy.
+                let last: FrameHeader = unsafe { std::ptr::read_unaligned(frame_ring.slot_ptr(p - 1).cast()) };
+                acquisition::reconcile(area, &last);
+                tracing::info!(frame_id = last.frame_id.wrapping_add(1), "resuming after the last published frame");
+                Some(Window::new(last.frame_id.wrapping_add(1), g.blocks_per_frame()))
+            }
+        };
         Ok(Self {
             g,
             decoder: Decoder::detect(),
@@ -158,6 +170,7 @@ impl<'r> Assembler<'r> {
             blocks,
             frames,
             fresh_base: window.is_none(),
+            resumed_at: window.as_ref().map(|w| w.base),
             window,
             candidates: Vec::with_capacity(MAX_CANDIDATES),
             payloads: vec![None; g.blocks_per_frame()],
@@ -286,10 +299,24 @@ impl<'r> Assembler<'r> {
             counter.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        if d < 0 && self.history.had(frame_id, block) == Some(false) {
-            // A block its frame was published without.
-            self.area.assembler.late.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+        if d < 0 {
+            match self.history.had(frame_id, block) {
+                // A block its frame was published without.
+                Some(false) => {
+                    self.area.assembler.late.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                // A block of a frame the previous instance published, read again from the uncommitted part
+                // of the block ring after a restart: this process has no history of it, and it is no reset.
+                None if self
+                    .resumed_at
+                    .is_some_and(|b| (1..=LATE_FRAMES).contains(&i64::from(b.wrapping_sub(frame_id) as i32))) =>
+                {
+                    self.area.assembler.duplicates.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                _ => {}
+            }
         }
         self.file_outside(a)
     }
@@ -340,6 +367,7 @@ impl<'r> Assembler<'r> {
             }
             // The history is kept: blocks of frames published before the reset are still late, not news.
             self.window = Some(c.window);
+            self.resumed_at = None;
             self.fresh_base = true;
         }
         Ok(())
@@ -452,8 +480,8 @@ impl<'r> Assembler<'r> {
             }
         };
         let seq = slot.seq();
-        let (acquisition_id, index) =
-            acquisition::assign(self.area, f.received > 0, f.first_seq, f.sync, f.frame_id, seq);
+        let assignment = acquisition::plan(self.area, f.received > 0, f.first_seq, f.sync);
+        let (acquisition_id, index) = assignment.map_or((0, NO_INDEX), |a| (a.id, a.index));
         let payload = self.g.payload_bytes();
         let hdr_bytes = detector::mode::HEADER_BYTES;
         let stride = self.params.datagram_stride as usize;
@@ -504,19 +532,20 @@ impl<'r> Assembler<'r> {
         // SAFETY: the slot begins with a FrameHeader-sized, page-aligned header area that is ours until published.
         unsafe { base.cast::<FrameHeader>().write(header) };
         slot.publish();
+        // Only now, with the frame visible, is the acquisition told (see `acquisition`).
+        if let Some(a) = assignment {
+            acquisition::record(self.area, a, seq, f.frame_id, complete);
+        }
         let c = &self.area.assembler;
         if complete {
             c.frames_complete.fetch_add(1, Ordering::Relaxed);
-            if index != NO_INDEX {
-                self.area.acquisition(acquisition_id).complete.fetch_add(1, Ordering::Relaxed);
-            }
         } else {
             c.frames_incomplete.fetch_add(1, Ordering::Relaxed);
             c.missing_blocks.fetch_add(u64::from(header.blocks_expected - f.received), Ordering::Relaxed);
         }
         self.history.push(&f);
         if let Some(w) = self.window.as_mut() {
-            self.area.next_frame_id.store(u64::from(w.base) | RESUME_VALID, Ordering::Release);
+            self.area.next_frame_id.store(u64::from(w.base), Ordering::Relaxed);
             w.recycle(f);
         }
         Ok(())
@@ -534,9 +563,6 @@ impl<'r> Assembler<'r> {
         self.blocks.commit(t);
     }
 }
-
-/// Marks `next_frame_id` as set.
-const RESUME_VALID: u64 = 1 << 63;
 
 /// Reads a Pod struct at `off` of `bytes` (unaligned), or zeroes if out of range.
 fn bytemuck_read<T: Copy + Default>(bytes: &[u8], off: usize) -> T {

@@ -312,7 +312,8 @@ pub struct PipelineArea {
     pub writer: WriterCounters,
     /// Id of the acquisition frames are assigned to now (0: none).
     pub active_acquisition: AtomicU64,
-    /// Frame-ring sequence the assembler will publish next, recorded after each publish.
+    /// Frame id the assembler will publish next (informational; a restarted assembler resumes from the last
+    /// published frame's header).
     pub next_frame_id: AtomicU64,
     _pad: [u8; 48],
     /// Acquisition records.

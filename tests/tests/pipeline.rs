@@ -292,33 +292,52 @@ fn stop_finishes_a_short_file_and_bad_requests_are_refused() {
 
 #[test]
 fn writer_killed_mid_acquisition_leaves_an_identical_file() {
+    kill_stages_mid_acquisition(&["writer", "writer", "writer"]);
+}
+
+/// Issue 5's reproducer: in release builds 17 of 18 manual runs were exact; under the test profile one in three
+/// lost a frame (299 of 300 complete) across an assembler restart. Not understood yet, so not in CI.
+#[test]
+#[ignore = "a frame is occasionally lost across an assembler restart (issue 5)"]
+fn assembler_and_writer_killed_mid_acquisition_leave_an_identical_file() {
+    kill_stages_mid_acquisition(&["assembler", "writer", "assembler", "writer"]);
+}
+
+/// SIGKILLs `victims` one after another, 500 ms apart, during a 300-frame acquisition; the file and sidecar
+/// must be those of a run without kills.
+fn kill_stages_mid_acquisition(victims: &[&str]) {
     let _g = serial();
     let p = Pipeline::start("");
     let (id, path) = p.acquire(300, "killed.npy", SyncMode::Immediate);
-    let writer_pid = || p.status().stages.iter().find(|s| s.name == "writer").map_or(0, |s| s.pid);
+    let pid_of = |name: &str| p.status().stages.iter().find(|s| s.name == name).map_or(0, |s| s.pid);
     std::thread::scope(|s| {
         let h = s.spawn(|| p.simulate(p.sim_config(310, 100.0)));
-        for k in 0..3 {
-            std::thread::sleep(Duration::from_millis(600));
-            let pid = ringdaq_tests::wait_for(Duration::from_secs(5), || Some(writer_pid()).filter(|&p| p != 0));
-            let pid = rustix::process::Pid::from_raw(pid.expect("writer running") as i32).expect("pid");
+        for &name in victims {
+            std::thread::sleep(Duration::from_millis(500));
+            let pid = ringdaq_tests::wait_for(Duration::from_secs(5), || Some(pid_of(name)).filter(|&p| p != 0));
+            let pid = rustix::process::Pid::from_raw(pid.expect("stage running") as i32).expect("pid");
             rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill");
-            eprintln!("killed the writer ({k})");
         }
         h.join().unwrap();
     });
     let st = p.wait(id, Duration::from_secs(60));
     assert_eq!(st.state, "done", "{st:?}");
     let status = p.status();
-    let w = status.stages.iter().find(|s| s.name == "writer").unwrap();
-    assert_eq!(w.restarts, 3);
-    assert!(w.last_exit.as_deref().is_some_and(|e| e.contains("SIGKILL")), "{:?}", w.last_exit);
+    for name in ["assembler", "writer"] {
+        let s = status.stages.iter().find(|s| s.name == name).unwrap();
+        let kills = victims.iter().filter(|v| **v == name).count() as u32;
+        assert_eq!(s.restarts, kills, "{name}");
+        if kills == 0 {
+            continue;
+        }
+        assert!(s.last_exit.as_deref().is_some_and(|e| e.contains("SIGKILL")), "{:?}", s.last_exit);
+    }
     let a = Acquired::read(&path);
     assert_eq!(a.sidecar.frames, 300);
     assert_eq!(a.sidecar.complete_frames, 300);
     let ids: Vec<u32> = a.sidecar.frame_list.iter().map(|m| m.frame_id).collect();
-    assert_eq!(ids, (0..300).collect::<Vec<u32>>(), "every frame once, in order, in the sidecar");
+    assert_eq!(ids, (0..300).collect::<Vec<u32>>(), "every frame once, in order, at its index");
     assert_complete_frames_exact(&a, &expected_frames(Mode::Is));
-    assert!(!writer::sidecar_path(&path).with_extension("npy.frames.partial").exists());
+    assert!(!path.with_extension("npy.frames.partial").exists(), "the journal is removed");
     assert!(p.shutdown());
 }
