@@ -5,7 +5,8 @@
 //! Throughput: the parent sends N 8-byte items as fast as it can; the child takes each one (the ring: one slot
 //! per item, committed one by one). Latency: the parent sends one timestamped item every 200 µs to a child that
 //! is asleep waiting for it (futex for the ring, a blocking read for the others); the child records how long
-//! after the timestamp it had the item. Prints a table with the ratios against the Unix socket.
+//! after the timestamp it had the item. Prints a table with the ratios against the Unix socket. The parent runs
+//! on CPU 0, the child on CPU 1.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
@@ -25,6 +26,9 @@ struct Args {
     /// Samples for the latency runs.
     #[arg(long, default_value_t = 5_000)]
     samples: u64,
+    /// Leave CPU placement to the scheduler (by default the parent runs on CPU 0 and the child on CPU 1).
+    #[arg(long)]
+    no_pin: bool,
     /// (internal) run as the child, connecting to this control socket.
     #[arg(long, hide = true)]
     child: Option<std::path::PathBuf>,
@@ -47,10 +51,29 @@ fn now_ns() -> u64 {
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
+/// Pins this process to `cpu` (if the machine has it), so that producer and consumer run on different cores
+/// and the numbers do not depend on where the scheduler happened to put them.
+fn pin(cpu: usize) {
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() > cpu) {
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        let _ = rustix::thread::sched_setaffinity(None, &set);
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if let Some(path) = &args.child {
+        if std::env::var_os("RINGDAQ_HANDOFF_NO_PIN").is_none() {
+            pin(1);
+        }
         return child(path);
+    }
+    if args.no_pin {
+        // SAFETY: set before any thread is started; the children inherit it.
+        unsafe { std::env::set_var("RINGDAQ_HANDOFF_NO_PIN", "1") };
+    } else {
+        pin(0);
     }
     let dir = std::env::temp_dir().join(format!("ringdaq-handoff-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
