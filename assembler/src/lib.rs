@@ -124,6 +124,8 @@ pub struct Assembler<'r> {
     data_now: u64,
     /// When a block slot was last read.
     last_input: std::time::Instant,
+    /// The receiver's pid as last seen in its stage record (0: none runs).
+    receiver_seen: u32,
 }
 
 impl<'r> Assembler<'r> {
@@ -177,6 +179,7 @@ impl<'r> Assembler<'r> {
             history: window::History::new(LATE_FRAMES as usize, g.blocks_per_frame()),
             data_now: 0,
             last_input: std::time::Instant::now(),
+            receiver_seen: 0,
         })
     }
 
@@ -436,7 +439,15 @@ impl<'r> Assembler<'r> {
     pub fn tick(&mut self) -> Result<(), AssemblerError> {
         let timeout = self.cfg.timeout;
         let timeout_ns = timeout.as_nanos() as u64;
-        let idle = self.last_input.elapsed() >= timeout;
+        // No input while no receiver runs (it is restarting) is not a gap in the stream: the datagrams wait in
+        // the kernel, and frames must not be given up on meanwhile.
+        let receiver = self.area.stage(Stage::Receiver).pid.load(Ordering::Acquire);
+        if receiver != self.receiver_seen {
+            // A receiver came or went: the stream's silence is measured from now.
+            self.receiver_seen = receiver;
+            self.last_input = std::time::Instant::now();
+        }
+        let idle = receiver != 0 && self.last_input.elapsed() >= timeout;
         while self.window.as_ref().and_then(Window::front).is_some_and(|f| {
             self.data_now.saturating_sub(f.data_ns) >= timeout_ns || (idle && f.touched.elapsed() >= timeout)
         }) {

@@ -69,6 +69,8 @@ pub const FLUSH_AFTER: Duration = Duration::from_millis(5);
 struct Batch {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
+    /// Per message: room for the kernel's receive timestamp (SCM_TIMESTAMPNS).
+    cmsg: Vec<[u64; 8]>,
 }
 
 /// The sockets and the per-call `recvmmsg` state.
@@ -107,7 +109,23 @@ impl<'r> Receiver<'r> {
             // SAFETY: mmsghdr/iovec are plain C structs; all-zero is valid. They are filled before each use.
             hdrs: vec![unsafe { std::mem::zeroed() }; n],
             iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; n],
+            cmsg: vec![[0; 8]; n],
         };
+        for s in &sockets {
+            // Receive times from the kernel (when the datagram arrived), not from us (when we read it): the
+            // assembler's clock must not jump when a restarted receiver reads a backlog.
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt reads one int from a valid pointer of the given size.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_TIMESTAMPNS,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
         let drops = vec![0; sockets.len()];
         Ok(Self {
             producer,
@@ -120,6 +138,14 @@ impl<'r> Receiver<'r> {
 
     /// Runs until `stop` is set (checked at least every [`IDLE_POLL`]) or `should_stop` returns true.
     pub fn run(&mut self, stop: &AtomicBool, mut should_stop: impl FnMut() -> bool) -> Result<(), ReceiverError> {
+        // Tell the assembler a receiver runs (the supervisor clears this when a receiver dies).
+        self.area.stage(Stage::Receiver).pid.store(std::process::id(), Ordering::Release);
+        let r = self.receive(stop, &mut should_stop);
+        self.area.stage(Stage::Receiver).pid.store(0, Ordering::Release);
+        r
+    }
+
+    fn receive(&mut self, stop: &AtomicBool, mut should_stop: impl FnMut() -> bool) -> Result<(), ReceiverError> {
         let mut last_check = Instant::now();
         loop {
             if stop.load(Ordering::Relaxed) || self.stopping {
@@ -148,6 +174,7 @@ impl<'r> Receiver<'r> {
         let data_off = self.params.datagram_offset as usize;
         let io = &mut self.io;
         let area = self.area;
+        let interrupted = self.producer.take_interrupted();
         let mut slot = match self.producer.claim(Some(IDLE_POLL)) {
             Ok(s) => s,
             // The assembler is a full ring behind; the sockets buffer meanwhile.
@@ -156,7 +183,17 @@ impl<'r> Receiver<'r> {
         };
         let base = slot.as_mut_ptr();
         let records = base.wrapping_add(std::mem::size_of::<BlockSlotHeader>()).cast::<DatagramRecord>();
-        let mut filled = 0usize;
+        // The slot's datagram count is kept current after every batch, so that a receiver killed before it
+        // publishes loses nothing it took from the kernel: its successor continues filling the same slot.
+        let count = base.cast::<u32>();
+        // SAFETY: the slot begins with a BlockSlotHeader whose first field is the u32 count; the slot is ours
+        // until published, and nobody reads it before.
+        let mut filled = if interrupted { (unsafe { count.read_volatile() }) as usize } else { 0 }.min(per_slot);
+        if filled > 0 {
+            tracing::info!(datagrams = filled, "resuming the slot the previous receiver was filling");
+        }
+        // SAFETY: as above.
+        unsafe { count.write_volatile(filled as u32) };
         let mut first_at = Instant::now();
         loop {
             let mut got_any = false;
@@ -182,7 +219,7 @@ impl<'r> Receiver<'r> {
                         len: h.msg_len,
                         sector: sector as u16,
                         flags: if truncated { DATAGRAM_TRUNCATED } else { 0 },
-                        recv_ns: now,
+                        recv_ns: kernel_time(&h.msg_hdr).unwrap_or(now),
                     };
                     if truncated {
                         area.receiver.truncated.fetch_add(1, Ordering::Relaxed);
@@ -196,6 +233,8 @@ impl<'r> Receiver<'r> {
                 area.receiver.datagrams.fetch_add(n as u64, Ordering::Relaxed);
                 area.receiver.batches.fetch_add(1, Ordering::Relaxed);
                 filled += n;
+                // SAFETY: as above; volatile so that the count is in memory before the next system call.
+                unsafe { count.write_volatile(filled as u32) };
             }
             let age = first_at.elapsed();
             if filled == per_slot || (!got_any && filled > 0 && age >= FLUSH_AFTER) {
@@ -241,6 +280,23 @@ impl<'r> Receiver<'r> {
     }
 }
 
+/// The kernel's receive time of a message (SCM_TIMESTAMPNS), ns since the Unix epoch.
+fn kernel_time(h: &libc::msghdr) -> Option<u64> {
+    // SAFETY: CMSG_FIRSTHDR/NXTHDR walk the control buffer the kernel filled, within msg_controllen; the
+    // timespec is read unaligned from inside it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                return Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
 impl Io {
     /// One non-blocking `recvmmsg` on `sector` into datagram buffers `first .. first + max` of the slot at `base`.
     fn recv_into(
@@ -261,8 +317,8 @@ impl Io {
             h.msg_hdr.msg_namelen = 0;
             h.msg_hdr.msg_iov = &mut self.batch.iovs[i];
             h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = std::ptr::null_mut();
-            h.msg_hdr.msg_controllen = 0;
+            h.msg_hdr.msg_control = self.batch.cmsg[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; 8]>();
             h.msg_hdr.msg_flags = 0;
         }
         loop {

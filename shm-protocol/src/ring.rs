@@ -238,7 +238,9 @@ impl<'r> Ring<'r> {
         p.producer_pid.store(std::process::id(), Ordering::Relaxed);
         p.producer_generation.fetch_add(1, Ordering::Relaxed);
         let next = p.published.load(Ordering::Acquire);
-        Ok(Producer { ring: *self, next, gate_limit: next })
+        // The previous producer died while filling the next slot: its bytes are still there to resume from.
+        let interrupted = self.stamp(next).load(Ordering::Acquire) == stamp_writing(next);
+        Ok(Producer { ring: *self, next, gate_limit: next, interrupted })
     }
 
     /// Attaches this process to the active consumer cursor `index`; it resumes at the committed cursor.
@@ -316,6 +318,8 @@ pub struct Producer<'r> {
     next: u64,
     /// Sequences below this may be written without re-reading the gating cursors.
     gate_limit: u64,
+    /// A previous producer was writing slot `next` when it stopped (until taken).
+    interrupted: bool,
 }
 
 /// A claimed slot: fill it through [`WriteSlot::as_mut_ptr`] / [`WriteSlot::bytes_mut`], then [`WriteSlot::publish`].
@@ -336,6 +340,12 @@ impl<'r> Producer<'r> {
     /// The sequence the next claim will return.
     pub fn next_seq(&self) -> u64 {
         self.next
+    }
+
+    /// Whether the previous producer of this ring died while filling the slot the next claim returns (its
+    /// contents are still there). True once, until taken.
+    pub fn take_interrupted(&mut self) -> bool {
+        std::mem::take(&mut self.interrupted)
     }
 
     /// Whether sequence `self.next` may be written now (every gating consumer is within a lap).

@@ -234,9 +234,9 @@ impl Supervisor {
                 return;
             }
         };
-        let rec = self.area().stage(st);
-        rec.pid.store(child.id(), Ordering::Relaxed);
-        rec.starts.fetch_add(1, Ordering::Relaxed);
+        // The stage records its own pid once it runs (the assembler takes the receiver's as "a receiver is
+        // receiving"); the supervisor only clears it when the stage dies.
+        self.area().stage(st).starts.fetch_add(1, Ordering::Relaxed);
         tracing::info!(stage = st.name(), pid = child.id(), "stage started");
         let mut g = self.lock();
         let slot = &mut g.stages[st as usize];
