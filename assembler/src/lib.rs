@@ -394,6 +394,8 @@ impl<'r> Assembler<'r> {
         }
     }
 
+    /// Says, at debug level, why the front frame is published before it is complete (`newer`: the frame id
+    /// that pushed it out, for the window rule).
     fn log_early(&self, why: &'static str, newer: u32) {
         if let Some(f) = self.window.as_ref().and_then(Window::front).filter(|f| !f.is_complete()) {
             tracing::debug!(why, frame_id = f.frame_id, received = f.received, newer, "publishing an incomplete frame");
