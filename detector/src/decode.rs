@@ -212,7 +212,13 @@ impl Decoder {
             PixelEncoding::U16Be => g.block_width * 2,
         };
         // Blocks of one band in frame column order: sector 0 x 0, x 16, ..., sector 7 x 240.
-        let mut band: Vec<Option<&[u8]>> = vec![None; across * SECTORS];
+        // On the stack: decoding a frame allocates nothing (16 blocks across × 8 sectors in IS mode).
+        const MAX_BAND: usize = 256;
+        if across * SECTORS > MAX_BAND {
+            return Err(PlaceError::Blocks { found: across * SECTORS, expected: MAX_BAND });
+        }
+        let mut band_store: [Option<&[u8]>; MAX_BAND] = [None; MAX_BAND];
+        let band = &mut band_store[..across * SECTORS];
         for by in 0..g.blocks_down() {
             for s in 0..SECTORS {
                 for bx in 0..across {
@@ -225,12 +231,12 @@ impl Decoder {
                 (Implementation::Avx2, PixelEncoding::Packed12) if g.block_width == 16 => {
                     // SAFETY: AVX2 detected at construction; every present payload is payload_bytes long (checked
                     // above) = block_height rows of 24 bytes; band_rows holds block_height full frame rows.
-                    unsafe { avx2::band12(g, &band, band_rows, fill) }
+                    unsafe { avx2::band12(g, band, band_rows, fill) }
                 }
                 _ => {
                     for r in 0..g.block_height {
                         let row = &mut band_rows[r * g.frame_cols()..][..g.frame_cols()];
-                        for (out, blk) in row.chunks_exact_mut(g.block_width).zip(&band) {
+                        for (out, blk) in row.chunks_exact_mut(g.block_width).zip(band.iter()) {
                             match blk {
                                 None => out.fill(fill),
                                 Some(p) => self.decode_row(g, &p[r * row_bytes..(r + 1) * row_bytes], out),
