@@ -229,11 +229,11 @@ impl<'r> Assembler<'r> {
         let per_slot = self.params.datagrams_per_slot as usize;
         let stride = self.params.datagram_stride as usize;
         let data_off = self.params.datagram_offset as usize;
-        let hdr: BlockSlotHeader = bytemuck_read(bytes, 0);
+        let hdr: BlockSlotHeader = read_record(bytes, 0);
         let count = (hdr.count as usize).min(per_slot);
         for i in 0..count {
             let rec: DatagramRecord =
-                bytemuck_read(bytes, size_of::<BlockSlotHeader>() + i * size_of::<DatagramRecord>());
+                read_record(bytes, size_of::<BlockSlotHeader>() + i * size_of::<DatagramRecord>());
             let len = (rec.len as usize).min(stride);
             let dgram = &bytes[data_off + i * stride..][..len];
             if rec.flags & DATAGRAM_TRUNCATED != 0 {
@@ -577,11 +577,7 @@ impl<'r> Assembler<'r> {
     }
 }
 
-/// Reads a Pod struct at `off` of `bytes` (unaligned), or zeroes if out of range.
-fn bytemuck_read<T: Copy + Default>(bytes: &[u8], off: usize) -> T {
-    if off + size_of::<T>() > bytes.len() {
-        return T::default();
-    }
-    // SAFETY: range checked; T is a plain-old-data record type (all callers pass Pod structs).
-    unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(off).cast::<T>()) }
+/// Reads a record at `off` of `bytes` (unaligned), or zeroes if it would run past the end.
+fn read_record<T: bytemuck::Pod>(bytes: &[u8], off: usize) -> T {
+    bytes.get(off..off + size_of::<T>()).map_or_else(T::zeroed, bytemuck::pod_read_unaligned)
 }

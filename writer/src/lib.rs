@@ -238,8 +238,8 @@ impl<'r> Writer<'r> {
     /// Writes one frame if it belongs to an acquisition, then commits it.
     pub fn handle(&mut self, slot: ReadSlot<'r>) {
         let bytes = slot.bytes();
-        // SAFETY: the slot starts with a FrameHeader (Pod, written before publication); unaligned read of a copy.
-        let h: FrameHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        // The slot starts with the FrameHeader, written before the frame was published.
+        let h: FrameHeader = bytemuck::pod_read_unaligned(&bytes[..size_of::<FrameHeader>()]);
         if h.acquisition_id != 0 && h.index != NO_INDEX {
             let pixels = &bytes[FRAME_PIXELS_OFFSET..FRAME_PIXELS_OFFSET + self.frame_bytes];
             self.write_frame(&h, pixels);
