@@ -124,9 +124,13 @@ pub struct Assembler<'r> {
     data_now: u64,
     /// When a block slot was last read.
     last_input: std::time::Instant,
-    /// The receiver's pid as last seen in its stage record (0: none runs).
-    receiver_seen: u32,
+    /// The receiver's pid and heartbeat as last seen in its stage record, and when either last changed.
+    receiver_seen: (u32, u64, std::time::Instant),
 }
+
+/// A receiver whose heartbeat stood still this long is not receiving (stopped, hung, or gone): silence is then
+/// no gap in the stream. A live receiver beats at least every 50 ms, even when idle.
+const RECEIVER_SILENT: Duration = Duration::from_millis(200);
 
 impl<'r> Assembler<'r> {
     /// Attaches as the block ring's consumer and the frame ring's producer.
@@ -179,7 +183,7 @@ impl<'r> Assembler<'r> {
             history: window::History::new(LATE_FRAMES as usize, g.blocks_per_frame()),
             data_now: 0,
             last_input: std::time::Instant::now(),
-            receiver_seen: 0,
+            receiver_seen: (0, 0, std::time::Instant::now()),
         })
     }
 
@@ -439,17 +443,22 @@ impl<'r> Assembler<'r> {
     /// times) without one for it, or when nothing at all arrived for `timeout`. A pipeline that stalls (a slow
     /// disk holding the writer, and so the assembler) does not time out frames whose blocks are still queued.
     pub fn tick(&mut self) -> Result<(), AssemblerError> {
+        // Frames held for their timeout keep the block ring unread-looking; ticking is progress.
+        self.area.stage(Stage::Assembler).heartbeat.fetch_add(1, Ordering::Relaxed);
         let timeout = self.cfg.timeout;
         let timeout_ns = timeout.as_nanos() as u64;
-        // No input while no receiver runs (it is restarting) is not a gap in the stream: the datagrams wait in
-        // the kernel, and frames must not be given up on meanwhile.
-        let receiver = self.area.stage(Stage::Receiver).pid.load(Ordering::Acquire);
-        if receiver != self.receiver_seen {
-            // A receiver came or went: the stream's silence is measured from now.
-            self.receiver_seen = receiver;
+        // No input while no receiver receives (it is restarting, or stopped) is not a gap in the stream: the
+        // datagrams wait in the kernel, and frames must not be given up on meanwhile. Silence is measured only
+        // while a receiver runs and beats.
+        let rx = self.area.stage(Stage::Receiver);
+        let seen = (rx.pid.load(Ordering::Acquire), rx.heartbeat.load(Ordering::Relaxed));
+        if seen != (self.receiver_seen.0, self.receiver_seen.1) {
+            self.receiver_seen = (seen.0, seen.1, std::time::Instant::now());
+        }
+        if seen.0 == 0 || self.receiver_seen.2.elapsed() >= RECEIVER_SILENT {
             self.last_input = std::time::Instant::now();
         }
-        let idle = receiver != 0 && self.last_input.elapsed() >= timeout;
+        let idle = self.last_input.elapsed() >= timeout;
         while self.window.as_ref().and_then(Window::front).is_some_and(|f| {
             self.data_now.saturating_sub(f.data_ns) >= timeout_ns || (idle && f.touched.elapsed() >= timeout)
         }) {
@@ -488,7 +497,11 @@ impl<'r> Assembler<'r> {
             // The writer gates the frame ring; wait for it (a restarting writer resumes where it was).
             match self.frames.claim(Some(Duration::from_millis(100))) {
                 Ok(s) => break s,
-                Err(RingError::Timeout) => continue,
+                Err(RingError::Timeout) => {
+                    // Waiting on the writer is not a hang of ours.
+                    self.area.stage(Stage::Assembler).heartbeat.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
         };

@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use shm_protocol::pipeline::{
-    self, BLOCK_RING, BlockSlotHeader, DATAGRAM_TRUNCATED, DatagramRecord, PipelineArea, PipelineParams, Stage,
+    self, BLOCK_RING, BlockSlotHeader, DATAGRAM_TRUNCATED, DatagramRecord, PipelineArea, PipelineParams, RECEIVE_BATCH,
+    ReceiveJournal, Stage,
 };
 use shm_protocol::{Producer, Region, RingError};
 
@@ -56,7 +57,7 @@ pub const IDLE_POLL: Duration = Duration::from_millis(50);
 /// Most datagrams taken from one socket before the next socket's turn (half a sector's share of an IS frame).
 /// Sockets are served strictly in turn, so that under backlog no sector falls behind the others by more than a
 /// turn: the assembler holds only a few frames in flight.
-pub const TURN: usize = 16;
+pub const TURN: usize = RECEIVE_BATCH;
 
 /// A partly filled slot is published once its first datagram is this old (and the sockets are empty). Slots
 /// are filled rather than published at every lull so that the block ring's capacity, counted in datagrams,
@@ -65,18 +66,52 @@ pub const TURN: usize = 16;
 /// so this adds latency only to slow streams.
 pub const FLUSH_AFTER: Duration = Duration::from_millis(5);
 
-/// Per-message scatter state, kept in process memory (it holds pointers, which the region must not).
-struct Batch {
-    hdrs: Vec<libc::mmsghdr>,
+/// Fault injection for tests: when set to N, the receiver kills itself with SIGKILL right after its N-th
+/// `recvmmsg` call that returned datagrams, before recording them: the instant of a crash that only the
+/// [`ReceiveJournal`] survives. Only the first three receivers of a pipeline do, so that the pipeline goes on.
+pub const FAULT_KILL_AFTER_CALLS: &str = "RINGDAQ_FAULT_RECEIVER_KILL_AFTER_CALLS";
+
+/// Per-message scatter state. The message headers and control buffers the kernel fills are the region's
+/// [`ReceiveJournal`], so that they outlive this process; only the iovecs are private.
+struct Batch<'r> {
+    journal: &'r ReceiveJournal,
     iovs: Vec<libc::iovec>,
-    /// Per message: room for the kernel's receive timestamp (SCM_TIMESTAMPNS).
-    cmsg: Vec<[u64; 8]>,
+}
+
+// The journal's opaque arrays must hold the kernel's structures exactly.
+const _: () = {
+    assert!(std::mem::size_of::<libc::mmsghdr>() == 64);
+    assert!(std::mem::align_of::<libc::mmsghdr>() <= 8);
+};
+
+impl Batch<'_> {
+    fn hdrs(&self) -> *mut libc::mmsghdr {
+        self.journal.msgs.get().cast()
+    }
+
+    /// Message `i` of the last call (`i < RECEIVE_BATCH`).
+    fn message(&self, i: usize) -> libc::mmsghdr {
+        assert!(i < RECEIVE_BATCH);
+        // SAFETY: the journal's message array holds RECEIVE_BATCH mmsghdr (size and alignment asserted above);
+        // only this process writes it, and the kernel is not writing it now (no call is in progress). Read as a
+        // copy.
+        unsafe { self.hdrs().add(i).read() }
+    }
+
+    /// The kernel's receive time of message `i`, read from its control buffer in the journal.
+    fn receive_time(&self, i: usize) -> Option<u64> {
+        let mut h = self.message(i).msg_hdr;
+        // The pointer stored may be a predecessor's: point it at the buffer as this process maps it.
+        h.msg_control = self.journal.control.get().cast::<[u64; 8]>().wrapping_add(i).cast();
+        h.msg_controllen = h.msg_controllen.min(std::mem::size_of::<[u64; 8]>());
+        kernel_time(&h)
+    }
 }
 
 /// The sockets and the per-call `recvmmsg` state.
-struct Io {
+struct Io<'r> {
     sockets: Vec<OwnedFd>,
-    batch: Batch,
+    batch: Batch<'r>,
     /// Latest SK_MEMINFO_DROPS per socket (cumulative drops of that socket).
     drops: Vec<u32>,
     /// When the drop counters were last read.
@@ -89,9 +124,11 @@ pub struct Receiver<'r> {
     producer: Producer<'r>,
     area: &'r PipelineArea,
     params: PipelineParams,
-    io: Io,
+    io: Io<'r>,
     /// A stop was asked for (latched: the request is consumed when read).
     stopping: bool,
+    /// [`FAULT_KILL_AFTER_CALLS`]: calls with data left before this process kills itself.
+    fault_countdown: Option<u64>,
 }
 
 impl<'r> Receiver<'r> {
@@ -103,13 +140,10 @@ impl<'r> Receiver<'r> {
             return Err(ReceiverError::Sockets { got: sockets.len(), max });
         }
         let params = area.params;
-        let n = params.datagrams_per_slot as usize;
         let producer = region.ring(BLOCK_RING)?.producer()?;
         let batch = Batch {
-            // SAFETY: mmsghdr/iovec are plain C structs; all-zero is valid. They are filled before each use.
-            hdrs: vec![unsafe { std::mem::zeroed() }; n],
-            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; n],
-            cmsg: vec![[0; 8]; n],
+            journal: &area.receive_journal,
+            iovs: vec![libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; RECEIVE_BATCH],
         };
         for s in &sockets {
             // Receive times from the kernel (when the datagram arrived), not from us (when we read it): the
@@ -133,6 +167,10 @@ impl<'r> Receiver<'r> {
             params,
             io: Io { sockets, batch, drops, drops_read: Instant::now(), next_socket: 0 },
             stopping: false,
+            fault_countdown: std::env::var(FAULT_KILL_AFTER_CALLS)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .filter(|_| area.stage(Stage::Receiver).starts.load(Ordering::Relaxed) <= 3),
         })
     }
 
@@ -177,23 +215,48 @@ impl<'r> Receiver<'r> {
         let interrupted = self.producer.take_interrupted();
         let mut slot = match self.producer.claim(Some(IDLE_POLL)) {
             Ok(s) => s,
-            // The assembler is a full ring behind; the sockets buffer meanwhile.
-            Err(RingError::Timeout) => return Ok(()),
+            // The assembler is a full ring behind; the sockets buffer meanwhile. Waiting is not a hang of ours.
+            Err(RingError::Timeout) => {
+                area.stage(Stage::Receiver).heartbeat.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
             Err(e) => return Err(e.into()),
         };
         let base = slot.as_mut_ptr();
         let records = base.wrapping_add(std::mem::size_of::<BlockSlotHeader>()).cast::<DatagramRecord>();
         // The slot's datagram count is kept current after every batch, so that a receiver killed before it
         // publishes loses nothing it took from the kernel: its successor continues filling the same slot.
-        let count = base.cast::<u32>();
-        // SAFETY: the slot begins with a BlockSlotHeader whose first field is the u32 count; the slot is ours
-        // until published, and nobody reads it before.
-        let mut filled = if interrupted { (unsafe { count.read_volatile() }) as usize } else { 0 }.min(per_slot);
+        let header = base.cast::<BlockSlotHeader>();
+        let seq = slot.seq();
+        // SAFETY: the slot begins with a BlockSlotHeader (64-byte aligned: slots are page aligned); it is ours
+        // until published, and nobody reads it before. Fields are accessed through raw pointers, volatile, so that
+        // each store is in memory before the next system call.
+        let (count, slot_seq) = unsafe { (&raw mut (*header).count, &raw mut (*header).seq) };
+        // The count is the predecessor's only if it had stamped the slot with this sequence (it stores count 0
+        // before the sequence, so a matching sequence never comes with a previous lap's count).
+        // SAFETY: as above.
+        let mut filled = if interrupted && unsafe { slot_seq.read_volatile() } == seq {
+            (unsafe { count.read_volatile() }) as usize
+        } else {
+            0
+        }
+        .min(per_slot);
+        if interrupted {
+            let adopted = io.adopt_interrupted_call(area, seq, filled, records);
+            if adopted > 0 {
+                tracing::info!(datagrams = adopted, "adopted the datagrams of the previous receiver's last call");
+            }
+            filled += adopted;
+        }
         if filled > 0 {
             tracing::info!(datagrams = filled, "resuming the slot the previous receiver was filling");
         }
         // SAFETY: as above.
-        unsafe { count.write_volatile(filled as u32) };
+        unsafe {
+            count.write_volatile(filled as u32);
+            slot_seq.write_volatile(seq);
+        }
+        io.batch.journal.armed.store(0, Ordering::Release);
         let mut first_at = Instant::now();
         loop {
             let mut got_any = false;
@@ -203,38 +266,28 @@ impl<'r> Receiver<'r> {
                 }
                 let sector = io.next_socket;
                 io.next_socket = (sector + 1) % io.sockets.len();
-                let n = io.recv_into(sector, base, data_off, stride, filled, (per_slot - filled).min(TURN))?;
+                let max = (per_slot - filled).min(TURN);
+                let n = io.recv_into(sector, seq, base, data_off, stride, filled, max)?;
                 if n == 0 {
+                    io.batch.journal.armed.store(0, Ordering::Release);
                     continue;
                 }
                 if filled == 0 {
                     first_at = Instant::now();
                 }
                 got_any = true;
-                let now = pipeline::now_ns();
-                for i in 0..n {
-                    let h = &io.batch.hdrs[i];
-                    let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-                    let rec = DatagramRecord {
-                        len: h.msg_len,
-                        sector: sector as u16,
-                        flags: if truncated { DATAGRAM_TRUNCATED } else { 0 },
-                        recv_ns: kernel_time(&h.msg_hdr).unwrap_or(now),
-                    };
-                    if truncated {
-                        area.receiver.truncated.fetch_add(1, Ordering::Relaxed);
+                if let Some(k) = self.fault_countdown.as_mut() {
+                    *k = k.saturating_sub(1);
+                    if *k == 0 {
+                        tracing::warn!(datagrams = n, "fault injection: killing the receiver before it records them");
+                        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
                     }
-                    // SAFETY: `filled + i < per_slot`, and the slot holds a BlockSlotHeader followed by
-                    // per_slot records (datagram_offset was computed to leave room for them); the slot is ours
-                    // until published.
-                    unsafe { records.add(filled + i).write(rec) };
-                    area.receiver.bytes.fetch_add(u64::from(h.msg_len), Ordering::Relaxed);
                 }
-                area.receiver.datagrams.fetch_add(n as u64, Ordering::Relaxed);
-                area.receiver.batches.fetch_add(1, Ordering::Relaxed);
+                io.record(area, records, filled, sector, n);
                 filled += n;
-                // SAFETY: as above; volatile so that the count is in memory before the next system call.
+                // SAFETY: as above; volatile so that the count is in memory before the journal is cleared.
                 unsafe { count.write_volatile(filled as u32) };
+                io.batch.journal.armed.store(0, Ordering::Release);
             }
             let age = first_at.elapsed();
             if filled == per_slot || (!got_any && filled > 0 && age >= FLUSH_AFTER) {
@@ -258,12 +311,13 @@ impl<'r> Receiver<'r> {
                     io.read_drops();
                     area.receiver.kernel_drops.store(io.drops.iter().map(|&d| u64::from(d)).sum(), Ordering::Relaxed);
                 }
+                // Beat while idle too: the assembler tells a silent stream from a stopped receiver by it.
+                area.stage(Stage::Receiver).heartbeat.fetch_add(1, Ordering::Relaxed);
                 io.wait_readable(IDLE_POLL);
             }
         }
-        let header = BlockSlotHeader { count: filled as u32, ..Default::default() };
         // SAFETY: the slot begins with a BlockSlotHeader; it is ours until published.
-        unsafe { base.cast::<BlockSlotHeader>().write(header) };
+        unsafe { header.write(BlockSlotHeader { count: filled as u32, seq, ..Default::default() }) };
         slot.publish();
         area.receiver.slots.fetch_add(1, Ordering::Relaxed);
         area.stage(Stage::Receiver).heartbeat.fetch_add(1, Ordering::Relaxed);
@@ -297,38 +351,53 @@ fn kernel_time(h: &libc::msghdr) -> Option<u64> {
     None
 }
 
-impl Io {
-    /// One non-blocking `recvmmsg` on `sector` into datagram buffers `first .. first + max` of the slot at `base`.
+impl Io<'_> {
+    /// One non-blocking `recvmmsg` on `sector` into datagram buffers `first .. first + max` of the slot at `base`
+    /// (block-ring sequence `seq`), journalled: on return the journal is still armed, and the caller clears it
+    /// once it has recorded the datagrams and the slot's new count.
+    #[allow(clippy::too_many_arguments)]
     fn recv_into(
         &mut self,
         sector: usize,
+        seq: u64,
         base: *mut u8,
         data_off: usize,
         stride: usize,
         first: usize,
         max: usize,
     ) -> Result<usize, ReceiverError> {
+        let max = max.min(RECEIVE_BATCH);
+        let hdrs = self.batch.hdrs();
+        let control = self.batch.journal.control.get().cast::<[u64; 8]>();
         for i in 0..max {
             self.batch.iovs[i] =
                 libc::iovec { iov_base: base.wrapping_add(data_off + (first + i) * stride).cast(), iov_len: stride };
-            let h = &mut self.batch.hdrs[i];
-            h.msg_len = 0;
+            // SAFETY: `i < RECEIVE_BATCH`, the size of the journal's message array (layout asserted above); only
+            // this process writes it, and no call is in progress.
+            let h = unsafe { &mut *hdrs.add(i) };
+            // No datagram is this long: a length the kernel did not overwrite means "not received".
+            h.msg_len = u32::MAX;
             h.msg_hdr.msg_name = std::ptr::null_mut();
             h.msg_hdr.msg_namelen = 0;
             h.msg_hdr.msg_iov = &mut self.batch.iovs[i];
             h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = self.batch.cmsg[i].as_mut_ptr().cast();
+            h.msg_hdr.msg_control = control.wrapping_add(i).cast();
             h.msg_hdr.msg_controllen = std::mem::size_of::<[u64; 8]>();
             h.msg_hdr.msg_flags = 0;
         }
+        let j = self.batch.journal;
+        j.seq.store(seq, Ordering::Relaxed);
+        j.base.store(first as u32, Ordering::Relaxed);
+        j.sector.store(sector as u32, Ordering::Relaxed);
+        j.armed.store(max as u32, Ordering::Release);
         loop {
             // SAFETY: hdrs[..max] point at iovecs that point into the claimed slot's datagram buffers (each
             // `stride` bytes, all inside the slot: datagram_offset + per_slot * stride <= slot size by layout) and
-            // at our own control buffers; all outlive the call.
+            // at the journal's control buffers; all outlive the call.
             let n = unsafe {
                 libc::recvmmsg(
                     self.sockets[sector].as_raw_fd(),
-                    self.batch.hdrs.as_mut_ptr(),
+                    hdrs,
                     max as libc::c_uint,
                     libc::MSG_DONTWAIT,
                     std::ptr::null_mut(),
@@ -344,6 +413,61 @@ impl Io {
                 _ => return Err(ReceiverError::Recv { sector, source: e }),
             }
         }
+    }
+
+    /// Writes the records of messages `0..n` of the last call, which landed at datagram indices `first..` of the
+    /// slot whose records start at `records`.
+    fn record(&self, area: &PipelineArea, records: *mut DatagramRecord, first: usize, sector: usize, n: usize) {
+        let now = pipeline::now_ns();
+        let mut bytes = 0;
+        for i in 0..n {
+            let h = self.batch.message(i);
+            let truncated = h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            let rec = DatagramRecord {
+                len: h.msg_len,
+                sector: sector as u16,
+                flags: if truncated { DATAGRAM_TRUNCATED } else { 0 },
+                recv_ns: self.batch.receive_time(i).unwrap_or(now),
+            };
+            if truncated {
+                area.receiver.truncated.fetch_add(1, Ordering::Relaxed);
+            }
+            // SAFETY: the caller's `first + n <= per_slot`, and the slot holds a BlockSlotHeader followed by
+            // per_slot records (datagram_offset was computed to leave room for them); the slot is ours until
+            // published.
+            unsafe { records.add(first + i).write(rec) };
+            bytes += u64::from(h.msg_len);
+        }
+        area.receiver.bytes.fetch_add(bytes, Ordering::Relaxed);
+        area.receiver.datagrams.fetch_add(n as u64, Ordering::Relaxed);
+        area.receiver.batches.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// After a restart: the datagrams the previous receiver's last call took from the kernel but did not live to
+    /// record, if that call was into slot `seq` at datagram index `filled`. Records them and returns how many.
+    fn adopt_interrupted_call(
+        &self,
+        area: &PipelineArea,
+        seq: u64,
+        filled: usize,
+        records: *mut DatagramRecord,
+    ) -> usize {
+        let j = self.batch.journal;
+        let armed = (j.armed.load(Ordering::Acquire) as usize).min(RECEIVE_BATCH);
+        if armed == 0 || j.seq.load(Ordering::Relaxed) != seq || j.base.load(Ordering::Relaxed) as usize != filled {
+            return 0;
+        }
+        let per_slot = area.params.datagrams_per_slot as usize;
+        // The kernel fills messages in order and stores each length as it goes.
+        let n = (0..armed.min(per_slot.saturating_sub(filled)))
+            .take_while(|&i| self.batch.message(i).msg_len != u32::MAX)
+            .count();
+        let sector = j.sector.load(Ordering::Relaxed) as usize;
+        if n > 0 && sector < self.sockets.len() {
+            self.record(area, records, filled, sector, n);
+            return n;
+        }
+        0
     }
 
     /// Reads each socket's kernel drop counter (`SO_MEMINFO`, entry `SK_MEMINFO_DROPS`).

@@ -63,12 +63,15 @@ pub const DATAGRAM_TRUNCATED: u16 = 1;
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct BlockSlotHeader {
-    /// Number of datagrams in the slot.
+    /// Number of datagrams in the slot. The receiver keeps it current while it fills the slot.
     pub count: u32,
     /// Reserved, zero.
     pub _reserved: u32,
+    /// Block-ring sequence the slot was filled as: a receiver resuming an interrupted slot trusts `count` only if
+    /// this matches (else the count is a previous lap's).
+    pub seq: u64,
     /// Reserved, zero.
-    pub _reserved2: [u64; 7],
+    pub _reserved2: [u64; 6],
 }
 
 /// Frame status: every block arrived.
@@ -175,7 +178,9 @@ pub struct StageRecord {
     pub pid: AtomicU32,
     /// Times the supervisor started it.
     pub starts: AtomicU32,
-    /// Bumped by the stage as it works (progress, not liveness: it does not move while the stage sleeps idle).
+    /// Bumped by the stage as it works and while it waits for room downstream; the receiver and the assembler
+    /// also beat while idle (at least every 50 ms). The supervisor kills a stage whose input waits while this
+    /// stands still; the assembler takes a receiver whose beat stands still as not receiving.
     pub heartbeat: AtomicU64,
     _pad: [u8; 48],
 }
@@ -318,7 +323,47 @@ pub struct PipelineArea {
     _pad: [u8; 48],
     /// Acquisition records.
     pub acquisitions: [AcquisitionRecord; ACQUISITION_SLOTS],
+    /// The receiver's current `recvmmsg` call.
+    pub receive_journal: ReceiveJournal,
 }
+
+/// Most datagrams one receive call takes (the receiver's turn on one socket).
+pub const RECEIVE_BATCH: usize = 16;
+
+/// The receiver's record of the `recvmmsg` call it is making, so that datagrams the kernel hands over in the
+/// instant the receiver dies are not lost.
+///
+/// The message headers and control buffers the kernel fills live here rather than in the receiver's memory:
+/// the kernel stores each datagram's length in its header as it copies the datagram into the block slot, so a
+/// successor finds, for a call its predecessor did not live to record, which datagrams arrived. Before a call
+/// the receiver sets every length to `u32::MAX`, fills `seq`, `base` and `sector`, and sets `armed`; after it,
+/// it writes the datagram records, stores the slot's new count, and clears `armed`. A successor adopts the
+/// datagrams of an armed call only if the slot's count still equals `base` (else they were recorded already).
+///
+/// The arrays are kernel structures (`struct mmsghdr`, 64 bytes on 64-bit Linux; `cmsghdr` + timestamp) whose
+/// pointers are meaningful only to the receiver that wrote them. They are the one exception to "no pointers in
+/// the region": nobody but the receiver reads them, and it reads only lengths, flags and control bytes.
+#[repr(C, align(64))]
+pub struct ReceiveJournal {
+    /// Messages handed to the kernel in the call in progress; 0 when none is.
+    pub armed: AtomicU32,
+    /// The socket (sector) being read.
+    pub sector: AtomicU32,
+    /// Block-ring sequence of the slot the datagrams land in.
+    pub seq: AtomicU64,
+    /// Datagrams the slot held before the call: message `i` lands at datagram index `base + i`.
+    pub base: AtomicU32,
+    _pad: [u8; 44],
+    /// The `struct mmsghdr` array of the call.
+    pub msgs: std::cell::UnsafeCell<[[u64; 8]; RECEIVE_BATCH]>,
+    /// One control buffer per message (the kernel's receive timestamp).
+    pub control: std::cell::UnsafeCell<[[u64; 8]; RECEIVE_BATCH]>,
+}
+
+// SAFETY: the atomics are atomics; the two cells are written only by the receiver (and by the kernel on its
+// behalf, during its own system call) and read by nobody else, so sharing a reference across threads or
+// processes creates no data race.
+unsafe impl Sync for ReceiveJournal {}
 
 const _: () = {
     assert!(size_of::<DatagramRecord>() == 16);
@@ -326,6 +371,7 @@ const _: () = {
     assert!(offset_of!(DatagramRecord, flags) == 6);
     assert!(offset_of!(DatagramRecord, recv_ns) == 8);
     assert!(size_of::<BlockSlotHeader>() == 64);
+    assert!(offset_of!(BlockSlotHeader, seq) == 8);
     assert!(offset_of!(FrameHeader, acquisition_id) == 8);
     assert!(offset_of!(FrameHeader, index) == 16);
     assert!(offset_of!(FrameHeader, frame_id) == 24);
@@ -359,7 +405,13 @@ const _: () = {
     assert!(offset_of!(PipelineArea, writer) == 448);
     assert!(offset_of!(PipelineArea, active_acquisition) == 512);
     assert!(offset_of!(PipelineArea, acquisitions) == 576);
-    assert!(size_of::<PipelineArea>() == 576 + ACQUISITION_SLOTS * size_of::<AcquisitionRecord>());
+    assert!(offset_of!(PipelineArea, receive_journal) == 576 + ACQUISITION_SLOTS * size_of::<AcquisitionRecord>());
+    assert!(size_of::<PipelineArea>() == 576 + ACQUISITION_SLOTS * size_of::<AcquisitionRecord>() + 2112);
+    assert!(offset_of!(ReceiveJournal, seq) == 8);
+    assert!(offset_of!(ReceiveJournal, base) == 16);
+    assert!(offset_of!(ReceiveJournal, msgs) == 64);
+    assert!(offset_of!(ReceiveJournal, control) == 64 + 64 * RECEIVE_BATCH);
+    assert!(size_of::<ReceiveJournal>() == 64 + 128 * RECEIVE_BATCH);
 };
 
 /// Sizes of a pipeline region: what `ringdaq run` chooses from its configuration.

@@ -80,6 +80,8 @@ pub struct SupervisorConfig {
     pub max_restarts: u32,
     /// ... within this many seconds; past that the pipeline stops.
     pub restart_window_s: u64,
+    /// A stage whose input waits this long without its heartbeat moving is killed and restarted (0: never).
+    pub hang_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -120,7 +122,7 @@ impl Default for WriterConfig {
 
 impl Default for SupervisorConfig {
     fn default() -> Self {
-        Self { max_restarts: 5, restart_window_s: 60 }
+        Self { max_restarts: 5, restart_window_s: 60, hang_timeout_ms: 5000 }
     }
 }
 

@@ -29,6 +29,24 @@ struct StageSlot {
     recent: VecDeque<Instant>,
     last_exit: Option<String>,
     next_start: Option<Instant>,
+    /// Set when the supervisor killed the stage as hung: why (its exit is described with it).
+    hung: Option<String>,
+    /// When the running child was started.
+    started_at: Option<Instant>,
+    /// Deaths in a row, each soon after its start: what the backoff grows with.
+    quick_deaths: u32,
+}
+
+/// A stage that dies later than this after its start had been working: it is restarted at once.
+const SETTLED: Duration = Duration::from_secs(1);
+
+/// What the watcher knows of a stage's progress, for hang detection.
+#[derive(Debug, Default)]
+struct Progress {
+    pid: u32,
+    heartbeat: u64,
+    /// Since when the stage has had input without its heartbeat moving.
+    stalled_since: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -54,6 +72,9 @@ impl std::fmt::Debug for Supervisor {
         f.debug_struct("Supervisor").field("control", &self.control_path).finish_non_exhaustive()
     }
 }
+
+/// Longest sleep of the stage watcher: how soon it notices a stop signal or a hang.
+const WATCH_TICK: Duration = Duration::from_millis(20);
 
 /// Creates the runtime directory with mode 0700 (or checks an existing one is ours and private).
 pub fn prepare_runtime_dir(dir: &Path) -> anyhow::Result<()> {
@@ -207,10 +228,17 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Starts the stages, restarts the ones that die (within the budget), and on shutdown stops them in order.
+    /// Starts the stages, restarts the ones that die (within the budget), kills the ones that hang, and on
+    /// shutdown stops them in order.
+    ///
+    /// Deaths are noticed through a pidfd per child (readable the moment the process ends), so a restart does not
+    /// wait for a polling period; the loop wakes at least every [`WATCH_TICK`] for hangs, signals and restarts
+    /// due after a backoff.
     fn watch(&self, stop_flag: &AtomicBool) {
+        let mut pidfds: [Option<OwnedFd>; 3] = Default::default();
+        let mut progress: [Progress; 3] = Default::default();
         for st in Stage::ALL {
-            self.start(st);
+            pidfds[st as usize] = self.start(st);
         }
         while !self.shutting_down() {
             if stop_flag.load(Ordering::Relaxed) {
@@ -218,22 +246,109 @@ impl Supervisor {
                 self.request_shutdown();
                 break;
             }
+            self.wait_for_exit(&pidfds);
             for st in Stage::ALL {
-                self.check_stage(st);
+                if let Some(fd) = self.check_stage(st) {
+                    pidfds[st as usize] = fd;
+                }
             }
-            std::thread::sleep(Duration::from_millis(5));
+            self.check_hangs(&mut progress);
         }
         self.stop_all();
     }
 
-    fn start(&self, st: Stage) {
+    /// Sleeps until a child ends, a restart is due, or [`WATCH_TICK`] passes.
+    fn wait_for_exit(&self, pidfds: &[Option<OwnedFd>; 3]) {
+        let mut timeout = WATCH_TICK;
+        {
+            let g = self.lock();
+            for s in &g.stages {
+                if let Some(at) = s.next_start {
+                    timeout = timeout.min(at.saturating_duration_since(Instant::now()));
+                }
+            }
+        }
+        let mut fds: Vec<rustix::event::PollFd<'_>> =
+            pidfds.iter().flatten().map(|fd| rustix::event::PollFd::new(fd, rustix::event::PollFlags::IN)).collect();
+        if fds.is_empty() && timeout.is_zero() {
+            return;
+        }
+        let ts = rustix::event::Timespec { tv_sec: 0, tv_nsec: timeout.as_nanos().min(999_999_999) as i64 };
+        // EINTR (a signal) only ends the sleep early.
+        let _ = rustix::event::poll(&mut fds, Some(&ts));
+    }
+
+    /// Kills a stage that has had input for `hang_timeout_ms` without its heartbeat moving (stopped, deadlocked,
+    /// or spinning without progress); its death then takes the normal restart path.
+    fn check_hangs(&self, progress: &mut [Progress; 3]) {
+        let limit = Duration::from_millis(self.cfg.supervisor.hang_timeout_ms);
+        if limit.is_zero() {
+            return;
+        }
+        let area = self.area();
+        let now = Instant::now();
+        for st in Stage::ALL {
+            let p = &mut progress[st as usize];
+            let (pid, ready) = {
+                let g = self.lock();
+                let s = &g.stages[st as usize];
+                (s.child.as_ref().map_or(0, Child::id), s.ready && s.hung.is_none())
+            };
+            let beat = area.stage(st).heartbeat.load(Ordering::Relaxed);
+            if pid != p.pid || beat != p.heartbeat || !ready || !self.has_input(st) {
+                *p = Progress { pid, heartbeat: beat, stalled_since: None };
+                continue;
+            }
+            let since = *p.stalled_since.get_or_insert(now);
+            if now.duration_since(since) < limit {
+                continue;
+            }
+            let why = format!("hung: no progress for {} ms while its input waited", limit.as_millis());
+            tracing::error!(stage = st.name(), pid, "{why}; killing it");
+            self.lock().stages[st as usize].hung = Some(why);
+            if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+            p.stalled_since = None;
+        }
+    }
+
+    /// Whether a stage has work waiting for it that it is free to do (its output has room).
+    fn has_input(&self, st: Stage) -> bool {
+        let ring_full = |ring: usize| {
+            self.region
+                .ring(ring)
+                .is_ok_and(|r| r.min_gating_cursor().is_some_and(|c| r.published().saturating_sub(c) >= r.slot_count()))
+        };
+        let unread = |ring: usize| {
+            self.region.ring(ring).is_ok_and(|r| r.min_gating_cursor().is_some_and(|c| r.published() > c))
+        };
+        match st {
+            Stage::Receiver => {
+                !ring_full(BLOCK_RING)
+                    && self.sockets.iter().any(|s| rustix::io::ioctl_fionread(s).is_ok_and(|n| n > 0))
+            }
+            Stage::Assembler => unread(BLOCK_RING) && !ring_full(FRAME_RING),
+            // The writer's cursor is the frame ring's only gate unless a lossless consumer holds one too; a
+            // consumer behind the writer makes this err towards "has input", which the heartbeat then answers.
+            Stage::Writer => unread(FRAME_RING),
+        }
+    }
+
+    /// Starts a stage; returns a pidfd that becomes readable when it ends (None if the kernel has no pidfds:
+    /// the watcher's tick then notices the death).
+    fn start(&self, st: Stage) -> Option<OwnedFd> {
         let child = match stages::spawn(st, &self.control_path, &self.cfg) {
             Ok(c) => c,
             Err(e) => {
                 self.fail(format!("{e:#}"));
-                return;
+                return None;
             }
         };
+        let pidfd =
+            rustix::process::pidfd_open(rustix::process::Pid::from_child(&child), rustix::process::PidfdFlags::empty())
+                .map_err(|e| tracing::debug!(error = %e, "no pidfd; watching by polling"))
+                .ok();
         // The stage records its own pid once it runs (the assembler takes the receiver's as "a receiver is
         // receiving"); the supervisor only clears it when the stage dies.
         self.area().stage(st).starts.fetch_add(1, Ordering::Relaxed);
@@ -244,26 +359,33 @@ impl Supervisor {
         slot.conn = None;
         slot.ready = false;
         slot.next_start = None;
+        slot.hung = None;
+        slot.started_at = Some(Instant::now());
+        pidfd
     }
 
-    fn check_stage(&self, st: Stage) {
+    /// Reaps a stage that ended and schedules its restart, or starts one whose restart is due (returning the new
+    /// child's pidfd).
+    fn check_stage(&self, st: Stage) -> Option<Option<OwnedFd>> {
         let mut g = self.lock();
         let slot = &mut g.stages[st as usize];
         if let Some(at) = slot.next_start {
             if Instant::now() >= at {
                 drop(g);
-                self.start(st);
+                return Some(self.start(st));
             }
-            return;
+            return None;
         }
-        let Some(child) = slot.child.as_mut() else {
-            return;
-        };
+        let child = slot.child.as_mut()?;
         let Ok(Some(status)) = child.try_wait() else {
-            return;
+            return None;
         };
-        let how = stages::describe_exit(status);
+        let how = match slot.hung.take() {
+            Some(why) => format!("{why}; killed by the supervisor"),
+            None => stages::describe_exit(status),
+        };
         tracing::warn!(stage = st.name(), "stage {how}");
+        let was_ready = slot.ready;
         slot.child = None;
         slot.conn = None;
         slot.ready = false;
@@ -280,16 +402,24 @@ impl Supervisor {
                 st.name(),
                 self.cfg.supervisor.restart_window_s
             ));
-            return;
+            return Some(None);
         }
-        // At once the first time, then backing off: 10 ms, 20 ms, ... up to 1 s.
-        let backoff = match slot.recent.len() {
+        // A stage that had been working is restarted at once; one that keeps dying soon after its start backs
+        // off: 10 ms, 20 ms, ... up to 1 s.
+        let settled = was_ready && slot.started_at.is_some_and(|t| now.duration_since(t) >= SETTLED);
+        slot.quick_deaths = if settled { 0 } else { slot.quick_deaths + 1 };
+        let backoff = match slot.quick_deaths {
             0 => Duration::ZERO,
             k => Duration::from_millis((10u64 << (k - 1).min(7)).min(1000)),
         };
         slot.recent.push_back(now);
         slot.restarts += 1;
         slot.next_start = Some(now + backoff);
+        if backoff.is_zero() {
+            drop(g);
+            return Some(self.start(st));
+        }
+        Some(None)
     }
 
     /// Stops the stages in pipeline order, each after the one before it has drained into it.

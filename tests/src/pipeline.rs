@@ -18,6 +18,22 @@ use crate::{ChildGuard, TempDir, bin_path, free_udp_port_base, wait_for};
 pub const SMALL_RINGS: &str =
     "[rings]\nblock_slots = 32\ndatagrams_per_slot = 64\nframe_slots = 8\n[assembler]\ntimeout_ms = 500\n";
 
+/// Spawns `ringdaq run` on `dir/ringdaq.toml`, runtime directory `dir/rt`, log appended to `dir/ringdaq.log`.
+fn launch(dir: &Path, port_base: u16, env: &[(&str, &str)]) -> ChildGuard {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("ringdaq.log")).expect("log");
+    ChildGuard::spawn(
+        Command::new(bin_path("ringdaq"))
+            .arg("--runtime-dir")
+            .arg(dir.join("rt"))
+            .args(["run", "--port-base", &port_base.to_string(), "--config"])
+            .arg(dir.join("ringdaq.toml"))
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log)),
+    )
+    .expect("spawn ringdaq run")
+}
+
 /// A running `ringdaq run`.
 pub struct Pipeline {
     /// Runtime directory, output files and the log.
@@ -30,28 +46,50 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts a pipeline with [`SMALL_RINGS`] plus `extra_config` (TOML) and waits until its stages are ready.
     pub fn start(extra_config: &str) -> Self {
+        Self::start_with_env(extra_config, &[])
+    }
+
+    /// [`Pipeline::start`] with extra environment variables for the supervisor and its stages.
+    pub fn start_with_env(extra_config: &str, env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("pipeline").expect("temp dir");
         let port_base = free_udp_port_base(8);
         let cfg = dir.path().join("ringdaq.toml");
         std::fs::write(&cfg, format!("{SMALL_RINGS}{extra_config}")).expect("config");
-        let log = std::fs::File::create(dir.path().join("ringdaq.log")).expect("log");
-        let child = ChildGuard::spawn(
-            Command::new(bin_path("ringdaq"))
-                .arg("--runtime-dir")
-                .arg(dir.path().join("rt"))
-                .args(["run", "--port-base", &port_base.to_string(), "--config"])
-                .arg(&cfg)
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log)),
-        )
-        .expect("spawn ringdaq run");
+        let child = launch(dir.path(), port_base, env);
         let p = Self { dir, port_base, child };
+        p.wait_ready();
+        p
+    }
+
+    fn wait_ready(&self) {
         let ready = wait_for(Duration::from_secs(20), || {
-            let s = p.try_status()?;
+            let s = self.try_status()?;
             s.stages.iter().all(|st| st.state == "running").then_some(())
         });
-        assert!(ready.is_some(), "pipeline did not become ready:\n{}", p.log());
-        p
+        assert!(ready.is_some(), "pipeline did not become ready:\n{}", self.log());
+    }
+
+    /// The supervisor's pid.
+    pub fn supervisor_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILLs the supervisor (as a crash would) and reaps it.
+    pub fn kill_supervisor(&mut self) {
+        self.child.kill();
+    }
+
+    /// Starts `ringdaq run` again in the same runtime directory, on the same ports and configuration, and waits
+    /// until its stages are ready.
+    pub fn relaunch(&mut self) {
+        self.child.kill();
+        self.child = launch(self.dir.path(), self.port_base, &[]);
+        self.wait_ready();
+    }
+
+    /// The pid of stage `name` as the supervisor reports it (0 while it is not running).
+    pub fn stage_pid(&self, name: &str) -> u32 {
+        self.try_status().and_then(|s| s.stages.into_iter().find(|s| s.name == name)).map_or(0, |s| s.pid)
     }
 
     /// The runtime directory.
@@ -184,4 +222,46 @@ impl Acquired {
 pub fn expected_frames(mode: Mode) -> Vec<Vec<u16>> {
     let g = mode.geometry();
     (0..detector::pattern::PATTERN_PERIOD).map(|v| detector::pattern::expected_frame(&g, v)).collect()
+}
+
+/// Checks an acquisition's file without holding it in memory (thousands of frames are gigabytes): its header
+/// says (frames, rows, cols) of `<u2`, every frame is at its index in frame-id order from `first_frame_id`,
+/// complete, and pixel-equal to the simulator's frame. Returns the sidecar.
+pub fn verify_large_acquisition(path: &Path, mode: Mode, frames: u64, first_frame_id: u32) -> writer::Sidecar {
+    use std::io::Read;
+    let side = writer::sidecar_path(path);
+    let sidecar: writer::Sidecar =
+        serde_json::from_str(&std::fs::read_to_string(&side).expect("sidecar")).expect("sidecar json");
+    assert_eq!(sidecar.frames, frames, "frames in the sidecar");
+    assert_eq!(sidecar.complete_frames, frames, "complete frames in the sidecar");
+    for (i, m) in sidecar.frame_list.iter().enumerate() {
+        assert_eq!(m.index, i as u64, "frame list in index order");
+        assert_eq!(m.frame_id, first_frame_id.wrapping_add(i as u32), "frame {i}: frame id");
+        assert!(m.complete, "frame {i} incomplete: {m:?}");
+    }
+    let mut f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // npy 1.0: magic (6), version (2), header length (u16 LE), header.
+    let mut pre = [0u8; 10];
+    f.read_exact(&mut pre).expect("npy preamble");
+    let header_len = 10 + usize::from(u16::from_le_bytes([pre[8], pre[9]]));
+    let mut header = pre.to_vec();
+    header.resize(header_len, 0);
+    f.read_exact(&mut header[10..]).expect("npy header");
+    let npy = npyz::NpyFile::new(&header[..]).expect("npy header parses");
+    let g = mode.geometry();
+    assert_eq!(npy.shape(), &[frames, g.frame_rows() as u64, g.frame_cols() as u64], "shape");
+    assert_eq!(npy.dtype(), npyz::DType::Plain("<u2".parse().expect("dtype")), "dtype");
+    let expected = expected_frames(mode);
+    let mut buf = vec![0u8; g.frame_pixels() * 2];
+    for i in 0..frames {
+        f.read_exact(&mut buf).unwrap_or_else(|e| panic!("frame {i}: {e}"));
+        let v = (first_frame_id.wrapping_add(i as u32) % detector::pattern::PATTERN_PERIOD) as usize;
+        // The machine is little-endian, as `<u2` is.
+        let want: &[u8] = bytemuck::cast_slice(&expected[v]);
+        assert!(buf == want, "frame {i} differs from the simulator's");
+    }
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest).expect("tail");
+    assert!(rest.is_empty(), "{} bytes after the last frame", rest.len());
+    sidecar
 }

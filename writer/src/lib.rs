@@ -322,11 +322,8 @@ impl<'r> Writer<'r> {
             .open(&jpath)
             .map_err(|e| format!("creating {}: {e}", jpath.display()))?;
         let mut open = OpenAcquisition { id, path, file, direct, requested, journal };
-        if resume {
-            tracing::info!(acquisition = id, path = %open.path.display(), "file reopened after a restart");
-            self.open = Some(open);
-            return Ok(());
-        }
+        // Sizing and the header are repeated on a resume (the same bytes at the same place): the previous writer
+        // may have died between creating the file and writing them.
         let total = npy::HEADER_LEN as u64 + requested * self.frame_bytes as u64;
         match rustix::fs::fallocate(&open.file, rustix::fs::FallocateFlags::empty(), 0, total) {
             Ok(()) => {}
@@ -344,7 +341,11 @@ impl<'r> Writer<'r> {
         let header = npy::header(&[requested, self.rows, self.cols]);
         write_at(&mut open.file, &mut open.direct, &open.path, &header, 0)
             .map_err(|e| format!("writing the header of {}: {e}", tmp.display()))?;
-        tracing::info!(acquisition = id, path = %open.path.display(), frames = requested, direct = open.direct, "file opened");
+        if resume {
+            tracing::info!(acquisition = id, path = %open.path.display(), "file reopened after a restart");
+        } else {
+            tracing::info!(acquisition = id, path = %open.path.display(), frames = requested, direct = open.direct, "file opened");
+        }
         self.open = Some(open);
         Ok(())
     }

@@ -1,0 +1,241 @@
+//! Crash recovery, measured: how long from SIGKILL of a stage until its replacement works again (p50 / p99 per
+//! stage), and the highest frame rate at which a receiver killed mid-stream loses no datagram.
+//!
+//! `cargo build --release && cargo run --release -p ringdaq-benches --bin restart -- [--kills 100]
+//! [--rates 100,200,300,400] [--frames 800] [--receiver-kills 4]`
+//!
+//! "Working again" is the supervisor's view: the new process has attached the region, rebuilt its state from
+//! it (the receiver its half-filled slot, the assembler its frames in flight, the writer its open file) and
+//! reported ready. Each stage is killed at most once a second, so every restart takes the immediate path (a stage
+//! that keeps dying within a second of its start is backed off).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use detector::Mode;
+use detector::sim::{SimConfig, Simulator};
+use shm_protocol::control::Connection;
+use shm_protocol::messages::{Reply, Request, StatusReport};
+
+#[derive(Parser)]
+struct Args {
+    /// Kills per stage for the latency figures.
+    #[arg(long, default_value_t = 100)]
+    kills: usize,
+    /// Frame rates (IS mode) to try receiver kills at.
+    #[arg(long, value_delimiter = ',', default_value = "100,200,300,400")]
+    rates: Vec<f64>,
+    /// Frames sent per rate.
+    #[arg(long, default_value_t = 800)]
+    frames: u64,
+    /// Receiver kills per rate, spread over the stream.
+    #[arg(long, default_value_t = 4)]
+    receiver_kills: u32,
+}
+
+const STAGES: [&str; 3] = ["receiver", "assembler", "writer"];
+
+/// `ringdaq run` in a runtime directory of its own, killed when dropped.
+struct Pipeline {
+    child: Child,
+    dir: PathBuf,
+    port_base: u16,
+    conn: Connection,
+}
+
+impl Pipeline {
+    fn start() -> anyhow::Result<Self> {
+        let exe_dir = std::env::current_exe()?.parent().context("exe dir")?.to_path_buf();
+        let dir = std::env::temp_dir().join(format!("ringdaq-restart-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let cfg = dir.join("ringdaq.toml");
+        std::fs::write(&cfg, "[supervisor]\nmax_restarts = 1000000\n")?;
+        let port_base = 30_000 + (std::process::id() % 20_000) as u16;
+        let child = Command::new(exe_dir.join("ringdaq"))
+            .arg("--runtime-dir")
+            .arg(dir.join("rt"))
+            .args(["run", "--port-base", &port_base.to_string(), "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.join("ringdaq.log"))?))
+            .spawn()
+            .context("running ringdaq (build it first: cargo build --release)")?;
+        let t = Instant::now();
+        let conn = loop {
+            match supervisor::client::connect(&dir.join("rt")) {
+                Ok(c) => break c,
+                Err(_) if t.elapsed() < Duration::from_secs(20) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(e),
+            }
+        };
+        let mut p = Self { child, dir, port_base, conn };
+        let t = Instant::now();
+        while !p.status()?.stages.iter().all(|s| s.state == "running") {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(20), "stages did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(p)
+    }
+
+    fn status(&mut self) -> anyhow::Result<StatusReport> {
+        match supervisor::client::call(&mut self.conn, Request::Status)? {
+            Reply::Status(s) => Ok(*s),
+            other => anyhow::bail!("unexpected reply {other:?}"),
+        }
+    }
+
+    fn pid(&mut self, stage: &str) -> anyhow::Result<(u32, bool)> {
+        let s = self.status()?;
+        let st = s.stages.iter().find(|s| s.name == stage).context("stage")?;
+        Ok((st.pid, st.state == "running"))
+    }
+
+    fn counter(s: &StatusReport, name: &str) -> u64 {
+        s.counters.iter().find(|(k, _)| k == name).map_or(0, |(_, v)| *v)
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn kill(pid: u32) -> anyhow::Result<()> {
+    let pid = rustix::process::Pid::from_raw(pid as i32).context("pid")?;
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL)?;
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    let mut p = Pipeline::start()?;
+    println!("restart latency, SIGKILL -> replacement ready ({} kills per stage, idle pipeline)", a.kills);
+    let mut lat: [Vec<Duration>; 3] = Default::default();
+    for round in 0..a.kills {
+        let round_start = Instant::now();
+        for (i, stage) in STAGES.iter().enumerate() {
+            let (old, _) = p.pid(stage)?;
+            let t = Instant::now();
+            kill(old)?;
+            loop {
+                let (pid, running) = p.pid(stage)?;
+                if running && pid != old && pid != 0 {
+                    break;
+                }
+                anyhow::ensure!(t.elapsed() < Duration::from_secs(10), "{stage} not back after 10 s (round {round})");
+            }
+            lat[i].push(t.elapsed());
+        }
+        // Each stage at most once a second: every restart takes the immediate path.
+        std::thread::sleep(Duration::from_millis(1050).saturating_sub(round_start.elapsed()));
+    }
+    println!("| stage | p50 | p99 | max |");
+    println!("|---|---|---|---|");
+    for (i, stage) in STAGES.iter().enumerate() {
+        let v = &mut lat[i];
+        v.sort();
+        println!(
+            "| {stage} | {:.1} ms | {:.1} ms | {:.1} ms |",
+            percentile(v, 0.5).as_secs_f64() * 1e3,
+            percentile(v, 0.99).as_secs_f64() * 1e3,
+            v[v.len() - 1].as_secs_f64() * 1e3
+        );
+    }
+
+    println!();
+    println!(
+        "receiver killed {} times while the simulator streams {} IS frames (no acquisition armed)",
+        a.receiver_kills, a.frames
+    );
+    println!("| frames/s asked | sent at | datagrams sent | received | kernel drops | incomplete frames | lossless |");
+    println!("|---|---|---|---|---|---|---|");
+    let mut best = None;
+    for &fps in &a.rates {
+        let r = receiver_kills_at(&mut p, fps, &a)?;
+        println!(
+            "| {fps} | {:.0} | {} | {} | {} | {} | {} |",
+            r.sent_fps,
+            r.sent,
+            r.received,
+            r.kernel_drops,
+            r.incomplete,
+            if r.lossless() { "yes" } else { "no" }
+        );
+        if r.lossless() {
+            best = Some(r.sent_fps.round());
+        }
+    }
+    match best {
+        Some(f) => println!("highest rate with no datagram lost across receiver kills: {f} frames/s"),
+        None => println!("every rate lost datagrams across receiver kills"),
+    }
+    Ok(())
+}
+
+struct KillRun {
+    sent_fps: f64,
+    sent: u64,
+    received: u64,
+    kernel_drops: u64,
+    incomplete: u64,
+}
+
+impl KillRun {
+    fn lossless(&self) -> bool {
+        self.received == self.sent && self.kernel_drops == 0 && self.incomplete == 0
+    }
+}
+
+/// Streams `a.frames` at `fps` while killing the receiver `a.receiver_kills` times; counts what got through.
+fn receiver_kills_at(p: &mut Pipeline, fps: f64, a: &Args) -> anyhow::Result<KillRun> {
+    let before = p.status()?;
+    let cfg =
+        SimConfig { port_base: p.port_base, frames: a.frames, fps: Some(fps), mode: Mode::Is, ..Default::default() };
+    let duration = Duration::from_secs_f64(a.frames as f64 / fps);
+    let report = std::thread::scope(|s| -> anyhow::Result<_> {
+        let sim = s.spawn(move || Simulator::new(cfg)?.run(&AtomicBool::new(false)));
+        let step = duration / (a.receiver_kills + 1);
+        for _ in 0..a.receiver_kills {
+            std::thread::sleep(step);
+            let (pid, _) = p.pid("receiver")?;
+            if pid != 0 {
+                kill(pid)?;
+            }
+        }
+        Ok(sim.join().map_err(|_| anyhow::anyhow!("simulator panicked"))??)
+    })?;
+    // Let the pipeline drain (the last frames are published at the assembler's timeout).
+    let t = Instant::now();
+    let mut last = (u64::MAX, Instant::now());
+    loop {
+        let s = p.status()?;
+        let frames =
+            Pipeline::counter(&s, "assembler.frames_complete") + Pipeline::counter(&s, "assembler.frames_incomplete");
+        if frames != last.0 {
+            last = (frames, Instant::now());
+        } else if last.1.elapsed() > Duration::from_millis(500) || t.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let after = p.status()?;
+    let d = |name: &str| Pipeline::counter(&after, name) - Pipeline::counter(&before, name);
+    Ok(KillRun {
+        sent_fps: report.fps(),
+        sent: report.datagrams,
+        received: d("receiver.datagrams"),
+        kernel_drops: d("receiver.kernel_drops"),
+        incomplete: d("assembler.frames_incomplete"),
+    })
+}
