@@ -311,6 +311,13 @@ impl Connection {
         self.recv()
     }
 
+    /// Ends the connection in both directions now (the peer reads end-of-file), while this process keeps the
+    /// descriptor and whatever it received over it.
+    pub fn shutdown(&self) {
+        // Only fails for a socket that is not connected any more: then it is ended already.
+        let _ = rustix::net::shutdown(&self.fd, rustix::net::Shutdown::Both);
+    }
+
     /// Waits up to `timeout` for a message to be ready; `Ok(false)` on timeout.
     pub fn poll_readable(&self, timeout: Duration) -> Result<bool, ControlError> {
         poll_readable(self.fd.as_fd(), timeout)

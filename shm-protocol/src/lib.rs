@@ -31,6 +31,7 @@
 
 #![deny(missing_docs)]
 
+pub mod consumer;
 pub mod control;
 pub mod layout;
 pub mod messages;
@@ -42,4 +43,4 @@ pub mod wait;
 
 pub use control::{Connection, ControlError, ControlListener, PeerCredentials, Received};
 pub use region::{Access, Region, RegionError};
-pub use ring::{Consumer, Producer, ReadSlot, Ring, RingError, StartAt, WriteSlot};
+pub use ring::{Consumer, Producer, ReadSlot, Reader, Ring, RingError, StartAt, WriteSlot};

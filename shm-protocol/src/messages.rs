@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::pipeline::Stage;
 
 /// Version of this protocol; a peer speaking another is refused with both versions named.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Who connects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,6 +61,18 @@ pub enum Request {
     Stop,
     /// End the pipeline cleanly.
     Shutdown,
+    /// Subscribe this connection to the frame ring (answered with [`Reply::Subscribed`] and a read-only memfd of
+    /// the region). The subscription lasts as long as the connection.
+    Subscribe {
+        /// Hold a gate the pipeline respects (every frame is delivered; a slow consumer slows the pipeline), or
+        /// not (never slows anything; frames overwritten before they are read are counted as missed).
+        lossless: bool,
+    },
+    /// A lossless subscriber is done with every frame-ring sequence below `upto` (not answered).
+    Release {
+        /// One past the last sequence released.
+        upto: u64,
+    },
 }
 
 /// Messages from the supervisor.
@@ -82,6 +94,15 @@ pub enum Reply {
     Acquisition(AcquisitionStatus),
     /// Done.
     Ok,
+    /// Answer to [`Request::Subscribe`], with a read-only memfd of the region attached.
+    Subscribed {
+        /// The frame-ring consumer line the subscription holds.
+        cursor: u32,
+        /// The first frame-ring sequence the subscriber gets (the next one to be published).
+        next_seq: u64,
+        /// Whether the subscription gates the pipeline.
+        lossless: bool,
+    },
     /// The request failed (or was malformed); the text says why.
     Error {
         /// What went wrong.

@@ -229,6 +229,30 @@ impl<'r> Ring<'r> {
         Ok(())
     }
 
+    /// Marks consumer `index` as always asleep (`on`), so that the producer wakes the ring's sleepers after every
+    /// publish, or clears the mark. For [`Reader`]s, which cannot announce their sleep in a read-only mapping:
+    /// whoever registers one for them (the supervisor) sets this. It costs the producer one `futex` wake system
+    /// call per publish while set.
+    pub fn set_wake_always(&self, index: usize, on: bool) -> Result<(), RingError> {
+        self.check_writable()?;
+        self.check_index(index)?;
+        self.control().sleep.consumer_sleeping[index].store(u8::from(on), Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether the slot of `seq` holds `seq`, published and not (being) overwritten: what a reader checks after
+    /// using a slot it does not gate.
+    pub fn holds(&self, seq: u64) -> bool {
+        fence(Ordering::Acquire);
+        self.stamp(seq).load(Ordering::Relaxed) == stamp_written(seq)
+    }
+
+    /// A [`Reader`] positioned at `next`: reads without writing anything to the region. `gated`: a gate cursor
+    /// holds the producer back for it (see [`Reader`]).
+    pub fn reader(&self, next: u64, gated: bool) -> Reader<'r> {
+        Reader { ring: *self, next, gated }
+    }
+
     /// Attaches this process as the ring's (single) producer. The producer resumes at `published`.
     pub fn producer(&self) -> Result<Producer<'r>, RingError> {
         self.check_writable()?;
@@ -663,5 +687,89 @@ impl<'r> ReadSlot<'r> {
     pub fn still_valid(&self) -> bool {
         fence(Ordering::Acquire);
         self.ring.stamp(self.seq).load(Ordering::Relaxed) == stamp_written(self.seq)
+    }
+}
+
+/// A consumer that writes nothing to the region: what a process with a read-only mapping uses.
+///
+/// It keeps its position in its own memory. It never holds the producer back by itself; to be lossless, a gate
+/// cursor must be registered and advanced for it by a process that may write (the supervisor does, from the
+/// reader's release messages, in [`crate::consumer`]). Either way it checks each slot's stamp, so a slot
+/// overwritten before (or while) it is read is reported, never returned as good. It sleeps on the producer's
+/// wake word without announcing itself, so the producer must be told to always wake ([`Ring::set_wake_always`]);
+/// otherwise its waits last until their timeout.
+#[derive(Debug, Clone)]
+pub struct Reader<'r> {
+    ring: Ring<'r>,
+    next: u64,
+    /// A gate at or below `next` holds the producer back, so a published slot at `next` cannot be being rewritten.
+    gated: bool,
+}
+
+impl<'r> Reader<'r> {
+    /// The ring.
+    pub fn ring(&self) -> &Ring<'r> {
+        &self.ring
+    }
+
+    /// Next sequence [`Reader::try_next`] returns.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
+    /// Returns the next published slot if there is one, without sleeping. If the reader was lapped it gets
+    /// [`RingError::Overrun`] once, with the count it missed, and moves to the oldest slot that cannot be being
+    /// rewritten.
+    pub fn try_next(&mut self) -> Result<Option<ReadSlot<'r>>, RingError> {
+        let published = self.ring.published();
+        if self.next >= published {
+            return Ok(None);
+        }
+        // Without a gate, the producer may be rewriting the slot of `published - slot_count` right now. (With one,
+        // it may have published a full ring ahead of us, but cannot claim our slot.)
+        let oldest = (published + 1).saturating_sub(self.ring.slot_count());
+        if !self.gated && self.next < oldest {
+            let missed = oldest - self.next;
+            self.next = oldest;
+            return Err(RingError::Overrun { missed });
+        }
+        if self.ring.stamp(self.next).load(Ordering::Acquire) != stamp_written(self.next) {
+            // Overwritten (lossy, or a gate that was dropped): skip to what can still be read.
+            let missed = oldest.max(self.next + 1) - self.next;
+            self.next += missed;
+            return Err(RingError::Overrun { missed });
+        }
+        let slot = ReadSlot { ring: self.ring, seq: self.next };
+        self.next += 1;
+        Ok(Some(slot))
+    }
+
+    /// Returns the next published slot, sleeping until there is one, at most `timeout`.
+    pub fn next(&mut self, timeout: Option<Duration>) -> Result<ReadSlot<'r>, RingError> {
+        let deadline = Deadline::after(timeout);
+        loop {
+            if let Some(s) = self.try_next()? {
+                return Ok(s);
+            }
+            let ctl = &self.ring.control().producer;
+            let want = self.next + 1;
+            if spin_until(|| ctl.published.load(Ordering::Acquire) >= want) {
+                continue;
+            }
+            let w = ctl.wake_word.load(Ordering::SeqCst);
+            if ctl.published.load(Ordering::Acquire) >= want {
+                continue;
+            }
+            if deadline.expired() {
+                return Err(RingError::Timeout);
+            }
+            // The producer swaps the wake word before it wakes: a publish after the load above either changed
+            // the word (the kernel then refuses to sleep) or wakes us.
+            if wait::wait_while_equal(&ctl.wake_word, w, deadline.remaining()) == Wake::TimedOut
+                && ctl.published.load(Ordering::Acquire) < want
+            {
+                return Err(RingError::Timeout);
+            }
+        }
     }
 }

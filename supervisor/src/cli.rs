@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use crate::client::AcquireArgs;
 use crate::run_cmd::RunArgs;
 use crate::sim_cmd::SimArgs;
+use crate::tail_cmd::TailArgs;
 
 /// ringdaq: data acquisition for fast detectors.
 #[derive(Debug, Parser)]
@@ -40,6 +41,9 @@ pub enum Command {
     Shutdown,
     /// Send simulated detector traffic (real K2 IS / Summit datagrams).
     Sim(SimArgs),
+    /// Read the running pipeline's frames (zero-copy) and print, every second, how many came, how many were
+    /// missed, and their pixel statistics.
+    Tail(TailArgs),
 }
 
 /// Runs the parsed command.
@@ -52,5 +56,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stop => crate::client::stop(&rt),
         Command::Shutdown => crate::client::shutdown(&rt),
         Command::Sim(a) => crate::sim_cmd::run(&a),
+        Command::Tail(a) => {
+            let stop: &'static std::sync::atomic::AtomicBool =
+                Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false)));
+            crate::signals::stop_on_signals(stop)?;
+            crate::tail_cmd::run(&rt, &a, stop, &mut std::io::stdout().lock())
+        }
     }
 }

@@ -73,6 +73,31 @@ impl std::fmt::Debug for Supervisor {
     }
 }
 
+/// An external consumer's hold on the frame ring, for as long as its connection lasts.
+struct Subscriber<'r> {
+    index: usize,
+    /// A lossless consumer's gate, advanced on its behalf (its own mapping is read-only).
+    gate: Option<shm_protocol::Consumer<'r>>,
+}
+
+impl Subscriber<'_> {
+    fn release(&mut self, upto: u64) {
+        if let Some(gate) = self.gate.as_mut() {
+            // A consumer cannot release what was not published (nor, by going back, hold the pipeline).
+            let upto = upto.min(gate.ring().published());
+            gate.commit(upto);
+        }
+    }
+
+    fn end(self, region: &Region) {
+        if let Ok(ring) = region.ring(FRAME_RING) {
+            let _ = ring.set_wake_always(self.index, false);
+            let _ = ring.release_consumer(self.index);
+        }
+        tracing::info!(cursor = self.index, "consumer gone");
+    }
+}
+
 /// Longest sleep of the stage watcher: how soon it notices a stop signal or a hang.
 const WATCH_TICK: Duration = Duration::from_millis(20);
 
@@ -320,18 +345,16 @@ impl Supervisor {
                 .ring(ring)
                 .is_ok_and(|r| r.min_gating_cursor().is_some_and(|c| r.published().saturating_sub(c) >= r.slot_count()))
         };
-        let unread = |ring: usize| {
-            self.region.ring(ring).is_ok_and(|r| r.min_gating_cursor().is_some_and(|c| r.published() > c))
+        let unread = |ring: usize, cursor: usize| {
+            self.region.ring(ring).is_ok_and(|r| r.consumer_state(cursor).is_ok_and(|(c, _, _)| r.published() > c))
         };
         match st {
             Stage::Receiver => {
                 !ring_full(BLOCK_RING)
                     && self.sockets.iter().any(|s| rustix::io::ioctl_fionread(s).is_ok_and(|n| n > 0))
             }
-            Stage::Assembler => unread(BLOCK_RING) && !ring_full(FRAME_RING),
-            // The writer's cursor is the frame ring's only gate unless a lossless consumer holds one too; a
-            // consumer behind the writer makes this err towards "has input", which the heartbeat then answers.
-            Stage::Writer => unread(FRAME_RING),
+            Stage::Assembler => unread(BLOCK_RING, pipeline::ASSEMBLER_CURSOR) && !ring_full(FRAME_RING),
+            Stage::Writer => unread(FRAME_RING, pipeline::WRITER_CURSOR),
         }
     }
 
@@ -540,21 +563,79 @@ impl Supervisor {
     }
 
     fn serve_client(&self, mut conn: Connection) {
+        let mut subscription: Option<Subscriber<'_>> = None;
         loop {
             let req = match conn.recv::<Request>() {
                 Ok(r) => r.msg,
-                Err(ControlError::Closed) => return,
+                Err(ControlError::Closed) => break,
                 Err(e) => {
                     // A malformed request gets an error reply and the connection is closed; nothing else changes.
                     let _ = conn.send(&Reply::Error { message: format!("malformed request: {e}") });
-                    return;
+                    break;
                 }
             };
-            let reply = self.handle(req);
+            let reply = match req {
+                Request::Subscribe { lossless } => {
+                    if subscription.is_some() {
+                        Reply::Error { message: "this connection is subscribed already".into() }
+                    } else {
+                        match self.subscribe(lossless) {
+                            Ok((sub, reply)) => {
+                                let fd = match self.region.read_only_fd() {
+                                    Ok(fd) => fd,
+                                    Err(e) => {
+                                        let _ = conn.send(&Reply::Error { message: format!("{e}") });
+                                        sub.end(&self.region);
+                                        break;
+                                    }
+                                };
+                                let sent = conn.send_with_fds(&reply, &[fd.as_fd()]);
+                                subscription = Some(sub);
+                                if sent.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                            Err(e) => Reply::Error { message: format!("{e:#}") },
+                        }
+                    }
+                }
+                // Not answered: a lossless consumer sends one per frame.
+                Request::Release { upto } => {
+                    if let Some(sub) = subscription.as_mut() {
+                        sub.release(upto);
+                    }
+                    continue;
+                }
+                other => self.handle(other),
+            };
             if conn.send(&reply).is_err() {
-                return;
+                break;
             }
         }
+        // The consumer is gone (or misbehaved): its gate, if it held one, must not hold the pipeline back.
+        if let Some(sub) = subscription {
+            sub.end(&self.region);
+        }
+    }
+
+    /// Registers an external consumer on the frame ring.
+    fn subscribe(&self, lossless: bool) -> anyhow::Result<(Subscriber<'_>, Reply)> {
+        use shm_protocol::layout::ConsumerMode;
+        anyhow::ensure!(!self.shutting_down(), "the pipeline is shutting down");
+        let ring = self.region.ring(FRAME_RING)?;
+        let mode = if lossless { ConsumerMode::Gating } else { ConsumerMode::Lossy };
+        let index = ring.register_consumer(mode).map_err(|e| {
+            anyhow::anyhow!("{e}: at most {} consumers (raise rings.frame_cursors)", ring.max_consumers() - 1)
+        })?;
+        let (next_seq, _, _) = ring.consumer_state(index)?;
+        let gate = if lossless { Some(ring.consumer(index)?) } else { None };
+        // A read-only consumer cannot announce that it sleeps: have the assembler always wake the ring. (After
+        // attaching the gate, which clears the line's flag.)
+        ring.set_wake_always(index, true)?;
+        tracing::info!(cursor = index, lossless, next_seq, "consumer subscribed");
+        let reply = Reply::Subscribed { cursor: index as u32, next_seq, lossless };
+        Ok((Subscriber { index, gate }, reply))
     }
 
     /// Answers one client request.
@@ -580,7 +661,9 @@ impl Supervisor {
                 self.request_shutdown();
                 Reply::Ok
             }
-            Request::Hello { .. } | Request::Ready => Reply::Error { message: "unexpected message".into() },
+            Request::Hello { .. } | Request::Ready | Request::Subscribe { .. } | Request::Release { .. } => {
+                Reply::Error { message: "unexpected message".into() }
+            }
         }
     }
 

@@ -10,3 +10,4 @@ pub mod signals;
 pub mod sim_cmd;
 pub mod sockets;
 pub mod stages;
+pub mod tail_cmd;

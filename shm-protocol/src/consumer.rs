@@ -1,0 +1,350 @@
+//! Frames for processes outside the pipeline: connect to a running pipeline, subscribe, and read its frames in
+//! place, without copying them.
+//!
+//! A [`Subscription`] connects to the supervisor's control socket in a runtime directory and receives a
+//! **read-only** memfd of the region: a consumer can read frames but can write nothing, not even a cursor. A
+//! lossy subscription never slows the pipeline; frames overwritten before it reads them are counted as missed.
+//! A lossless subscription holds a gate in the frame ring that the supervisor advances from the consumer's
+//! release messages (sent when a [`Frame`] is dropped); the pipeline waits for it, so every frame is delivered.
+//! When the consumer's connection closes (it exits or dies), the supervisor drops the gate at once.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use shm_protocol::consumer::{Delivery, Subscription};
+//!
+//! // The pipeline started with `ringdaq --runtime-dir /run/ringdaq run ...`.
+//! let mut sub = Subscription::connect("/run/ringdaq".as_ref(), Delivery::Lossy)?;
+//! loop {
+//!     let frame = match sub.next_frame(Some(Duration::from_secs(1))) {
+//!         Ok(f) => f,
+//!         Err(shm_protocol::consumer::ConsumerError::Timeout) => continue,
+//!         Err(e) => return Err(e.into()),
+//!     };
+//!     let sum: u64 = frame.pixels().iter().map(|&p| u64::from(p)).sum();
+//!     // A lossy reader checks after use that the frame was not overwritten meanwhile.
+//!     if frame.is_valid() {
+//!         println!("frame {} (acquisition {}, index {:?}): sum {sum}", frame.frame_id(), frame.acquisition_id(),
+//!                  frame.index());
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::control::{Connection, ControlError};
+use crate::messages::{PROTOCOL_VERSION, Reply, Request, Role};
+use crate::pipeline::{FRAME_COMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader, NO_INDEX};
+use crate::region::{Access, Region, RegionError};
+use crate::ring::RingError;
+
+/// How frames are delivered to a subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Never slows the pipeline; frames overwritten before they are read are missed (and counted).
+    Lossy,
+    /// Every frame is delivered: the pipeline waits while this consumer has not released a frame it would
+    /// overwrite.
+    Lossless,
+}
+
+/// Why a consumer operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    /// The control socket could not be reached or used.
+    #[error("control socket {path}: {source}")]
+    Control {
+        /// The socket's path.
+        path: String,
+        /// What failed.
+        #[source]
+        source: ControlError,
+    },
+    /// The supervisor refused the subscription (a version mismatch, no free consumer line, ...).
+    #[error("the pipeline refused the subscription: {0}")]
+    Refused(String),
+    /// The supervisor answered something this library does not expect.
+    #[error("unexpected reply from the pipeline: {0}")]
+    Protocol(String),
+    /// The region could not be mapped.
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    /// Reading the frame ring failed.
+    #[error("frame ring: {0}")]
+    Ring(RingError),
+    /// No frame arrived within the timeout.
+    #[error("no frame within the timeout")]
+    Timeout,
+    /// The pipeline shut down (its control connection closed).
+    #[error("the pipeline is gone")]
+    Closed,
+}
+
+/// A subscription to a running pipeline's frames.
+#[derive(Debug)]
+pub struct Subscription {
+    conn: Connection,
+    region: Region,
+    delivery: Delivery,
+    cursor: u32,
+    /// Next frame-ring sequence to read.
+    next: u64,
+    /// Frames missed so far (lossy).
+    missed: u64,
+    rows: usize,
+    cols: usize,
+}
+
+impl Subscription {
+    /// Connects to the pipeline whose runtime directory is `runtime_dir` (where its `control.sock` is) and
+    /// subscribes. The first frame delivered is the next one the pipeline publishes.
+    pub fn connect(runtime_dir: &Path, delivery: Delivery) -> Result<Self, ConsumerError> {
+        let path = runtime_dir.join("control.sock");
+        let ctl = |source| ConsumerError::Control { path: path.display().to_string(), source };
+        let mut conn = Connection::connect(&path).map_err(ctl)?;
+        conn.set_recv_timeout(Some(Duration::from_secs(10))).map_err(ctl)?;
+        conn.send(&Request::Hello { protocol: PROTOCOL_VERSION, role: Role::Client }).map_err(ctl)?;
+        match conn.recv::<Reply>().map_err(ctl)?.msg {
+            Reply::Welcome { .. } => {}
+            Reply::Error { message } => return Err(ConsumerError::Refused(message)),
+            other => return Err(ConsumerError::Protocol(format!("{other:?}"))),
+        }
+        conn.send(&Request::Subscribe { lossless: delivery == Delivery::Lossless }).map_err(ctl)?;
+        let got = conn.recv::<Reply>().map_err(ctl)?;
+        let (cursor, next) = match got.msg {
+            Reply::Subscribed { cursor, next_seq, .. } => (cursor, next_seq),
+            Reply::Error { message } => return Err(ConsumerError::Refused(message)),
+            other => return Err(ConsumerError::Protocol(format!("{other:?}"))),
+        };
+        let fd = got.fds.into_iter().next().ok_or_else(|| ConsumerError::Protocol("no region memfd".into()))?;
+        let region = Region::attach(fd, Access::ReadOnly)?;
+        region.ring(FRAME_RING)?;
+        conn.set_recv_timeout(None).map_err(ctl)?;
+        let g = region.header().geometry;
+        Ok(Self {
+            conn,
+            delivery,
+            cursor,
+            next,
+            missed: 0,
+            rows: g.frame_rows as usize,
+            cols: g.frame_cols as usize,
+            region,
+        })
+    }
+
+    /// How frames are delivered.
+    pub fn delivery(&self) -> Delivery {
+        self.delivery
+    }
+
+    /// The frame-ring consumer line this subscription holds.
+    pub fn cursor(&self) -> u32 {
+        self.cursor
+    }
+
+    /// Rows and columns of a frame.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Frames missed so far: overwritten before this (lossy) subscription read them.
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+
+    /// The region, mapped read-only (for tools that look at more than frames).
+    pub fn region(&self) -> &Region {
+        &self.region
+    }
+
+    /// The next frame, waiting for it at most `timeout` (`None`: without limit). Frames come in order; for a
+    /// lossy subscription, [`Frame::missed_before`] says how many were skipped just before this one.
+    ///
+    /// A lossless subscription releases the frame (lets the pipeline reuse its slot) when the [`Frame`] is
+    /// dropped.
+    pub fn next_frame(&mut self, timeout: Option<Duration>) -> Result<Frame<'_>, ConsumerError> {
+        let info = self.next_info(timeout)?;
+        Ok(Frame { sub: self, info })
+    }
+
+    /// The next frame's description, without a borrow of the subscription: for bindings (Python) whose frame
+    /// objects live on their own. The caller reads the pixels with [`Subscription::pixels`] and must
+    /// [`Subscription::release`] the frame (lossless) when done with it.
+    pub fn next_info(&mut self, timeout: Option<Duration>) -> Result<FrameInfo, ConsumerError> {
+        let ring = self.region.ring(FRAME_RING)?;
+        let mut reader = ring.reader(self.next, self.delivery == Delivery::Lossless);
+        let mut missed_before = 0;
+        let slot = loop {
+            match reader.next(timeout) {
+                Ok(s) => break s,
+                Err(RingError::Overrun { missed }) => missed_before += missed,
+                Err(RingError::Timeout) => {
+                    self.next = reader.next_seq();
+                    self.missed += missed_before;
+                    // A shut-down pipeline publishes nothing more: tell it apart from a quiet one.
+                    return Err(if self.connection_closed() { ConsumerError::Closed } else { ConsumerError::Timeout });
+                }
+                Err(e) => return Err(ConsumerError::Ring(e)),
+            }
+        };
+        self.next = reader.next_seq();
+        self.missed += missed_before;
+        // The header was written before the frame was published; a lossy reader re-checks with `holds`.
+        let header: FrameHeader = bytemuck::pod_read_unaligned(&slot.bytes()[..std::mem::size_of::<FrameHeader>()]);
+        Ok(FrameInfo { seq: slot.seq(), header, missed_before })
+    }
+
+    /// The pixels of frame-ring sequence `seq`'s slot, row-major (`rows × cols`). What they hold is frame `seq`
+    /// while [`Subscription::holds`] says so (always, for a lossless subscription until it releases `seq`).
+    pub fn pixels(&self, seq: u64) -> &[u16] {
+        let Ok(ring) = self.region.ring(FRAME_RING) else { return &[] };
+        let n = self.rows * self.cols;
+        // SAFETY: the slot lies in the mapping, which lives as long as `self`; a frame slot holds a header page
+        // and then rows × cols u16 (the supervisor sized it from the same geometry). Pixels start page aligned,
+        // so aligned for u16. Another process may rewrite them (the reader checks `holds`), but never unmaps them.
+        unsafe { std::slice::from_raw_parts(ring.slot_ptr(seq).add(FRAME_PIXELS_OFFSET).cast::<u16>(), n) }
+    }
+
+    /// Whether the slot of `seq` still holds frame `seq` (a lossy reader checks this after using the pixels).
+    pub fn holds(&self, seq: u64) -> bool {
+        self.region.ring(FRAME_RING).is_ok_and(|r| r.holds(seq))
+    }
+
+    /// Ends the subscription: the supervisor drops its gate (lossless) and its consumer line at once. The mapping
+    /// stays until the `Subscription` is dropped, so frames being read stay readable (but, lossless, are no
+    /// longer held). Further waits report [`ConsumerError::Closed`].
+    pub fn unsubscribe(&self) {
+        self.conn.shutdown();
+    }
+
+    /// Releases every frame below `upto` to the pipeline (lossless; a no-op for a lossy subscription).
+    pub fn release(&self, upto: u64) {
+        if self.delivery == Delivery::Lossless {
+            // A failed send means the supervisor is gone; the next wait reports it.
+            let _ = self.conn.send(&Request::Release { upto });
+        }
+    }
+
+    /// Whether the supervisor closed the connection. It sends nothing after `Subscribed`, so a connection that
+    /// reads as readable is at its end.
+    fn connection_closed(&self) -> bool {
+        self.conn.poll_readable(Duration::ZERO).unwrap_or(true)
+    }
+}
+
+/// What a frame is: its sequence and header, copied out of the region.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameInfo {
+    /// The frame-ring sequence.
+    pub seq: u64,
+    /// The frame's header, as the assembler wrote it.
+    pub header: FrameHeader,
+    /// Frames skipped just before this one (a lossy subscription fell behind).
+    pub missed_before: u64,
+}
+
+impl FrameInfo {
+    /// The acquisition the frame belongs to (0: none; the pipeline is live-only then).
+    pub fn acquisition_id(&self) -> u64 {
+        self.header.acquisition_id
+    }
+
+    /// The frame's index in its acquisition.
+    pub fn index(&self) -> Option<u64> {
+        (self.header.index != NO_INDEX).then_some(self.header.index)
+    }
+
+    /// The detector's frame id.
+    pub fn frame_id(&self) -> u32 {
+        self.header.frame_id
+    }
+
+    /// Whether every block of the frame arrived.
+    pub fn is_complete(&self) -> bool {
+        self.header.status == FRAME_COMPLETE
+    }
+}
+
+/// A frame in the region, read in place. Its pixels are valid while it lives (lossless), or until the pipeline
+/// overwrites them (lossy: check [`Frame::is_valid`] after use).
+#[derive(Debug)]
+pub struct Frame<'s> {
+    sub: &'s Subscription,
+    info: FrameInfo,
+}
+
+impl Frame<'_> {
+    /// The pixels, row-major, `rows × cols`.
+    pub fn pixels(&self) -> &[u16] {
+        self.sub.pixels(self.info.seq)
+    }
+
+    /// Rows and columns.
+    pub fn shape(&self) -> (usize, usize) {
+        self.sub.shape()
+    }
+
+    /// The frame-ring sequence.
+    pub fn seq(&self) -> u64 {
+        self.info.seq
+    }
+
+    /// The frame's header, as the assembler wrote it.
+    pub fn header(&self) -> &FrameHeader {
+        &self.info.header
+    }
+
+    /// The acquisition the frame belongs to (0: none; the pipeline is live-only then).
+    pub fn acquisition_id(&self) -> u64 {
+        self.info.acquisition_id()
+    }
+
+    /// The frame's index in its acquisition.
+    pub fn index(&self) -> Option<u64> {
+        self.info.index()
+    }
+
+    /// The detector's frame id.
+    pub fn frame_id(&self) -> u32 {
+        self.info.frame_id()
+    }
+
+    /// Whether every block of the frame arrived.
+    pub fn is_complete(&self) -> bool {
+        self.info.is_complete()
+    }
+
+    /// Kernel receive time of the frame's first block, ns since the Unix epoch.
+    pub fn first_block_ns(&self) -> u64 {
+        self.info.header.first_block_ns
+    }
+
+    /// Kernel receive time of its last block.
+    pub fn last_block_ns(&self) -> u64 {
+        self.info.header.last_block_ns
+    }
+
+    /// When the assembler published it.
+    pub fn published_ns(&self) -> u64 {
+        self.info.header.published_ns
+    }
+
+    /// Frames skipped just before this one (a lossy subscription fell behind).
+    pub fn missed_before(&self) -> u64 {
+        self.info.missed_before
+    }
+
+    /// Whether the slot still holds this frame: always true for a lossless subscription; for a lossy one,
+    /// false means it was overwritten, and whatever was computed from it must be discarded.
+    pub fn is_valid(&self) -> bool {
+        self.sub.holds(self.info.seq)
+    }
+}
+
+impl Drop for Frame<'_> {
+    fn drop(&mut self) {
+        self.sub.release(self.info.seq + 1);
+    }
+}
