@@ -39,6 +39,12 @@ pub fn plan(area: &PipelineArea, has_blocks: bool, first_block_seq: u64, sync: b
             (after_arm && flag_ok).then_some(Assignment { id, index: 0 })
         }
         acq_state::RUNNING => Some(Assignment { id, index: rec.assigned.load(Ordering::Acquire) }),
+        acq_state::FAILED => {
+            // The writer gave up on it (a full disk): no more frames go to it, and the next can be armed.
+            let _ = area.active_acquisition.compare_exchange(id, 0, Ordering::AcqRel, Ordering::Relaxed);
+            tracing::info!(acquisition = id, "acquisition failed; no more frames assigned to it");
+            None
+        }
         _ => None,
     }
 }
@@ -52,7 +58,8 @@ pub fn record(area: &PipelineArea, a: Assignment, seq: u64, frame_id: u32, compl
     }
     if a.index == 0 {
         rec.first_seq.store(seq, Ordering::Release);
-        rec.state.store(acq_state::RUNNING, Ordering::Release);
+        // Only from ARMED: a state the writer set meanwhile (FAILED) is never overwritten.
+        let _ = rec.state.compare_exchange(acq_state::ARMED, acq_state::RUNNING, Ordering::AcqRel, Ordering::Relaxed);
         tracing::info!(acquisition = a.id, frame_id, "acquisition started");
     }
     if complete {
@@ -75,7 +82,10 @@ pub fn reconcile(area: &PipelineArea, last: &FrameHeader) {
 /// Marks every frame of `rec` as assigned and clears it as the active acquisition.
 pub fn end(area: &PipelineArea, rec: &AcquisitionRecord) {
     let id = rec.id.load(Ordering::Acquire);
-    rec.state.store(acq_state::ASSIGNED, Ordering::Release);
+    // From ARMED or RUNNING only: FAILED (set by the writer) stays.
+    for from in [acq_state::ARMED, acq_state::RUNNING] {
+        let _ = rec.state.compare_exchange(from, acq_state::ASSIGNED, Ordering::AcqRel, Ordering::Relaxed);
+    }
     let _ = area.active_acquisition.compare_exchange(id, 0, Ordering::AcqRel, Ordering::Relaxed);
     tracing::info!(acquisition = id, frames = rec.assigned.load(Ordering::Relaxed), "all frames assigned");
 }

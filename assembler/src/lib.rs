@@ -194,19 +194,25 @@ impl<'r> Assembler<'r> {
             if should_stop() {
                 return self.drain();
             }
-            match self.blocks.next(Some(TICK)) {
-                Ok(slot) => {
-                    self.process_slot(slot)?;
-                    // Take whatever else is there before looking at the clock.
-                    while let Some(slot) = self.blocks.try_next()? {
-                        self.process_slot(slot)?;
-                    }
-                }
-                Err(RingError::Timeout) => {}
-                Err(e) => return Err(e.into()),
-            }
-            self.tick()?;
+            self.poll(TICK)?;
         }
+    }
+
+    /// One turn of the loop: waits up to `timeout` for block slots, processes every slot there is, then does the
+    /// time-based duties ([`Assembler::tick`]).
+    pub fn poll(&mut self, timeout: Duration) -> Result<(), AssemblerError> {
+        match self.blocks.next(Some(timeout)) {
+            Ok(slot) => {
+                self.process_slot(slot)?;
+                // Take whatever else is there before looking at the clock.
+                while let Some(slot) = self.blocks.try_next()? {
+                    self.process_slot(slot)?;
+                }
+            }
+            Err(RingError::Timeout) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.tick()
     }
 
     /// Processes everything already received, publishes the frames in flight as they are, and commits.
@@ -414,25 +420,46 @@ impl<'r> Assembler<'r> {
         Ok(())
     }
 
-    /// Publishes the oldest frames early if they hold the block ring's commit back so far that the receiver
-    /// would stall. Only once everything published has been read: after a downstream stall the ring is full of
-    /// unread slots, and reading them is what completes the oldest frames.
+    /// Publishes the oldest frames early, or drops the oldest reset candidate, if they hold the block ring's
+    /// commit back so far that the receiver would stall. Only once everything published has been read: after a
+    /// downstream stall the ring is full of unread slots, and reading them is what completes the oldest frames.
+    ///
+    /// Candidates pin the ring too: a flood of datagrams with scattered frame ids keeps up to
+    /// [`MAX_CANDIDATES`] of them alive, and before the stream has started there is no window to publish.
     fn relieve_pressure(&mut self) -> Result<(), AssemblerError> {
         // The receiver needs one free slot to go on; leave it two.
         let limit = self.block_ring.slot_count().saturating_sub(2).max(1);
         if self.blocks.next_seq() < self.block_ring.published() {
             return Ok(());
         }
-        while self.blocks.next_seq().saturating_sub(self.commit_target()) >= limit
-            && self.window.as_ref().is_some_and(|w| !w.is_empty())
-        {
-            if tracing::enabled!(tracing::Level::DEBUG) {
-                let frames: Vec<(u32, u32, u64)> =
-                    self.window.iter().flat_map(|w| w.iter()).map(|f| (f.frame_id, f.received, f.min_seq)).collect();
-                tracing::debug!(next = self.blocks.next_seq(), ?frames, "block ring full of unfinished frames");
+        while self.blocks.next_seq().saturating_sub(self.commit_target()) >= limit {
+            let held = self.window.as_ref().filter(|w| !w.is_empty()).map(Window::min_seq);
+            let oldest_candidate = (0..self.candidates.len()).min_by_key(|&k| self.candidates[k].window.min_seq());
+            let candidate_seq = oldest_candidate.map(|k| self.candidates[k].window.min_seq());
+            match (held, oldest_candidate) {
+                (Some(h), _) if candidate_seq.is_none_or(|c| h <= c) => {
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        let frames: Vec<(u32, u32, u64)> = self
+                            .window
+                            .iter()
+                            .flat_map(|w| w.iter())
+                            .map(|f| (f.frame_id, f.received, f.min_seq))
+                            .collect();
+                        tracing::debug!(next = self.blocks.next_seq(), ?frames, "block ring full of unfinished frames");
+                    }
+                    self.log_early("pressure", 0);
+                    self.publish_front()?;
+                }
+                (_, Some(k)) => {
+                    tracing::debug!(
+                        frame_id = self.candidates[k].window.base,
+                        datagrams = self.candidates[k].datagrams,
+                        "block ring full: dropping the oldest reset candidate"
+                    );
+                    self.drop_candidate(k);
+                }
+                _ => break,
             }
-            self.log_early("pressure", 0);
-            self.publish_front()?;
         }
         Ok(())
     }

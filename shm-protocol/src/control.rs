@@ -137,14 +137,18 @@ impl ControlListener {
     /// Accepts one connection and checks that the peer runs as our user (or root).
     ///
     /// A refused peer's connection is closed and [`ControlError::PeerRefused`] returned; the listener is intact.
+    /// (A server that wants to tell the peer why uses [`ControlListener::accept_any`] and
+    /// [`Connection::refuse_stranger`].)
     pub fn accept(&self) -> Result<Connection, ControlError> {
-        let fd = rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC).map_err(io_err("accept"))?;
-        let conn = Connection::from_fd(fd)?;
-        let me = rustix::process::geteuid().as_raw();
-        if conn.peer.uid != me && conn.peer.uid != 0 {
-            return Err(ControlError::PeerRefused { uid: conn.peer.uid, pid: conn.peer.pid, allowed: me });
-        }
+        let conn = self.accept_any()?;
+        conn.check_peer()?;
         Ok(conn)
+    }
+
+    /// Accepts one connection without checking who the peer is; check with [`Connection::check_peer`].
+    pub fn accept_any(&self) -> Result<Connection, ControlError> {
+        let fd = rustix::net::accept_with(&self.fd, SocketFlags::CLOEXEC).map_err(io_err("accept"))?;
+        Connection::from_fd(fd)
     }
 
     /// Waits up to `timeout` for a connection to be ready to accept; `Ok(false)` on timeout.
@@ -227,6 +231,24 @@ impl Connection {
     /// The peer's credentials.
     pub fn peer(&self) -> PeerCredentials {
         self.peer
+    }
+
+    /// Whether the peer runs as our user or as root (the only peers a ringdaq process serves).
+    pub fn check_peer(&self) -> Result<(), ControlError> {
+        let me = rustix::process::geteuid().as_raw();
+        if self.peer.uid != me && self.peer.uid != 0 {
+            return Err(ControlError::PeerRefused { uid: self.peer.uid, pid: self.peer.pid, allowed: me });
+        }
+        Ok(())
+    }
+
+    /// Tells a peer that [`Connection::check_peer`] refused why, then closes: waits up to a second for its
+    /// first message (so that the answer is not lost in a connection closed under its send), discards it and
+    /// any descriptors with it, and answers `Reply::Error`.
+    pub fn refuse_stranger(mut self, why: &ControlError) {
+        let _ = self.set_recv_timeout(Some(Duration::from_secs(1)));
+        let _ = self.recv::<crate::messages::Request>();
+        let _ = self.send(&crate::messages::Reply::Error { message: why.to_string() });
     }
 
     /// Sets how long [`Connection::recv`] waits (`None`: forever).

@@ -14,8 +14,12 @@ use crate::config;
 /// A connection to the supervisor in `runtime_dir`, past the hello.
 pub fn connect(runtime_dir: &Path) -> anyhow::Result<Connection> {
     let sock = config::control_socket(runtime_dir);
-    if !sock.exists() {
-        bail!("no ringdaq is running with runtime directory {} (no {})", runtime_dir.display(), sock.display());
+    match std::fs::symlink_metadata(&sock) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("no ringdaq is running with runtime directory {} (no {})", runtime_dir.display(), sock.display())
+        }
+        Err(e) => bail!("cannot reach {}: {e} (a runtime directory of another user?)", sock.display()),
     }
     let mut conn = Connection::connect(&sock).with_context(|| format!("connecting to {}", sock.display()))?;
     conn.set_recv_timeout(Some(Duration::from_secs(10)))?;

@@ -493,10 +493,16 @@ impl Supervisor {
                 Ok(true) => {}
                 _ => continue,
             }
-            match listener.accept() {
+            match listener.accept_any() {
                 Ok(conn) => {
                     let sup = self.clone();
-                    std::thread::spawn(move || sup.serve_connection(conn));
+                    std::thread::spawn(move || match conn.check_peer() {
+                        Ok(()) => sup.serve_connection(conn),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "control connection refused");
+                            conn.refuse_stranger(&e);
+                        }
+                    });
                 }
                 Err(e) => tracing::warn!(error = %e, "control connection refused"),
             }
@@ -539,6 +545,27 @@ impl Supervisor {
     }
 
     fn welcome_stage(&self, st: Stage, mut conn: Connection) {
+        // Only the process the supervisor started for this stage gets the region and the sockets: anything else
+        // that says it is a stage (a stray binary, a confused script) would take over its control connection.
+        let peer = conn.peer().pid as u32;
+        // The watcher records a child just after spawning it; a fast child may say hello first.
+        let t = Instant::now();
+        let expected = loop {
+            let pid = self.lock().stages[st as usize].child.as_ref().map(Child::id);
+            if pid == Some(peer) || t.elapsed() > Duration::from_secs(1) {
+                break pid;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if expected != Some(peer) {
+            let message = match expected {
+                Some(pid) => format!("the {} is process {pid}, not {peer}", st.name()),
+                None => format!("no {} is being started", st.name()),
+            };
+            tracing::warn!(stage = st.name(), pid = peer, "refused a stage hello: {message}");
+            let _ = conn.send(&Reply::Error { message });
+            return;
+        }
         let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = vec![self.region.fd()];
         if st == Stage::Receiver {
             fds.extend(self.sockets.iter().map(|s| s.as_fd()));
@@ -689,7 +716,13 @@ impl Supervisor {
         let area = self.area();
         let mut g = self.lock();
         if let Some(rec) = area.active() {
-            anyhow::bail!("acquisition {} is still running; stop it first", rec.id.load(Ordering::Relaxed));
+            let active = rec.id.load(Ordering::Relaxed);
+            if rec.state.load(Ordering::Acquire) == acq_state::FAILED {
+                // The writer failed it and no frame has told the assembler yet: it is over.
+                let _ = area.active_acquisition.compare_exchange(active, 0, Ordering::AcqRel, Ordering::Relaxed);
+            } else {
+                anyhow::bail!("acquisition {active} is still running; stop it first");
+            }
         }
         let id = g.next_acquisition;
         let rec = area.acquisition(id);

@@ -51,10 +51,19 @@ impl Pipeline {
 
     /// [`Pipeline::start`] with extra environment variables for the supervisor and its stages.
     pub fn start_with_env(extra_config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_config(&format!("{SMALL_RINGS}{extra_config}"), env)
+    }
+
+    /// A pipeline with exactly `config` (TOML; ring sizes default to the production ones unless it sets them).
+    pub fn start_with_rings(config: &str) -> Self {
+        Self::start_config(config, &[])
+    }
+
+    fn start_config(config: &str, env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("pipeline").expect("temp dir");
         let port_base = free_udp_port_base(8);
         let cfg = dir.path().join("ringdaq.toml");
-        std::fs::write(&cfg, format!("{SMALL_RINGS}{extra_config}")).expect("config");
+        std::fs::write(&cfg, config).expect("config");
         let child = launch(dir.path(), port_base, env);
         let p = Self { dir, port_base, child };
         p.wait_ready();

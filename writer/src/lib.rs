@@ -325,7 +325,17 @@ impl<'r> Writer<'r> {
         // Sizing and the header are repeated on a resume (the same bytes at the same place): the previous writer
         // may have died between creating the file and writing them.
         let total = npy::HEADER_LEN as u64 + requested * self.frame_bytes as u64;
-        match rustix::fs::fallocate(&open.file, rustix::fs::FallocateFlags::empty(), 0, total) {
+        // The frames and their journal records get their space now: a disk that fills up later (another
+        // process, a long run) cannot fail a frame write, and one that is too small fails here, before any frame.
+        let reserve = rustix::fs::fallocate(&open.file, rustix::fs::FallocateFlags::empty(), 0, total).and_then(|()| {
+            rustix::fs::fallocate(
+                &open.journal,
+                rustix::fs::FallocateFlags::empty(),
+                0,
+                requested * JOURNAL_RECORD as u64,
+            )
+        });
+        match reserve {
             Ok(()) => {}
             Err(rustix::io::Errno::NOSPC) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -362,17 +372,26 @@ impl<'r> Writer<'r> {
     }
 
     fn fail(&mut self, rec: &AcquisitionRecord, msg: &str) {
-        tracing::error!(acquisition = rec.id.load(Ordering::Relaxed), error = msg, "acquisition failed");
-        // SAFETY: the writer is the only process that writes an acquisition's error.
-        unsafe { rec.set_error(msg) };
-        self.area.writer.failed.fetch_add(1, Ordering::Relaxed);
-        if let Some(o) = self.open.take_if(|o| o.id == rec.id.load(Ordering::Relaxed)) {
+        let open = self.open.take_if(|o| o.id == rec.id.load(Ordering::Relaxed));
+        self.fail_open(rec, msg, open);
+    }
+
+    /// Fails acquisition `rec`; its file, if `open`, keeps the frames written so far under a header that says
+    /// how many.
+    fn fail_open(&mut self, rec: &AcquisitionRecord, msg: &str, open: Option<OpenAcquisition>) {
+        let mut msg = msg.to_owned();
+        if let Some(o) = open {
             // Keep what was written, with a header that says how much: the frames so far stay readable.
             let n = rec.written.load(Ordering::Acquire);
             let mut o = o;
             let _ = write_at(&mut o.file, &mut o.direct, &o.path, &npy::header(&[n, self.rows, self.cols]), 0);
             let _ = o.file.set_len(npy::HEADER_LEN as u64 + n * self.frame_bytes as u64);
+            msg = format!("{msg}; the first {n} frames are kept in {} (a valid .npy)", partial(&o.path).display());
         }
+        tracing::error!(acquisition = rec.id.load(Ordering::Relaxed), error = msg, "acquisition failed");
+        // SAFETY: the writer is the only process that writes an acquisition's error.
+        unsafe { rec.set_error(&msg) };
+        self.area.writer.failed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Finishes the open acquisition if all its frames are written, and acquisitions that got no frame at all.
@@ -417,7 +436,7 @@ impl<'r> Writer<'r> {
                 self.area.writer.done.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(acquisition = o.id, path = %o.path.display(), "acquisition done");
             }
-            Err(e) => self.fail(rec, &e),
+            Err(e) => self.fail_open(rec, &e, Some(o)),
         }
     }
 

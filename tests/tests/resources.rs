@@ -1,0 +1,153 @@
+//! Resources that run out: a configuration whose rings cannot fit in memory is refused at start-up, and a full
+//! disk fails the acquisition (with the frames written so far kept readable) but not the pipeline.
+//!
+//! The tests of this file share the machine's two cores with real pipelines, so they run one at a time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use detector::Mode;
+use ringdaq_tests::pipeline::{Pipeline, verify_large_acquisition};
+use ringdaq_tests::{ChildGuard, TempDir, bin_path, free_udp_port_base};
+use shm_protocol::messages::{Reply, Request, SyncMode};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[test]
+fn rings_larger_than_memory_are_refused_at_start_up() {
+    let _g = serial();
+    let dir = TempDir::new("toolarge").expect("temp dir");
+    let cfg = dir.path().join("ringdaq.toml");
+    // 100,000 frame slots of 7.6 MB: 760 GB.
+    std::fs::write(&cfg, "[rings]\nframe_slots = 100000\n").expect("config");
+    let mut child = ChildGuard::spawn(
+        Command::new(bin_path("ringdaq"))
+            .arg("--runtime-dir")
+            .arg(dir.path().join("rt"))
+            .args(["run", "--port-base", &free_udp_port_base(8).to_string(), "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.path().join("log")).expect("log"))),
+    )
+    .expect("spawn");
+    let st = child.wait_timeout(Duration::from_secs(20)).expect("wait").expect("it exits at once");
+    let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+    assert!(!st.success(), "{log}");
+    assert!(log.contains("the rings need") && log.contains("MB are available"), "a clear message: {log}");
+}
+
+/// A small tmpfs mounted for the test, unmounted (lazily, whatever happens) when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    /// Mounts a `size`-byte tmpfs at `dir`, or says why it cannot.
+    fn mount(dir: &Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "ringdaq-test"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Self(dir.to_owned()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system at `dir` until it is full.
+fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).expect("filler");
+    let chunk = vec![0xEEu8; 1 << 16];
+    while f.write_all(&chunk).is_ok() {}
+    // The last partial page, byte by byte.
+    while f.write_all(&[0]).is_ok() {}
+}
+
+#[test]
+fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
+    let _g = serial();
+    let p = Pipeline::start("");
+    let mnt = p.dir.path().join("small");
+    let _fs = match SmallFs::mount(&mnt, "64m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("skipped: cannot mount a small tmpfs here ({why}); needs root");
+            return;
+        }
+    };
+    let acquire_into = |frames: u64, path: &Path| match p.call(Request::Acquire {
+        frames,
+        path: path.display().to_string(),
+        sync: SyncMode::Immediate,
+    }) {
+        Ok(Reply::Armed { id }) => id,
+        other => panic!("acquire: {other:?}"),
+    };
+
+    // 1. Too large from the start: 20 frames (152 MB) on 64 MB. Refused before any frame, files removed.
+    let big = mnt.join("big.npy");
+    let id = acquire_into(20, &big);
+    p.simulate(p.sim_config(30, 100.0));
+    let st = p.wait(id, Duration::from_secs(30));
+    assert_eq!(st.state, "failed", "{st:?}");
+    let err = st.error.unwrap_or_default();
+    assert!(err.contains("not enough space for 20 frames"), "{err}");
+    assert!(std::fs::read_dir(&mnt).expect("dir").next().is_none(), "nothing left behind on the small disk");
+
+    // 2. The disk fills up during the acquisition (another process takes what is left): the frames had their
+    // space reserved and are all written; the sidecar cannot be, so the acquisition fails, and its frames stay
+    // readable in the .partial file.
+    let six = mnt.join("six.npy");
+    let id = acquire_into(6, &six);
+    std::thread::scope(|s| {
+        let sim = s.spawn(|| p.simulate(p.sim_config(16, 20.0)));
+        let partial = PathBuf::from(format!("{}.partial", six.display()));
+        let opened = ringdaq_tests::wait_for(Duration::from_secs(10), || partial.exists().then_some(()));
+        assert!(opened.is_some(), "the writer opened the file");
+        fill(&mnt);
+        sim.join().expect("simulator");
+    });
+    let st = p.wait(id, Duration::from_secs(30));
+    assert_eq!(st.state, "failed", "{st:?}");
+    let err = st.error.unwrap_or_default();
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(err.contains("the first 6 frames are kept in") && err.contains("six.npy.partial"), "{err}");
+    let kept = PathBuf::from(format!("{}.partial", six.display()));
+    let tmp = p.dir.path().join("kept.npy");
+    std::fs::copy(&kept, &tmp).expect("copy out");
+    // The kept file is a valid .npy of the 6 frames, exact; verify_large_acquisition also wants a sidecar.
+    let bytes = std::fs::read(&tmp).expect("read");
+    let npy = npyz::NpyFile::new(&bytes[..]).expect("a valid .npy");
+    assert_eq!(npy.shape(), &[6, 1860, 2048]);
+    let px: Vec<u16> = npy.into_vec().expect("pixels");
+    let expected = ringdaq_tests::pipeline::expected_frames(Mode::Is);
+    let n = 1860 * 2048;
+    let c = p.counters();
+    assert_eq!(c["writer.failed"], 2, "{c:?}");
+    // Frame ids of the acquisition start where the stream of this simulator run starts (0).
+    for (i, f) in px.chunks(n).enumerate() {
+        assert!(f == &expected[i % expected.len()][..], "kept frame {i} is exact");
+    }
+
+    // 3. The pipeline goes on: the next acquisition, on a disk with room, completes.
+    let (id, path) = p.acquire(10, "after.npy", SyncMode::Immediate);
+    p.simulate(p.sim_config(20, 100.0));
+    let st = p.wait(id, Duration::from_secs(30));
+    assert_eq!(st.state, "done", "{st:?}");
+    verify_large_acquisition(&path, Mode::Is, 10, 0);
+    assert!(p.shutdown());
+}
