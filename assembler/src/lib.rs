@@ -116,6 +116,9 @@ pub struct Assembler<'r> {
     fresh_base: bool,
     /// The frame id this process resumed at after a restart (the previous instance published what is below).
     resumed_at: Option<u32>,
+    /// Block-ring sequences below this were there at start-up: blocks re-read from them may belong to frames the
+    /// previous instance published. Blocks received later are news (a new stream may reuse those frame ids).
+    resumed_through: u64,
     /// Scratch: payload per block index of the frame being decoded.
     payloads: Vec<Option<&'r [u8]>>,
     /// Blocks of recently published frames.
@@ -177,6 +180,7 @@ impl<'r> Assembler<'r> {
             frames,
             fresh_base: window.is_none(),
             resumed_at: window.as_ref().map(|w| w.base),
+            resumed_through: block_ring.published(),
             window,
             candidates: Vec::with_capacity(MAX_CANDIDATES),
             payloads: vec![None; g.blocks_per_frame()],
@@ -321,9 +325,10 @@ impl<'r> Assembler<'r> {
                 }
                 // A block of a frame the previous instance published, read again from the uncommitted part
                 // of the block ring after a restart: this process has no history of it, and it is no reset.
-                None if self
-                    .resumed_at
-                    .is_some_and(|b| (1..=LATE_FRAMES).contains(&i64::from(b.wrapping_sub(frame_id) as i32))) =>
+                None if r.seq < self.resumed_through
+                    && self
+                        .resumed_at
+                        .is_some_and(|b| (1..=LATE_FRAMES).contains(&i64::from(b.wrapping_sub(frame_id) as i32))) =>
                 {
                     self.area.assembler.duplicates.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
@@ -378,6 +383,8 @@ impl<'r> Assembler<'r> {
                 tracing::info!(from = base, to = c.window.base, "frame id reset");
                 self.area.assembler.resets.fetch_add(1, Ordering::Relaxed);
             }
+            // Its blocks are placed now: count them as such.
+            self.area.assembler.blocks.fetch_add(u64::from(c.datagrams), Ordering::Relaxed);
             // The history is kept: blocks of frames published before the reset are still late, not news.
             self.window = Some(c.window);
             self.resumed_at = None;

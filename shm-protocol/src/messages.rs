@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::pipeline::Stage;
 
 /// Version of this protocol; a peer speaking another is refused with both versions named.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Who connects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +73,22 @@ pub enum Request {
         /// One past the last sequence released.
         upto: u64,
     },
+    /// Restart a stage now (it finishes what it holds and a new process takes over).
+    Restart {
+        /// Which.
+        stage: Stage,
+    },
+    /// Stop managing a stage: its process is stopped and not restarted; a process the user starts by hand may
+    /// then attach as that stage (answered with [`Reply::Detached`]).
+    Detach {
+        /// Which.
+        stage: Stage,
+    },
+    /// Manage a detached stage again: a hand-run process is told to stop, and the supervisor starts its own.
+    Attach {
+        /// Which.
+        stage: Stage,
+    },
 }
 
 /// Messages from the supervisor.
@@ -94,6 +110,11 @@ pub enum Reply {
     Acquisition(AcquisitionStatus),
     /// Done.
     Ok,
+    /// Answer to [`Request::Detach`].
+    Detached {
+        /// The command line that runs the stage by hand against this pipeline.
+        command: String,
+    },
     /// Answer to [`Request::Subscribe`], with a read-only memfd of the region attached.
     Subscribed {
         /// The frame-ring consumer line the subscription holds.
@@ -151,10 +172,12 @@ pub struct StageStatus {
     pub restarts: u32,
     /// How the last run ended, if it ended.
     pub last_exit: Option<String>,
+    /// Seconds since the running process started (0 if none runs).
+    pub uptime_s: u64,
 }
 
 /// The pipeline's state: the stages, the counters and the acquisitions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct StatusReport {
     /// Supervisor pid.
     pub pid: u32,
@@ -166,6 +189,12 @@ pub struct StatusReport {
     pub stages: Vec<StageStatus>,
     /// Named counters (`receiver.datagrams`, `assembler.invalid.sync_word`, ...).
     pub counters: Vec<(String, u64)>,
+    /// Rates over the last second: `datagrams_per_s`, `frames_per_s`, `receive_mb_per_s`, `write_mb_per_s`.
+    pub rates: Vec<(String, f64)>,
+    /// Slots in each ring.
+    pub block_ring_slots: u64,
+    /// Slots in the frame ring.
+    pub frame_ring_slots: u64,
     /// Block-ring slots filled and not yet consumed.
     pub block_ring_used: u64,
     /// Frame-ring slots filled and not yet written.

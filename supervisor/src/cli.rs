@@ -41,9 +41,45 @@ pub enum Command {
     Shutdown,
     /// Send simulated detector traffic (real K2 IS / Summit datagrams).
     Sim(SimArgs),
+    /// Restart one stage now (it finishes what it holds; a new process takes over at once).
+    Restart {
+        /// The stage.
+        stage: StageArg,
+    },
+    /// Stop managing a stage, to run it by hand (under a debugger, with more logging): prints its command line.
+    Detach {
+        /// The stage.
+        stage: StageArg,
+    },
+    /// Hand a detached stage back to the supervisor (a hand-run process is told to stop first).
+    Attach {
+        /// The stage.
+        stage: StageArg,
+    },
     /// Read the running pipeline's frames (zero-copy) and print, every second, how many came, how many were
     /// missed, and their pixel statistics.
     Tail(TailArgs),
+}
+
+/// A stage, on the command line.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum StageArg {
+    /// Sockets to block ring.
+    Receiver,
+    /// Block ring to frame ring.
+    Assembler,
+    /// Frame ring to files.
+    Writer,
+}
+
+impl From<StageArg> for shm_protocol::pipeline::Stage {
+    fn from(s: StageArg) -> Self {
+        match s {
+            StageArg::Receiver => Self::Receiver,
+            StageArg::Assembler => Self::Assembler,
+            StageArg::Writer => Self::Writer,
+        }
+    }
 }
 
 /// Runs the parsed command.
@@ -55,6 +91,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { json } => crate::client::status(&rt, json),
         Command::Stop => crate::client::stop(&rt),
         Command::Shutdown => crate::client::shutdown(&rt),
+        Command::Restart { stage } => crate::client::restart(&rt, stage.into()),
+        Command::Detach { stage } => crate::client::detach(&rt, stage.into()),
+        Command::Attach { stage } => crate::client::attach(&rt, stage.into()),
         Command::Sim(a) => crate::sim_cmd::run(&a),
         Command::Tail(a) => {
             let stop: &'static std::sync::atomic::AtomicBool =

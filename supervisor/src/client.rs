@@ -135,15 +135,29 @@ pub fn render_status(s: &StatusReport) -> String {
     for st in &s.stages {
         let _ = writeln!(
             o,
-            "  {:<10} {:<10} pid {:<8} restarts {:<3} {}",
+            "  {:<10} {:<10} pid {:<8} up {:>6} s  restarts {:<3} {}",
             st.name,
             st.state,
             st.pid,
+            st.uptime_s,
             st.restarts,
             st.last_exit.as_deref().map(|e| format!("last: {e}")).unwrap_or_default()
         );
     }
-    let _ = writeln!(o, "  rings: block {} slots in use, frame {} slots in use", s.block_ring_used, s.frame_ring_used);
+    let rate = |n: &str| s.rates.iter().find(|(k, _)| k == n).map_or(0.0, |(_, v)| *v);
+    let _ = writeln!(
+        o,
+        "  rates: {:.0} datagrams/s, {:.1} frames/s, {:.1} MB/s received, {:.1} MB/s written",
+        rate("datagrams_per_s"),
+        rate("frames_per_s"),
+        rate("receive_mb_per_s"),
+        rate("write_mb_per_s")
+    );
+    let _ = writeln!(
+        o,
+        "  rings: block {}/{} slots in use, frame {}/{} slots in use",
+        s.block_ring_used, s.block_ring_slots, s.frame_ring_used, s.frame_ring_slots
+    );
     for (k, v) in &s.counters {
         if *v != 0 {
             let _ = writeln!(o, "  {k:<32} {v}");
@@ -176,5 +190,33 @@ pub fn stop(runtime_dir: &Path) -> anyhow::Result<()> {
 pub fn shutdown(runtime_dir: &Path) -> anyhow::Result<()> {
     call(&mut connect(runtime_dir)?, Request::Shutdown)?;
     eprintln!("pipeline shutting down");
+    Ok(())
+}
+
+/// `ringdaq restart STAGE`.
+pub fn restart(runtime_dir: &Path, stage: shm_protocol::pipeline::Stage) -> anyhow::Result<()> {
+    call(&mut connect(runtime_dir)?, Request::Restart { stage })?;
+    eprintln!("the {} is restarting", stage.name());
+    Ok(())
+}
+
+/// `ringdaq detach STAGE`: prints the command line that runs the stage by hand.
+pub fn detach(runtime_dir: &Path, stage: shm_protocol::pipeline::Stage) -> anyhow::Result<()> {
+    let Reply::Detached { command } = call(&mut connect(runtime_dir)?, Request::Detach { stage })? else {
+        bail!("unexpected reply to detach")
+    };
+    eprintln!(
+        "the {} is detached; run it by hand (it attaches to the pipeline), then `ringdaq attach {}`:",
+        stage.name(),
+        stage.name()
+    );
+    println!("{command}");
+    Ok(())
+}
+
+/// `ringdaq attach STAGE`.
+pub fn attach(runtime_dir: &Path, stage: shm_protocol::pipeline::Stage) -> anyhow::Result<()> {
+    call(&mut connect(runtime_dir)?, Request::Attach { stage })?;
+    eprintln!("the {} is managed by the supervisor again", stage.name());
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct Config {
     pub writer: WriterConfig,
     /// Restart policy.
     pub supervisor: SupervisorConfig,
+    /// Serve the counters in the Prometheus text format on this address (`GET /metrics`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Ring sizes.
@@ -98,6 +100,7 @@ impl Default for Config {
             assembler: AssemblerConfig::default(),
             writer: WriterConfig::default(),
             supervisor: SupervisorConfig::default(),
+            metrics: None,
         }
     }
 }

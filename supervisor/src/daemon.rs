@@ -35,6 +35,12 @@ struct StageSlot {
     started_at: Option<Instant>,
     /// Deaths in a row, each soon after its start: what the backoff grows with.
     quick_deaths: u32,
+    /// `ringdaq detach`: not started, not restarted; a process run by hand may attach as this stage.
+    detached: bool,
+    /// The hand-run process attached while detached (its connection is `conn`).
+    manual_pid: Option<u32>,
+    /// `ringdaq restart`: the coming exit is asked for; restart at once, outside the budget.
+    restart_requested: bool,
 }
 
 /// A stage that dies later than this after its start had been working: it is restarted at once.
@@ -65,6 +71,15 @@ pub struct Supervisor {
     shutdown: AtomicBool,
     failure: Mutex<Option<String>>,
     started: Instant,
+    /// Rates over the last second, from counter samples the watcher takes.
+    rates: Mutex<Rates>,
+}
+
+/// Two samples of the counters, a second or so apart, and the rates between them.
+#[derive(Debug, Default)]
+struct Rates {
+    last: Option<(Instant, std::collections::BTreeMap<String, u64>)>,
+    current: Vec<(String, f64)>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -174,6 +189,7 @@ impl Supervisor {
             shutdown: AtomicBool::new(false),
             failure: Mutex::new(None),
             started: Instant::now(),
+            rates: Mutex::new(Rates::default()),
         });
         Ok((sup, listener))
     }
@@ -278,8 +294,36 @@ impl Supervisor {
                 }
             }
             self.check_hangs(&mut progress);
+            self.sample_rates();
         }
         self.stop_all();
+    }
+
+    /// Every second: the rates since the previous sample.
+    fn sample_rates(&self) {
+        let mut r = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if r.last.as_ref().is_some_and(|(t, _)| now.duration_since(*t) < Duration::from_secs(1)) {
+            return;
+        }
+        let c = self.area().counters();
+        if let Some((t, prev)) = &r.last {
+            let dt = now.duration_since(*t).as_secs_f64();
+            let d = |names: &[&str]| {
+                names
+                    .iter()
+                    .map(|n| c.get(*n).copied().unwrap_or(0).saturating_sub(prev.get(*n).copied().unwrap_or(0)))
+                    .sum::<u64>() as f64
+                    / dt
+            };
+            r.current = vec![
+                ("datagrams_per_s".into(), d(&["receiver.datagrams"])),
+                ("frames_per_s".into(), d(&["assembler.frames_complete", "assembler.frames_incomplete"])),
+                ("receive_mb_per_s".into(), d(&["receiver.bytes"]) / 1e6),
+                ("write_mb_per_s".into(), d(&["writer.bytes"]) / 1e6),
+            ];
+        }
+        r.last = Some((now, c));
     }
 
     /// Sleeps until a child ends, a restart is due, or [`WATCH_TICK`] passes.
@@ -405,6 +449,8 @@ impl Supervisor {
         };
         let how = match slot.hung.take() {
             Some(why) => format!("{why}; killed by the supervisor"),
+            None if slot.restart_requested => format!("restarted on request ({})", stages::describe_exit(status)),
+            None if slot.detached => format!("detached ({})", stages::describe_exit(status)),
             None => stages::describe_exit(status),
         };
         tracing::warn!(stage = st.name(), "stage {how}");
@@ -414,6 +460,15 @@ impl Supervisor {
         slot.ready = false;
         slot.last_exit = Some(how.clone());
         self.area().stage(st).pid.store(0, Ordering::Relaxed);
+        if slot.detached {
+            // The user runs it now; nothing to restart.
+            return Some(None);
+        }
+        if std::mem::take(&mut slot.restart_requested) {
+            slot.restarts += 1;
+            drop(g);
+            return Some(self.start(st));
+        }
         let now = Instant::now();
         let window = Duration::from_secs(self.cfg.supervisor.restart_window_s);
         slot.recent.retain(|t| now.duration_since(*t) < window);
@@ -548,6 +603,9 @@ impl Supervisor {
         // Only the process the supervisor started for this stage gets the region and the sockets: anything else
         // that says it is a stage (a stray binary, a confused script) would take over its control connection.
         let peer = conn.peer().pid as u32;
+        if self.lock().stages[st as usize].detached {
+            return self.welcome_manual_stage(st, conn);
+        }
         // The watcher records a child just after spawning it; a fast child may say hello first.
         let t = Instant::now();
         let expected = loop {
@@ -587,6 +645,118 @@ impl Supervisor {
             Ok(r) => tracing::warn!(stage = st.name(), msg = ?r.msg, "expected Ready"),
             Err(e) => tracing::warn!(stage = st.name(), error = %e, "stage never became ready"),
         }
+    }
+
+    /// A process the user started by hand for a detached stage.
+    fn welcome_manual_stage(&self, st: Stage, mut conn: Connection) {
+        let peer = conn.peer().pid as u32;
+        {
+            let mut g = self.lock();
+            let slot = &mut g.stages[st as usize];
+            // A previous hand-run process whose connection is still open holds the stage.
+            let alive = slot.conn.as_ref().is_some_and(|c| !c.poll_readable(Duration::ZERO).unwrap_or(true));
+            if let (Some(pid), true) = (slot.manual_pid, alive) {
+                let message = format!("a hand-run {} (pid {pid}) is attached already", st.name());
+                drop(g);
+                let _ = conn.send(&Reply::Error { message });
+                return;
+            }
+            slot.manual_pid = Some(peer);
+            slot.conn = None;
+            slot.ready = false;
+        }
+        let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = vec![self.region.fd()];
+        if st == Stage::Receiver {
+            fds.extend(self.sockets.iter().map(|s| s.as_fd()));
+        }
+        if conn.send_with_fds(&Reply::Welcome { protocol: PROTOCOL_VERSION }, &fds).is_err() {
+            return;
+        }
+        let _ = conn.set_recv_timeout(Some(Duration::from_secs(30)));
+        if matches!(conn.recv::<Request>(), Ok(r) if r.msg == Request::Ready) {
+            tracing::info!(stage = st.name(), pid = peer, "hand-run stage attached");
+            let _ = conn.set_recv_timeout(None);
+            let mut g = self.lock();
+            let slot = &mut g.stages[st as usize];
+            if slot.detached && slot.manual_pid == Some(peer) {
+                slot.conn = Some(conn);
+                slot.ready = true;
+            }
+        }
+    }
+
+    /// `ringdaq restart`: the stage finishes what it holds and exits; the watcher starts a new one at once.
+    fn restart_stage(&self, st: Stage) -> anyhow::Result<()> {
+        let mut g = self.lock();
+        let slot = &mut g.stages[st as usize];
+        anyhow::ensure!(!slot.detached, "the {} is detached; attach it first", st.name());
+        let Some(child) = slot.child.as_ref() else { anyhow::bail!("the {} is not running", st.name()) };
+        slot.restart_requested = true;
+        let pid = child.id();
+        let asked = slot.conn.as_ref().is_some_and(|c| c.send(&StageCommand::Shutdown).is_ok());
+        if !asked && let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        tracing::info!(stage = st.name(), pid, "restart requested");
+        Ok(())
+    }
+
+    /// `ringdaq detach`: stops the stage's process for good (until `attach`) and says how to run it by hand.
+    fn detach_stage(&self, st: Stage) -> anyhow::Result<String> {
+        let command = stages::command_line(st, &self.control_path, &self.cfg)?;
+        let mut g = self.lock();
+        let slot = &mut g.stages[st as usize];
+        anyhow::ensure!(!slot.detached, "the {} is detached already", st.name());
+        slot.detached = true;
+        slot.next_start = None;
+        if let Some(child) = slot.child.as_ref() {
+            let pid = child.id();
+            let asked = slot.conn.as_ref().is_some_and(|c| c.send(&StageCommand::Shutdown).is_ok());
+            if !asked && let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        tracing::info!(stage = st.name(), "detached: run it by hand with `{command}`");
+        Ok(command)
+    }
+
+    /// `ringdaq attach`: tells a hand-run process to stop, waits until it is gone, and starts the stage again.
+    fn attach_stage(&self, st: Stage) -> anyhow::Result<()> {
+        let (conn, pid) = {
+            let mut g = self.lock();
+            let slot = &mut g.stages[st as usize];
+            anyhow::ensure!(slot.detached, "the {} is not detached", st.name());
+            anyhow::ensure!(slot.child.is_none(), "the supervisor's {} is still stopping; try again", st.name());
+            slot.ready = false;
+            (slot.conn.take(), slot.manual_pid.take())
+        };
+        if let Some(conn) = conn {
+            // Two processes must never run one stage: wait for the hand-run one to end its connection (it
+            // drains and exits on Shutdown), and kill it if it does not.
+            let _ = conn.send(&StageCommand::Shutdown);
+            let t = Instant::now();
+            while !conn.poll_readable(Duration::from_millis(20)).unwrap_or(true) {
+                if t.elapsed() > Duration::from_secs(10) {
+                    if let Some(p) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                        tracing::warn!(stage = st.name(), pid = ?pid, "hand-run stage did not stop; killing it");
+                        let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                    }
+                    break;
+                }
+            }
+            if let Some(p) = pid {
+                let t = Instant::now();
+                while process_alive(p) && t.elapsed() < Duration::from_secs(5) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        let mut g = self.lock();
+        let slot = &mut g.stages[st as usize];
+        slot.detached = false;
+        slot.next_start = Some(Instant::now());
+        tracing::info!(stage = st.name(), "attached: the supervisor runs it again");
+        Ok(())
     }
 
     fn serve_client(&self, mut conn: Connection) {
@@ -688,6 +858,18 @@ impl Supervisor {
                 self.request_shutdown();
                 Reply::Ok
             }
+            Request::Restart { stage } => match self.restart_stage(stage) {
+                Ok(()) => Reply::Ok,
+                Err(e) => Reply::Error { message: format!("{e:#}") },
+            },
+            Request::Detach { stage } => match self.detach_stage(stage) {
+                Ok(command) => Reply::Detached { command },
+                Err(e) => Reply::Error { message: format!("{e:#}") },
+            },
+            Request::Attach { stage } => match self.attach_stage(stage) {
+                Ok(()) => Reply::Ok,
+                Err(e) => Reply::Error { message: format!("{e:#}") },
+            },
             Request::Hello { .. } | Request::Ready | Request::Subscribe { .. } | Request::Release { .. } => {
                 Reply::Error { message: "unexpected message".into() }
             }
@@ -782,7 +964,11 @@ impl Supervisor {
                 let s = &g.stages[st as usize];
                 StageStatus {
                     name: st.name().into(),
-                    state: if s.ready {
+                    state: if s.detached {
+                        let hand_run = s.ready
+                            && s.conn.as_ref().is_some_and(|c| !c.poll_readable(Duration::ZERO).unwrap_or(true));
+                        if hand_run { "detached (run by hand)" } else { "detached" }
+                    } else if s.ready {
                         "running"
                     } else if s.child.is_some() {
                         "starting"
@@ -792,9 +978,10 @@ impl Supervisor {
                         "stopped"
                     }
                     .into(),
-                    pid: s.child.as_ref().map_or(0, Child::id),
+                    pid: s.child.as_ref().map(Child::id).or(s.manual_pid.filter(|_| s.ready)).unwrap_or(0),
                     restarts: s.restarts,
                     last_exit: s.last_exit.clone(),
+                    uptime_s: s.started_at.filter(|_| s.child.is_some()).map_or(0, |t| t.elapsed().as_secs()),
                 }
             })
             .collect();
@@ -815,11 +1002,22 @@ impl Supervisor {
             mode: self.cfg.mode.to_string(),
             stages,
             counters: area.counters().into_iter().collect(),
+            rates: self.rates.lock().unwrap_or_else(|p| p.into_inner()).current.clone(),
+            block_ring_slots: self.region.ring(BLOCK_RING).map_or(0, |r| r.slot_count()),
+            frame_ring_slots: self.region.ring(FRAME_RING).map_or(0, |r| r.slot_count()),
             block_ring_used: used(BLOCK_RING),
             frame_ring_used: used(FRAME_RING),
             acquisitions,
         }
     }
+}
+
+/// Whether process `pid` exists and has not ended (a zombie has).
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
+        .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 /// Refuses a region that cannot fit in memory, with a clear message, before anything is allocated.

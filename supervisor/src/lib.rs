@@ -5,6 +5,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod metrics;
 pub mod run_cmd;
 pub mod signals;
 pub mod sim_cmd;

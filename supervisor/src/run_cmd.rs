@@ -42,6 +42,9 @@ pub struct RunArgs {
     /// With --simulate: frames per second the simulator sends (the K2 IS runs at 400).
     #[arg(long, default_value_t = 400.0)]
     pub fps: f64,
+    /// Serve the counters in the Prometheus text format at http://ADDR/metrics.
+    #[arg(long)]
+    pub metrics: Option<std::net::SocketAddr>,
     /// With --simulate: probability that the simulator drops each datagram.
     #[arg(long, default_value_t = 0.0)]
     pub sim_drop: f64,
@@ -63,6 +66,9 @@ impl RunArgs {
         if let Some(m) = self.mode {
             c.mode = m;
         }
+        if let Some(a) = self.metrics {
+            c.metrics = Some(a);
+        }
         if let Some(r) = runtime_dir {
             c.runtime_dir = Some(r.to_owned());
         } else if c.runtime_dir.is_none() {
@@ -78,6 +84,12 @@ pub fn run(args: &RunArgs, runtime_dir: Option<&Path>) -> anyhow::Result<()> {
     if let Some(out) = &args.out {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     }
+    let metrics = match cfg.metrics {
+        Some(addr) => {
+            Some(std::net::TcpListener::bind(addr).with_context(|| format!("binding the metrics endpoint {addr}"))?)
+        }
+        None => None,
+    };
     let (sup, listener) = Supervisor::new(cfg)?;
     let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     crate::signals::stop_on_signals(stop)?;
@@ -86,6 +98,13 @@ pub fn run(args: &RunArgs, runtime_dir: Option<&Path>) -> anyhow::Result<()> {
             let sup = sup.clone();
             s.spawn(move || sup.run(listener, stop))
         };
+        if let Some(m) = metrics {
+            if let Ok(a) = m.local_addr() {
+                tracing::info!(address = %a, "metrics at http://{a}/metrics");
+            }
+            let sup = sup.clone();
+            s.spawn(move || crate::metrics::serve(&sup, m));
+        }
         let result = if args.simulate { simulate(&sup, args, stop) } else { Ok(()) };
         if result.is_err() || args.frames.is_some() {
             sup.request_shutdown();

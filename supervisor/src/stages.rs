@@ -27,21 +27,7 @@ pub fn binary(stage: Stage) -> anyhow::Result<PathBuf> {
 /// Starts `stage`, telling it where the control socket is. The child gets SIGKILL if the thread that started it
 /// dies (`PR_SET_PDEATHSIG`), so a crashed supervisor leaves no orphans.
 pub fn spawn(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Result<Child> {
-    let mut cmd = Command::new(binary(stage)?);
-    cmd.arg("--control").arg(control);
-    match stage {
-        Stage::Receiver => {}
-        Stage::Assembler => {
-            cmd.arg("--window").arg(cfg.assembler.window.to_string());
-            cmd.arg("--timeout-ms").arg(cfg.assembler.timeout_ms.to_string());
-            cmd.arg("--reset-threshold").arg(cfg.assembler.reset_threshold.to_string());
-        }
-        Stage::Writer => {
-            if !cfg.writer.direct_io {
-                cmd.arg("--buffered");
-            }
-        }
-    }
+    let mut cmd = command(stage, control, cfg)?;
     use std::os::unix::process::CommandExt;
     // SAFETY: the closure runs in the forked child before exec and only calls prctl/getppid, which are
     // async-signal-safe; it allocates nothing.
@@ -59,6 +45,36 @@ pub fn spawn(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Result<Child
         });
     }
     cmd.spawn().with_context(|| format!("starting the {}", stage.name()))
+}
+
+/// The command line of `stage`, as the supervisor runs it (and as a user runs it by hand after `detach`).
+pub fn command_line(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Result<String> {
+    let cmd = command(stage, control, cfg)?;
+    let mut line = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        line.push(' ');
+        line.push_str(&a.to_string_lossy());
+    }
+    Ok(line)
+}
+
+fn command(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Result<Command> {
+    let mut cmd = Command::new(binary(stage)?);
+    cmd.arg("--control").arg(control);
+    match stage {
+        Stage::Receiver => {}
+        Stage::Assembler => {
+            cmd.arg("--window").arg(cfg.assembler.window.to_string());
+            cmd.arg("--timeout-ms").arg(cfg.assembler.timeout_ms.to_string());
+            cmd.arg("--reset-threshold").arg(cfg.assembler.reset_threshold.to_string());
+        }
+        Stage::Writer => {
+            if !cfg.writer.direct_io {
+                cmd.arg("--buffered");
+            }
+        }
+    }
+    Ok(cmd)
 }
 
 /// How a process ended, in words.
