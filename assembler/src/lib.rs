@@ -194,12 +194,18 @@ impl<'r> Assembler<'r> {
     /// Runs until `should_stop` returns true (checked every few ms), then drains what was received and exits.
     pub fn run(&mut self, mut should_stop: impl FnMut() -> bool) -> Result<(), AssemblerError> {
         tracing::info!(decoder = ?self.decoder.implementation(), "assembling");
-        loop {
+        // Who runs the stage, for `ringdaq inspect` (the supervisor clears it when this process dies).
+        self.area.stage(Stage::Assembler).pid.store(std::process::id(), Ordering::Release);
+        let r = loop {
             if should_stop() {
-                return self.drain();
+                break self.drain();
             }
-            self.poll(TICK)?;
-        }
+            if let Err(e) = self.poll(TICK) {
+                break Err(e);
+            }
+        };
+        self.area.stage(Stage::Assembler).pid.store(0, Ordering::Release);
+        r
     }
 
     /// One turn of the loop: waits up to `timeout` for block slots, processes every slot there is, then does the

@@ -89,6 +89,9 @@ pub enum Request {
         /// Which.
         stage: Stage,
     },
+    /// A read-only memfd of the region, for tools that look at it from outside (`ringdaq record`, `inspect`);
+    /// answered with [`Reply::Region`].
+    MapRegion,
 }
 
 /// Messages from the supervisor.
@@ -110,6 +113,8 @@ pub enum Reply {
     Acquisition(AcquisitionStatus),
     /// Done.
     Ok,
+    /// Answer to [`Request::MapRegion`], with a read-only memfd of the region attached.
+    Region,
     /// Answer to [`Request::Detach`].
     Detached {
         /// The command line that runs the stage by hand against this pipeline.

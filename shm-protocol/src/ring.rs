@@ -151,6 +151,23 @@ impl<'r> Ring<'r> {
         self.control().producer.producer_generation.load(Ordering::Relaxed)
     }
 
+    /// Pid of the process that attached as producer last (0: none yet).
+    pub fn producer_pid(&self) -> u32 {
+        self.control().producer.producer_pid.load(Ordering::Relaxed)
+    }
+
+    /// Whether the slot of `seq` is being written as `seq` now (claimed, not yet published; or its producer died
+    /// while filling it).
+    pub fn is_being_written(&self, seq: u64) -> bool {
+        self.stamp(seq).load(Ordering::Acquire) == stamp_writing(seq)
+    }
+
+    /// Pid of the process that attached to consumer line `index` last.
+    pub fn consumer_pid(&self, index: usize) -> Result<u32, RingError> {
+        self.check_index(index)?;
+        Ok(self.line(index).owner_pid.load(Ordering::Relaxed))
+    }
+
     /// Committed cursor, mode and attach count of consumer `index`.
     pub fn consumer_state(&self, index: usize) -> Result<(u64, ConsumerMode, u32), RingError> {
         self.check_index(index)?;

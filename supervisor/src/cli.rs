@@ -41,6 +41,12 @@ pub enum Command {
     Shutdown,
     /// Send simulated detector traffic (real K2 IS / Summit datagrams).
     Sim(SimArgs),
+    /// Capture the raw datagrams the running pipeline receives (with sector and receive time) to a file, for
+    /// `ringdaq sim --replay`.
+    Record(crate::record_cmd::RecordArgs),
+    /// Print the shared region as it is (header, rings, cursors, stage records, counters), read-only, from
+    /// outside; works when the stages, or the supervisor itself, are wedged.
+    Inspect,
     /// Restart one stage now (it finishes what it holds; a new process takes over at once).
     Restart {
         /// The stage.
@@ -91,6 +97,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status { json } => crate::client::status(&rt, json),
         Command::Stop => crate::client::stop(&rt),
         Command::Shutdown => crate::client::shutdown(&rt),
+        Command::Record(a) => {
+            let stop: &'static std::sync::atomic::AtomicBool =
+                Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false)));
+            crate::signals::stop_on_signals(stop)?;
+            crate::record_cmd::record(&rt, &a, stop, &mut std::io::stdout().lock())
+        }
+        Command::Inspect => crate::inspect_cmd::inspect(&rt, &mut std::io::stdout().lock()),
         Command::Restart { stage } => crate::client::restart(&rt, stage.into()),
         Command::Detach { stage } => crate::client::detach(&rt, stage.into()),
         Command::Attach { stage } => crate::client::attach(&rt, stage.into()),

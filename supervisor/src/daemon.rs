@@ -173,6 +173,10 @@ impl Supervisor {
         let listener = ControlListener::bind(&control_path).with_context(|| {
             format!("control socket {} (is another ringdaq running there?)", control_path.display())
         })?;
+        // For `ringdaq inspect` when this process no longer answers.
+        let pid_file = runtime.join(crate::inspect_cmd::PID_FILE);
+        std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", pid_file.display()))?;
         tracing::info!(
             region_mb = total / (1 << 20),
             control = %control_path.display(),
@@ -804,6 +808,15 @@ impl Supervisor {
                     }
                     continue;
                 }
+                Request::MapRegion => match self.region.read_only_fd() {
+                    Ok(fd) => {
+                        if conn.send_with_fds(&Reply::Region, &[fd.as_fd()]).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(e) => Reply::Error { message: format!("{e}") },
+                },
                 other => self.handle(other),
             };
             if conn.send(&reply).is_err() {
@@ -870,9 +883,11 @@ impl Supervisor {
                 Ok(()) => Reply::Ok,
                 Err(e) => Reply::Error { message: format!("{e:#}") },
             },
-            Request::Hello { .. } | Request::Ready | Request::Subscribe { .. } | Request::Release { .. } => {
-                Reply::Error { message: "unexpected message".into() }
-            }
+            Request::Hello { .. }
+            | Request::Ready
+            | Request::Subscribe { .. }
+            | Request::Release { .. }
+            | Request::MapRegion => Reply::Error { message: "unexpected message".into() },
         }
     }
 

@@ -51,6 +51,12 @@ pub struct SimArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Send the datagrams of a recording (`ringdaq record`) instead of simulated frames.
+    #[arg(long)]
+    pub replay: Option<std::path::PathBuf>,
+    /// With --replay: how much faster than recorded (0: as fast as possible).
+    #[arg(long, default_value_t = 1.0, requires = "replay")]
+    pub speed: f64,
 }
 
 impl SimArgs {
@@ -76,9 +82,15 @@ impl SimArgs {
 
 /// Runs the simulator until it has sent its frames or SIGINT/SIGTERM arrives, then prints its report.
 pub fn run(args: &SimArgs) -> anyhow::Result<()> {
-    let sim = Simulator::new(args.config())?;
     let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     crate::signals::stop_on_signals(stop)?;
+    if let Some(path) = &args.replay {
+        let t = std::time::Instant::now();
+        let n = crate::record_cmd::replay(path, args.target, args.port_base, args.speed, stop)?;
+        println!("replayed {n} datagrams from {} in {:.3} s", path.display(), t.elapsed().as_secs_f64());
+        return Ok(());
+    }
+    let sim = Simulator::new(args.config())?;
     let r = sim.run(stop)?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);

@@ -201,3 +201,82 @@ fn http_get(port: u16, path: &str) -> String {
     }
     body.to_string()
 }
+
+/// A stream recorded from one pipeline (`ringdaq record`) and replayed into a fresh one (`ringdaq sim --replay`)
+/// gives the same frames: those the simulator made.
+#[test]
+fn a_recorded_stream_replayed_into_a_fresh_pipeline_gives_the_same_frames() {
+    let _g = serial();
+    const FRAMES: u64 = 30;
+    let g = Mode::Is.geometry();
+    let datagrams = FRAMES * g.blocks_per_frame() as u64;
+    let keep = ringdaq_tests::TempDir::new("recording").expect("temp dir");
+    let rec = keep.path().join("stream.rdq");
+    let first = Pipeline::start("");
+    let mut recorder = ChildGuard::spawn(
+        Command::new(bin_path("ringdaq"))
+            .arg("--runtime-dir")
+            .arg(first.runtime_dir())
+            .args(["record", "--datagrams", &datagrams.to_string(), "--seconds", "60", "--out"])
+            .arg(&rec)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .expect("ringdaq record");
+    // Wait until it records, then send exactly FRAMES frames.
+    let started = wait_for(Duration::from_secs(10), || rec.exists().then_some(()));
+    assert!(started.is_some(), "the recorder started");
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = first.simulate(first.sim_config(FRAMES, 50.0));
+    assert_eq!(sent.datagrams, datagrams);
+    let st = recorder.wait_timeout(Duration::from_secs(30)).expect("wait").expect("the recorder stops at --datagrams");
+    assert!(st.success(), "{st}");
+    let (_, recorded) = supervisor::record_cmd::read_recording(&rec).expect("a recording");
+    let recorded: Vec<_> = recorded.collect::<anyhow::Result<_>>().expect("readable");
+    assert_eq!(recorded.len() as u64, datagrams, "every datagram recorded");
+    for sector in 0..8 {
+        let times: Vec<u64> = recorded.iter().filter(|d| d.sector == sector).map(|d| d.recv_ns).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "sector {sector} in receive order");
+    }
+    assert!(first.shutdown());
+
+    let second = Pipeline::start("");
+    let (id, path) = second.acquire(FRAMES, "replayed.npy", SyncMode::Immediate);
+    let out = Command::new(bin_path("ringdaq"))
+        .args(["sim", "--port-base", &second.port_base.to_string(), "--speed", "1", "--replay"])
+        .arg(&rec)
+        .output()
+        .expect("ringdaq sim --replay");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("replayed {datagrams} datagrams")));
+    let st = second.wait(id, Duration::from_secs(60));
+    assert_eq!(st.state, "done", "{st:?}");
+    verify_large_acquisition(&path, Mode::Is, FRAMES, 0);
+    assert!(second.shutdown());
+}
+
+/// `ringdaq inspect` prints the region from outside; with the supervisor stopped (SIGSTOP: wedged), it still
+/// does, through /proc.
+#[test]
+fn inspect_reads_the_region_even_with_the_supervisor_wedged() {
+    let _g = serial();
+    let p = Pipeline::start("");
+    let (id, _path) = p.acquire(10, "inspected.npy", SyncMode::Immediate);
+    p.simulate(p.sim_config(20, 100.0));
+    assert_eq!(p.wait(id, Duration::from_secs(30)).state, "done");
+    let (ok, out, err) = cli(&p, &["inspect"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("from the supervisor") && out.contains("layout version 2"), "{out}");
+    assert!(
+        out.contains("ring 0 (block)") && out.contains("ring 1 (frame)") && out.contains("consumer 0: Gating"),
+        "{out}"
+    );
+    assert!(out.contains("stage assembler") && out.contains("acquisition 1: done, 10 of 10 frames"), "{out}");
+    let sup = rustix::process::Pid::from_raw(p.supervisor_pid() as i32).expect("pid");
+    rustix::process::kill_process(sup, rustix::process::Signal::STOP).expect("stop");
+    let (ok, out, err) = cli(&p, &["inspect"]);
+    rustix::process::kill_process(sup, rustix::process::Signal::CONT).expect("cont");
+    assert!(ok, "{err}");
+    assert!(out.contains("through /proc/") && out.contains("acquisition 1: done"), "{out}");
+    assert!(p.shutdown());
+}

@@ -213,17 +213,21 @@ impl<'r> Writer<'r> {
 
     /// Runs until `should_stop` returns true, then writes what is left and exits.
     pub fn run(&mut self, mut should_stop: impl FnMut() -> bool) -> Result<(), WriterError> {
-        loop {
+        // Who runs the stage, for `ringdaq inspect` (the supervisor clears it when this process dies).
+        self.area.stage(Stage::Writer).pid.store(std::process::id(), Ordering::Release);
+        let r = loop {
             if should_stop() {
-                return self.drain();
+                break self.drain();
             }
             match self.frames.next(Some(Duration::from_millis(20))) {
                 Ok(slot) => self.handle(slot),
                 Err(RingError::Timeout) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => break Err(e.into()),
             }
             self.housekeeping();
-        }
+        };
+        self.area.stage(Stage::Writer).pid.store(0, Ordering::Release);
+        r
     }
 
     /// Writes every frame already published and finishes what can be finished.
