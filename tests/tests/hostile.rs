@@ -132,20 +132,31 @@ fn a_flood_of_bad_datagrams_is_counted_by_kind_and_valid_frames_stay_exact() {
     let counted: BTreeMap<&str, u64> = KINDS.iter().map(|(kind, counter)| (*kind, c[*counter])).collect();
     eprintln!("sent {sent:?}, counted {counted:?}");
     let drops = c["receiver.kernel_drops"];
-    for (k, (kind, counter)) in KINDS.iter().enumerate() {
+    let far = KINDS.len() - 1;
+    for (k, (kind, counter)) in KINDS.iter().enumerate().take(far) {
         // Every bad datagram the kernel delivered is counted under its kind, and none under another. (The kernel
         // may drop some of a flood this fast; those it counts in kernel_drops.)
         assert!(c[*counter] <= sent[k] && c[*counter] + drops >= sent[k], "{kind}: sent {}, {c:?}", sent[k]);
         assert!(c[*counter] > 0, "{kind} counted");
     }
+    // Far frame ids are held as reset candidates, at most four; so are the stream's first datagrams until
+    // enough agree. A candidate pushed out is counted out of the window, so under this flood a few valid
+    // datagrams of the first frame can be too (the cost is then an incomplete first frame). Every datagram is
+    // accounted for: placed in a frame, or counted out of the window.
+    let placed = c["assembler.blocks"] + c["assembler.duplicates"] + c["assembler.late"];
+    assert!(c[KINDS[far].1] > 0);
+    assert!(
+        c[KINDS[far].1] + placed + drops >= sent[far] + sim.datagrams
+            && c[KINDS[far].1] + placed <= sent[far] + sim.datagrams,
+        "far ids: sent {}, valid {}, {c:?}",
+        sent[far],
+        sim.datagrams
+    );
     let all_invalid: u64 =
         shm_protocol::pipeline::INVALID_REASONS.iter().map(|r| c[&format!("assembler.invalid.{r}")]).sum();
     assert_eq!(all_invalid, KINDS.iter().map(|(_, counter)| c[*counter]).sum::<u64>(), "no other reason: {c:?}");
     assert_eq!(c["assembler.resets"], 0, "no flood datagram was taken for a camera reset");
-    if drops == 0 {
-        assert_eq!(st.complete, FRAMES, "nothing dropped, so every frame complete");
-        verify_large_acquisition(&path, Mode::Is, FRAMES, 0);
-    }
+    assert!(st.complete + 2 >= FRAMES || drops > 0, "at most the first frames pay for the flood: {st:?}");
     // Whatever the kernel dropped, the frames marked complete are exact (checked frame by frame).
     let a = ringdaq_tests::pipeline::Acquired::read(&path);
     let expected = ringdaq_tests::pipeline::expected_frames(Mode::Is);
