@@ -129,6 +129,8 @@ pub struct Assembler<'r> {
     last_input: std::time::Instant,
     /// The receiver's pid and heartbeat as last seen in its stage record, and when either last changed.
     receiver_seen: (u32, u64, std::time::Instant),
+    /// The acquisition id last put in the log span.
+    logged_acquisition: u64,
 }
 
 /// A receiver whose heartbeat stood still this long is not receiving (stopped, hung, or gone): silence is then
@@ -188,6 +190,7 @@ impl<'r> Assembler<'r> {
             data_now: 0,
             last_input: std::time::Instant::now(),
             receiver_seen: (0, 0, std::time::Instant::now()),
+            logged_acquisition: 0,
         })
     }
 
@@ -548,6 +551,10 @@ impl<'r> Assembler<'r> {
         let seq = slot.seq();
         let assignment = acquisition::plan(self.area, f.received > 0, f.first_seq, f.sync);
         let (acquisition_id, index) = assignment.map_or((0, NO_INDEX), |a| (a.id, a.index));
+        if acquisition_id != 0 && acquisition_id != self.logged_acquisition {
+            self.logged_acquisition = acquisition_id;
+            shm_protocol::logging::set_acquisition(acquisition_id);
+        }
         let payload = self.g.payload_bytes();
         let hdr_bytes = detector::mode::HEADER_BYTES;
         let stride = self.params.datagram_stride as usize;

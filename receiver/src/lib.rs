@@ -129,6 +129,8 @@ pub struct Receiver<'r> {
     stopping: bool,
     /// [`FAULT_KILL_AFTER_CALLS`]: calls with data left before this process kills itself.
     fault_countdown: Option<u64>,
+    /// The acquisition id last put in the log span.
+    logged_acquisition: u64,
 }
 
 impl<'r> Receiver<'r> {
@@ -171,6 +173,7 @@ impl<'r> Receiver<'r> {
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok())
                 .filter(|_| area.stage(Stage::Receiver).starts.load(Ordering::Relaxed) <= 3),
+            logged_acquisition: 0,
         })
     }
 
@@ -310,6 +313,11 @@ impl<'r> Receiver<'r> {
                     }
                     io.read_drops();
                     area.receiver.kernel_drops.store(io.drops.iter().map(|&d| u64::from(d)).sum(), Ordering::Relaxed);
+                    let active = area.active_acquisition.load(Ordering::Relaxed);
+                    if active != 0 && active != self.logged_acquisition {
+                        self.logged_acquisition = active;
+                        shm_protocol::logging::set_acquisition(active);
+                    }
                 }
                 // Beat while idle too: the assembler tells a silent stream from a stopped receiver by it.
                 area.stage(Stage::Receiver).heartbeat.fetch_add(1, Ordering::Relaxed);

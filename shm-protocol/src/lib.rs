@@ -34,6 +34,8 @@
 pub mod consumer;
 pub mod control;
 pub mod layout;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod messages;
 pub mod pipeline;
 pub mod region;

@@ -17,6 +17,10 @@ pub struct Cli {
     /// $XDG_RUNTIME_DIR/ringdaq, else /tmp/ringdaq-<uid>.
     #[arg(long, global = true, env = "RINGDAQ_RUNTIME_DIR")]
     pub runtime_dir: Option<PathBuf>,
+    /// Log format of this process and the stages it starts (default: text, or $RINGDAQ_LOG_FORMAT). The level
+    /// comes from RUST_LOG.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// The command.
     #[command(subcommand)]
     pub command: Command,
@@ -44,6 +48,18 @@ pub enum Command {
     /// Capture the raw datagrams the running pipeline receives (with sector and receive time) to a file, for
     /// `ringdaq sim --replay`.
     Record(crate::record_cmd::RecordArgs),
+    /// A live view of the pipeline, refreshed every second (q quits).
+    Top {
+        /// Render one frame as text to stdout and exit (for scripts and logs).
+        #[arg(long)]
+        once: bool,
+        /// With --once: columns.
+        #[arg(long, default_value_t = 120)]
+        width: u16,
+        /// With --once: rows.
+        #[arg(long, default_value_t = 32)]
+        height: u16,
+    },
     /// Print the shared region as it is (header, rings, cursors, stage records, counters), read-only, from
     /// outside; works when the stages, or the supervisor itself, are wedged.
     Inspect,
@@ -65,6 +81,15 @@ pub enum Command {
     /// Read the running pipeline's frames (zero-copy) and print, every second, how many came, how many were
     /// missed, and their pixel statistics.
     Tail(TailArgs),
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// A stage, on the command line.
@@ -103,6 +128,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             crate::signals::stop_on_signals(stop)?;
             crate::record_cmd::record(&rt, &a, stop, &mut std::io::stdout().lock())
         }
+        Command::Top { once, width, height } => crate::top_cmd::run(&rt, once, width, height),
         Command::Inspect => crate::inspect_cmd::inspect(&rt, &mut std::io::stdout().lock()),
         Command::Restart { stage } => crate::client::restart(&rt, stage.into()),
         Command::Detach { stage } => crate::client::detach(&rt, stage.into()),

@@ -259,11 +259,14 @@ impl Supervisor {
     pub fn run(self: &Arc<Self>, listener: ControlListener, stop_flag: &'static AtomicBool) -> anyhow::Result<()> {
         std::thread::scope(|s| {
             let sup = self.clone();
-            s.spawn(move || sup.serve(listener));
+            // Every thread logs in the process's span (stage and acquisition on every line).
+            let span = tracing::Span::current();
+            s.spawn(move || span.in_scope(|| sup.serve(listener)));
             let sup = self.clone();
             // Stages are started, restarted and stopped from this one thread: PR_SET_PDEATHSIG ties a child to
             // the thread that forked it.
-            let watcher = s.spawn(move || sup.watch(stop_flag));
+            let span = tracing::Span::current();
+            let watcher = s.spawn(move || span.in_scope(|| sup.watch(stop_flag)));
             if watcher.join().is_err() {
                 self.fail("the stage watcher panicked; stopping".into());
             }
@@ -555,11 +558,15 @@ impl Supervisor {
             match listener.accept_any() {
                 Ok(conn) => {
                     let sup = self.clone();
-                    std::thread::spawn(move || match conn.check_peer() {
-                        Ok(()) => sup.serve_connection(conn),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "control connection refused");
-                            conn.refuse_stranger(&e);
+                    let span = tracing::Span::current();
+                    std::thread::spawn(move || {
+                        let _in = span.enter();
+                        match conn.check_peer() {
+                            Ok(()) => sup.serve_connection(conn),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "control connection refused");
+                                conn.refuse_stranger(&e);
+                            }
                         }
                     });
                 }
@@ -938,7 +945,8 @@ impl Supervisor {
         // SAFETY: we are the supervisor and the record's previous acquisition is finished (checked above).
         unsafe { rec.arm(id, frames, sync, path, armed_at) };
         area.active_acquisition.store(id, Ordering::Release);
-        tracing::info!(acquisition = id, frames, path, "acquisition armed");
+        shm_protocol::logging::set_acquisition(id);
+        tracing::info!(frames, path, "acquisition armed");
         Ok(id)
     }
 

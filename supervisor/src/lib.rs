@@ -14,3 +14,4 @@ pub mod sim_cmd;
 pub mod sockets;
 pub mod stages;
 pub mod tail_cmd;
+pub mod top_cmd;

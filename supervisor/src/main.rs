@@ -3,13 +3,13 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: logs in files stay greppable.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match supervisor::cli::run(supervisor::cli::Cli::parse()) {
+    let cli = supervisor::cli::Cli::parse();
+    let json =
+        cli.log_format.map_or_else(shm_protocol::logging::json_from_env, |f| f == supervisor::cli::LogFormat::Json);
+    supervisor::stages::LOG_JSON.store(json, std::sync::atomic::Ordering::Relaxed);
+    shm_protocol::logging::init_with(json);
+    let _span = shm_protocol::logging::process_span("supervisor").entered();
+    match supervisor::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ringdaq: {e:#}");

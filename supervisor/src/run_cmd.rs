@@ -96,14 +96,16 @@ pub fn run(args: &RunArgs, runtime_dir: Option<&Path>) -> anyhow::Result<()> {
     let outcome = std::thread::scope(|s| -> anyhow::Result<()> {
         let runner = {
             let sup = sup.clone();
-            s.spawn(move || sup.run(listener, stop))
+            let span = tracing::Span::current();
+            s.spawn(move || span.in_scope(|| sup.run(listener, stop)))
         };
         if let Some(m) = metrics {
             if let Ok(a) = m.local_addr() {
                 tracing::info!(address = %a, "metrics at http://{a}/metrics");
             }
             let sup = sup.clone();
-            s.spawn(move || crate::metrics::serve(&sup, m));
+            let span = tracing::Span::current();
+            s.spawn(move || span.in_scope(|| crate::metrics::serve(&sup, m)));
         }
         let result = if args.simulate { simulate(&sup, args, stop) } else { Ok(()) };
         if result.is_err() || args.frames.is_some() {

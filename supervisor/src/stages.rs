@@ -58,8 +58,14 @@ pub fn command_line(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Resul
     Ok(line)
 }
 
+/// Whether this process logs JSON; the stages it starts are told to do the same.
+pub static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn command(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Result<Command> {
     let mut cmd = Command::new(binary(stage)?);
+    if LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
+        cmd.env(shm_protocol::logging::FORMAT_ENV, "json");
+    }
     cmd.arg("--control").arg(control);
     match stage {
         Stage::Receiver => {}

@@ -27,9 +27,15 @@ fn digest(px: &[u16]) -> u64 {
     h.finish()
 }
 
-/// Takes frames until none comes for `quiet`; returns (frame-ring seq, acquisition, index, digest) of each.
-fn drain(sub: &mut Subscription, quiet: Duration, mut per_frame: impl FnMut()) -> Vec<(u64, u64, Option<u64>, u64)> {
+/// Takes frames until none comes for `quiet`; returns (frame-ring seq, acquisition, index, digest) of each, and
+/// how many were overwritten while being read (a lossy reader discards those).
+fn drain_counting(
+    sub: &mut Subscription,
+    quiet: Duration,
+    mut per_frame: impl FnMut(),
+) -> (Vec<(u64, u64, Option<u64>, u64)>, u64) {
     let mut got = Vec::new();
+    let mut overwritten = 0;
     loop {
         match sub.next_frame(Some(quiet)) {
             Ok(f) => {
@@ -37,14 +43,22 @@ fn drain(sub: &mut Subscription, quiet: Duration, mut per_frame: impl FnMut()) -
                 // A lossy reader keeps only what was not overwritten while it read.
                 if f.is_valid() {
                     got.push((f.seq(), f.acquisition_id(), f.index(), d));
+                } else {
+                    overwritten += 1;
                 }
                 drop(f);
                 per_frame();
             }
-            Err(ConsumerError::Timeout) => return got,
+            Err(ConsumerError::Timeout) => return (got, overwritten),
             Err(e) => panic!("consumer: {e}"),
         }
     }
+}
+
+fn drain(sub: &mut Subscription, quiet: Duration, per_frame: impl FnMut()) -> Vec<(u64, u64, Option<u64>, u64)> {
+    let (got, overwritten) = drain_counting(sub, quiet, per_frame);
+    assert_eq!(overwritten, 0, "a lossless frame is never overwritten under its reader");
+    got
 }
 
 #[test]
@@ -88,10 +102,11 @@ fn a_sleeping_lossy_consumer_misses_frames_and_slows_nothing() {
     let got = std::thread::scope(|s| {
         let sim = s.spawn(|| p.simulate(p.sim_config(FRAMES + 10, 100.0)));
         // 20 ms per frame at 100 frames/s: it keeps up with one in two or three.
-        let got = drain(&mut sub, Duration::from_secs(3), || std::thread::sleep(Duration::from_millis(20)));
+        let got = drain_counting(&mut sub, Duration::from_secs(3), || std::thread::sleep(Duration::from_millis(20)));
         sim.join().expect("simulator");
         got
     });
+    let (got, overwritten) = got;
     let st = p.wait(id, Duration::from_secs(30));
     assert_eq!(st.state, "done");
     assert_eq!(st.complete, FRAMES, "every frame of the acquisition complete: the consumer held nothing back");
@@ -99,7 +114,11 @@ fn a_sleeping_lossy_consumer_misses_frames_and_slows_nothing() {
     let published = p.counters()["assembler.frames_complete"] + p.counters()["assembler.frames_incomplete"];
     assert!(sub.missed() > 0, "it fell behind and was told");
     assert!((got.len() as u64) < published, "it did not see every frame");
-    assert_eq!(got.len() as u64 + sub.missed(), published, "seen + missed = every frame published");
+    assert_eq!(
+        got.len() as u64 + overwritten + sub.missed(),
+        published,
+        "seen + overwritten while read + missed = every frame published"
+    );
     assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "in order");
     drop(sub);
     assert!(p.shutdown());

@@ -280,3 +280,45 @@ fn inspect_reads_the_region_even_with_the_supervisor_wedged() {
     assert!(out.contains("through /proc/") && out.contains("acquisition 1: done"), "{out}");
     assert!(p.shutdown());
 }
+
+/// With `RINGDAQ_LOG_FORMAT=json`, every log line of every process is a JSON object that carries its stage and
+/// the acquisition id; `ringdaq top --once` renders the live view as text.
+#[test]
+fn json_logs_carry_stage_and_acquisition_and_top_renders() {
+    let _g = serial();
+    let p = Pipeline::start_with_env("", &[("RINGDAQ_LOG_FORMAT", "json")]);
+    let (id, _path) = p.acquire(20, "logged.npy", SyncMode::Immediate);
+    std::thread::scope(|s| {
+        let sim = s.spawn(|| p.simulate(p.sim_config(200, 100.0)));
+        std::thread::sleep(Duration::from_millis(500));
+        let (ok, out, err) = cli(&p, &["top", "--once", "--width", "110", "--height", "30"]);
+        assert!(ok, "{err}");
+        for want in ["stages", "receiver", "assembler", "writer", "frames/s", "block ring", "acquisitions"] {
+            assert!(out.contains(want), "top shows {want}:\n{out}");
+        }
+        sim.join().expect("simulator");
+    });
+    assert_eq!(p.wait(id, Duration::from_secs(30)).state, "done");
+    let log = p.log();
+    let mut stages = std::collections::BTreeSet::new();
+    let mut with_acquisition = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let span = &v["span"];
+        let stage = span["stage"].as_str().unwrap_or_else(|| panic!("no stage: {line}"));
+        assert!(span["acquisition"].is_u64(), "no acquisition id: {line}");
+        stages.insert(stage.to_string());
+        if span["acquisition"] == id {
+            with_acquisition += 1;
+        }
+        let msg = v["fields"]["message"].as_str().unwrap_or_default();
+        if msg == "acquisition started" || msg == "file opened" || msg == "acquisition armed" {
+            assert_eq!(span["acquisition"], id, "{line}");
+        }
+    }
+    let all: std::collections::BTreeSet<String> =
+        ["supervisor", "receiver", "assembler", "writer"].iter().map(|s| s.to_string()).collect();
+    assert_eq!(stages, all, "every process logs");
+    assert!(with_acquisition >= 3, "lines during the acquisition carry its id:\n{log}");
+    assert!(p.shutdown());
+}

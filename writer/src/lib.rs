@@ -305,6 +305,7 @@ impl<'r> Writer<'r> {
     /// reopens the ones the previous writer left.
     fn open_acquisition(&mut self, rec: &AcquisitionRecord) -> Result<(), String> {
         let id = rec.id.load(Ordering::Acquire);
+        shm_protocol::logging::set_acquisition(id);
         let path = PathBuf::from(rec.path());
         let requested = rec.frames.load(Ordering::Acquire);
         let tmp = partial(&path);

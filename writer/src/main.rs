@@ -22,14 +22,9 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: logs in files stay greppable.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    shm_protocol::logging::init();
     let args = Args::parse();
-    let _span = tracing::info_span!("stage", stage = "writer", pid = std::process::id()).entered();
+    let _span = shm_protocol::logging::process_span("writer").entered();
     let Session { mut conn, region, .. } = Session::open(&args.control, Role::Stage(Stage::Writer), Access::ReadWrite)
         .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
     let mut w = writer::Writer::new(&region, writer::WriterConfig { direct_io: !args.buffered })?;
