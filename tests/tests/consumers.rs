@@ -27,13 +27,12 @@ fn digest(px: &[u16]) -> u64 {
     h.finish()
 }
 
+/// What a test consumer keeps of a frame: frame-ring seq, acquisition, index, pixel digest.
+type Seen = (u64, u64, Option<u64>, u64);
+
 /// Takes frames until none comes for `quiet`; returns (frame-ring seq, acquisition, index, digest) of each, and
 /// how many were overwritten while being read (a lossy reader discards those).
-fn drain_counting(
-    sub: &mut Subscription,
-    quiet: Duration,
-    mut per_frame: impl FnMut(),
-) -> (Vec<(u64, u64, Option<u64>, u64)>, u64) {
+fn drain_counting(sub: &mut Subscription, quiet: Duration, mut per_frame: impl FnMut()) -> (Vec<Seen>, u64) {
     let mut got = Vec::new();
     let mut overwritten = 0;
     loop {
@@ -55,7 +54,7 @@ fn drain_counting(
     }
 }
 
-fn drain(sub: &mut Subscription, quiet: Duration, per_frame: impl FnMut()) -> Vec<(u64, u64, Option<u64>, u64)> {
+fn drain(sub: &mut Subscription, quiet: Duration, per_frame: impl FnMut()) -> Vec<Seen> {
     let (got, overwritten) = drain_counting(sub, quiet, per_frame);
     assert_eq!(overwritten, 0, "a lossless frame is never overwritten under its reader");
     got
