@@ -115,9 +115,16 @@ fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
     let id = acquire_into(6, &six);
     std::thread::scope(|s| {
         let sim = s.spawn(|| p.simulate(p.sim_config(16, 20.0)));
+        // Once the writer has reserved the file's and the journal's space (it creates the files first).
         let partial = PathBuf::from(format!("{}.partial", six.display()));
-        let opened = ringdaq_tests::wait_for(Duration::from_secs(10), || partial.exists().then_some(()));
-        assert!(opened.is_some(), "the writer opened the file");
+        let journal = PathBuf::from(format!("{}.frames.partial", six.display()));
+        let allocated = |p: &Path| std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).ok()?).checked_mul(512);
+        let reserved = ringdaq_tests::wait_for(Duration::from_secs(10), || {
+            let data = allocated(&partial)?;
+            let jour = allocated(&journal)?;
+            (data >= 6 * 1860 * 2048 * 2 && jour >= 6 * 64).then_some(())
+        });
+        assert!(reserved.is_some(), "the writer reserved the space");
         fill(&mnt);
         sim.join().expect("simulator");
     });
