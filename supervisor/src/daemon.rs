@@ -46,6 +46,18 @@ struct StageSlot {
 /// A stage that dies later than this after its start had been working: it is restarted at once.
 const SETTLED: Duration = Duration::from_secs(1);
 
+impl StageSlot {
+    /// Asks the running child to finish what it holds and exit: with a Shutdown command once it is connected,
+    /// else with SIGTERM. Its exit then takes the watcher's usual path.
+    fn ask_to_stop(&self) {
+        let Some(child) = self.child.as_ref() else { return };
+        let asked = self.conn.as_ref().is_some_and(|c| c.send(&StageCommand::Shutdown).is_ok());
+        if !asked && let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+}
+
 /// What the watcher knows of a stage's progress, for hang detection.
 #[derive(Debug, Default)]
 struct Progress {
@@ -146,18 +158,8 @@ impl Supervisor {
         cfg.validate()?;
         let runtime = cfg.runtime_dir();
         prepare_runtime_dir(&runtime)?;
-        let g = cfg.mode.geometry();
         let sizes = PipelineSizes {
-            geometry: shm_protocol::layout::Geometry {
-                mode: cfg.mode.id(),
-                frame_rows: g.frame_rows() as u32,
-                frame_cols: g.frame_cols() as u32,
-                bytes_per_pixel: 2,
-                blocks_per_frame: g.blocks_per_frame() as u32,
-                max_datagram: g.block_bytes as u32,
-                sectors: detector::SECTORS as u32,
-                _reserved: 0,
-            },
+            geometry: region_geometry(cfg.mode),
             block_slots: cfg.rings.block_slots,
             datagrams_per_slot: cfg.rings.datagrams_per_slot,
             frame_slots: cfg.rings.frame_slots,
@@ -610,7 +612,7 @@ impl Supervisor {
         }
     }
 
-    fn welcome_stage(&self, st: Stage, mut conn: Connection) {
+    fn welcome_stage(&self, st: Stage, conn: Connection) {
         // Only the process the supervisor started for this stage gets the region and the sockets: anything else
         // that says it is a stage (a stray binary, a confused script) would take over its control connection.
         let peer = conn.peer().pid as u32;
@@ -635,31 +637,44 @@ impl Supervisor {
             let _ = conn.send(&Reply::Error { message });
             return;
         }
+        let Some(conn) = self.hand_over(st, conn) else { return };
+        tracing::info!(stage = st.name(), pid = peer, "stage ready");
+        let mut g = self.lock();
+        let slot = &mut g.stages[st as usize];
+        slot.conn = Some(conn);
+        slot.ready = true;
+    }
+
+    /// Sends a stage its welcome with the region (and, to the receiver, the sockets) and waits for its Ready; the
+    /// connection, if it came.
+    fn hand_over(&self, st: Stage, mut conn: Connection) -> Option<Connection> {
         let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = vec![self.region.fd()];
         if st == Stage::Receiver {
             fds.extend(self.sockets.iter().map(|s| s.as_fd()));
         }
         if let Err(e) = conn.send_with_fds(&Reply::Welcome { protocol: PROTOCOL_VERSION }, &fds) {
             tracing::warn!(stage = st.name(), error = %e, "welcome failed");
-            return;
+            return None;
         }
         let _ = conn.set_recv_timeout(Some(Duration::from_secs(30)));
         match conn.recv::<Request>() {
             Ok(r) if r.msg == Request::Ready => {
-                tracing::info!(stage = st.name(), pid = conn.peer().pid, "stage ready");
                 let _ = conn.set_recv_timeout(None);
-                let mut g = self.lock();
-                let slot = &mut g.stages[st as usize];
-                slot.conn = Some(conn);
-                slot.ready = true;
+                Some(conn)
             }
-            Ok(r) => tracing::warn!(stage = st.name(), msg = ?r.msg, "expected Ready"),
-            Err(e) => tracing::warn!(stage = st.name(), error = %e, "stage never became ready"),
+            Ok(r) => {
+                tracing::warn!(stage = st.name(), msg = ?r.msg, "expected Ready");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(stage = st.name(), error = %e, "stage never became ready");
+                None
+            }
         }
     }
 
     /// A process the user started by hand for a detached stage.
-    fn welcome_manual_stage(&self, st: Stage, mut conn: Connection) {
+    fn welcome_manual_stage(&self, st: Stage, conn: Connection) {
         let peer = conn.peer().pid as u32;
         {
             let mut g = self.lock();
@@ -676,17 +691,8 @@ impl Supervisor {
             slot.conn = None;
             slot.ready = false;
         }
-        let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = vec![self.region.fd()];
-        if st == Stage::Receiver {
-            fds.extend(self.sockets.iter().map(|s| s.as_fd()));
-        }
-        if conn.send_with_fds(&Reply::Welcome { protocol: PROTOCOL_VERSION }, &fds).is_err() {
-            return;
-        }
-        let _ = conn.set_recv_timeout(Some(Duration::from_secs(30)));
-        if matches!(conn.recv::<Request>(), Ok(r) if r.msg == Request::Ready) {
+        if let Some(conn) = self.hand_over(st, conn) {
             tracing::info!(stage = st.name(), pid = peer, "hand-run stage attached");
-            let _ = conn.set_recv_timeout(None);
             let mut g = self.lock();
             let slot = &mut g.stages[st as usize];
             if slot.detached && slot.manual_pid == Some(peer) {
@@ -702,12 +708,9 @@ impl Supervisor {
         let slot = &mut g.stages[st as usize];
         anyhow::ensure!(!slot.detached, "the {} is detached; attach it first", st.name());
         let Some(child) = slot.child.as_ref() else { anyhow::bail!("the {} is not running", st.name()) };
-        slot.restart_requested = true;
         let pid = child.id();
-        let asked = slot.conn.as_ref().is_some_and(|c| c.send(&StageCommand::Shutdown).is_ok());
-        if !asked && let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        }
+        slot.restart_requested = true;
+        slot.ask_to_stop();
         tracing::info!(stage = st.name(), pid, "restart requested");
         Ok(())
     }
@@ -720,13 +723,7 @@ impl Supervisor {
         anyhow::ensure!(!slot.detached, "the {} is detached already", st.name());
         slot.detached = true;
         slot.next_start = None;
-        if let Some(child) = slot.child.as_ref() {
-            let pid = child.id();
-            let asked = slot.conn.as_ref().is_some_and(|c| c.send(&StageCommand::Shutdown).is_ok());
-            if !asked && let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-            }
-        }
+        slot.ask_to_stop();
         tracing::info!(stage = st.name(), "detached: run it by hand with `{command}`");
         Ok(command)
     }
@@ -1035,8 +1032,23 @@ impl Supervisor {
     }
 }
 
+/// The region header's description of detector mode `mode`: decoded u16 frames, one block per datagram.
+pub fn region_geometry(mode: detector::Mode) -> shm_protocol::layout::Geometry {
+    let g = mode.geometry();
+    shm_protocol::layout::Geometry {
+        mode: mode.id(),
+        frame_rows: g.frame_rows() as u32,
+        frame_cols: g.frame_cols() as u32,
+        bytes_per_pixel: 2,
+        blocks_per_frame: g.blocks_per_frame() as u32,
+        max_datagram: g.block_bytes as u32,
+        sectors: detector::SECTORS as u32,
+        _reserved: 0,
+    }
+}
+
 /// Whether process `pid` exists and has not ended (a zombie has).
-fn process_alive(pid: u32) -> bool {
+pub fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))

@@ -9,7 +9,6 @@ use std::time::Duration;
 use detector::{BlockHeader, Mode};
 use shm_protocol::Region;
 use shm_protocol::control::Connection;
-use shm_protocol::layout::Geometry;
 use shm_protocol::messages::{Reply, Request, StageCommand};
 use shm_protocol::pipeline::{self, BLOCK_RING, BlockSlotHeader, DatagramRecord, FRAME_RING, PipelineSizes};
 
@@ -57,18 +56,8 @@ pub fn control(data: &[u8]) {
 /// Sizes of the assembly harness's region: 4 datagrams a slot, so that one slot's frames fit the frame ring
 /// many times over while a drainer thread empties it.
 fn assembly_sizes() -> PipelineSizes {
-    let g = Mode::Is.geometry();
     PipelineSizes {
-        geometry: Geometry {
-            mode: Mode::Is.id(),
-            frame_rows: g.frame_rows() as u32,
-            frame_cols: g.frame_cols() as u32,
-            bytes_per_pixel: 2,
-            blocks_per_frame: g.blocks_per_frame() as u32,
-            max_datagram: g.block_bytes as u32,
-            sectors: detector::SECTORS as u32,
-            _reserved: 0,
-        },
+        geometry: supervisor::daemon::region_geometry(Mode::Is),
         block_slots: 64,
         datagrams_per_slot: 4,
         frame_slots: 4,

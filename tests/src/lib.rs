@@ -182,3 +182,10 @@ pub fn grow_recv_buffer(sock: &impl std::os::fd::AsFd, bytes: usize) {
         let _ = sockopt::set_socket_recv_buffer_size(sock, bytes);
     }
 }
+
+/// Serializes the tests of one test binary that run real pipelines: they share the machine's cores, and a test
+/// that measures nothing still needs its stream delivered in time. (Test binaries themselves run one at a time.)
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -7,19 +7,12 @@
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use ringdaq_tests::pipeline::{Acquired, Pipeline};
 use ringdaq_tests::{ChildGuard, bin_path, wait_for};
 use shm_protocol::consumer::{ConsumerError, Delivery, Subscription};
 use shm_protocol::messages::SyncMode;
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 fn digest(px: &[u16]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -62,7 +55,7 @@ fn drain(sub: &mut Subscription, quiet: Duration, per_frame: impl FnMut()) -> Ve
 
 #[test]
 fn a_lossless_consumer_gets_every_frame_exactly_as_written() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 40;
     let p = Pipeline::start("");
     let mut sub = Subscription::connect(&p.runtime_dir(), Delivery::Lossless).expect("subscribe");
@@ -93,7 +86,7 @@ fn a_lossless_consumer_gets_every_frame_exactly_as_written() {
 
 #[test]
 fn a_sleeping_lossy_consumer_misses_frames_and_slows_nothing() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 100;
     let p = Pipeline::start("");
     let mut sub = Subscription::connect(&p.runtime_dir(), Delivery::Lossy).expect("subscribe");
@@ -125,7 +118,7 @@ fn a_sleeping_lossy_consumer_misses_frames_and_slows_nothing() {
 
 #[test]
 fn killing_a_stopped_lossless_consumer_releases_the_pipeline() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 60;
     let p = Pipeline::start("");
     let mut tail = ChildGuard::spawn(
@@ -160,7 +153,7 @@ fn killing_a_stopped_lossless_consumer_releases_the_pipeline() {
 #[test]
 fn a_consumer_cannot_write_to_the_region() {
     use rustix::mm::{MapFlags, MprotectFlags, ProtFlags};
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     let p = Pipeline::start("");
     let sub = Subscription::connect(&p.runtime_dir(), Delivery::Lossy).expect("subscribe");
     let region = sub.region();

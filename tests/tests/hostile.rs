@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -19,12 +18,6 @@ use ringdaq_tests::pipeline::{Pipeline, verify_large_acquisition};
 use shm_protocol::control::{Connection, ControlError};
 use shm_protocol::messages::{PROTOCOL_VERSION, Reply, Request, Role, SyncMode};
 use shm_protocol::pipeline::Stage;
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The kinds of bad datagram the flood sends, with the assembler counter each must land in.
 const KINDS: [(&str, &str); 6] = [
@@ -76,7 +69,7 @@ fn bad_datagram(k: usize, rng: &mut XorShift) -> Vec<u8> {
 
 #[test]
 fn a_flood_of_bad_datagrams_is_counted_by_kind_and_valid_frames_stay_exact() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 100;
     // The default block ring (64 slots of 64 datagrams): what a flood costs depends on how long the ring holds.
     let p = Pipeline::start_with_rings("[rings]\nframe_slots = 8\n[assembler]\ntimeout_ms = 500\n");
@@ -191,7 +184,7 @@ fn error_of(r: &Reply) -> &str {
 
 #[test]
 fn the_control_socket_refuses_bad_messages_impostors_and_strangers_while_acquiring() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 60;
     let p = Pipeline::start("");
     let rt = p.runtime_dir();

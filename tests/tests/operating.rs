@@ -3,19 +3,12 @@
 //! The tests of this file share the machine's two cores with real pipelines, so they run one at a time.
 
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use detector::Mode;
 use ringdaq_tests::pipeline::{Pipeline, verify_large_acquisition};
 use ringdaq_tests::{ChildGuard, bin_path, wait_for};
 use shm_protocol::messages::SyncMode;
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// `ringdaq --runtime-dir <rt> ARGS`: (success, stdout, stderr).
 fn cli(p: &Pipeline, args: &[&str]) -> (bool, String, String) {
@@ -34,7 +27,7 @@ fn stage_state(p: &Pipeline, name: &str) -> String {
 
 #[test]
 fn a_detached_assembler_runs_by_hand_and_is_attached_back() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 50;
     let p = Pipeline::start("");
     let supervised = p.stage_pid("assembler");
@@ -108,7 +101,7 @@ fn a_detached_assembler_runs_by_hand_and_is_attached_back() {
 /// Prometheus text with the same counters.
 #[test]
 fn status_json_and_metrics_count_what_the_simulator_sent() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 60;
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
     let p = Pipeline::start_with_rings(&format!(
@@ -206,7 +199,7 @@ fn http_get(port: u16, path: &str) -> String {
 /// gives the same frames: those the simulator made.
 #[test]
 fn a_recorded_stream_replayed_into_a_fresh_pipeline_gives_the_same_frames() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 30;
     let g = Mode::Is.geometry();
     let datagrams = FRAMES * g.blocks_per_frame() as u64;
@@ -259,7 +252,7 @@ fn a_recorded_stream_replayed_into_a_fresh_pipeline_gives_the_same_frames() {
 /// does, through /proc.
 #[test]
 fn inspect_reads_the_region_even_with_the_supervisor_wedged() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     let p = Pipeline::start("");
     let (id, _path) = p.acquire(10, "inspected.npy", SyncMode::Immediate);
     p.simulate(p.sim_config(20, 100.0));
@@ -285,7 +278,7 @@ fn inspect_reads_the_region_even_with_the_supervisor_wedged() {
 /// the acquisition id; `ringdaq top --once` renders the live view as text.
 #[test]
 fn json_logs_carry_stage_and_acquisition_and_top_renders() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     let p = Pipeline::start_with_env("", &[("RINGDAQ_LOG_FORMAT", "json")]);
     let (id, _path) = p.acquire(20, "logged.npy", SyncMode::Immediate);
     std::thread::scope(|s| {

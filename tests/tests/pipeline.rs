@@ -6,19 +6,12 @@
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use detector::Mode;
 use detector::mode::HEADER_BYTES;
 use ringdaq_tests::pipeline::{Acquired, Pipeline, expected_frames};
 use shm_protocol::messages::SyncMode;
-
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Every frame of `a` whose sidecar says complete equals the simulator's frame for its frame_id.
 fn assert_complete_frames_exact(a: &Acquired, expected: &[Vec<u16>]) {
@@ -37,7 +30,7 @@ fn assert_complete_frames_exact(a: &Acquired, expected: &[Vec<u16>]) {
 
 #[test]
 fn every_pixel_of_every_frame_end_to_end_and_numpy_reads_it() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     let p = Pipeline::start("");
     let (id, path) = p.acquire(200, "run.npy", SyncMode::Immediate);
     let sim = p.simulate(p.sim_config(210, 100.0));
@@ -90,7 +83,7 @@ print("numpy ok")
 
 #[test]
 fn faults_mark_exactly_the_frames_that_lost_blocks() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     let p = Pipeline::start("");
     let (id, path) = p.acquire(150, "faults.npy", SyncMode::Immediate);
     let mut cfg = p.sim_config(160, 150.0);
@@ -135,7 +128,7 @@ fn faults_mark_exactly_the_frames_that_lost_blocks() {
 
 #[test]
 fn back_to_back_acquisitions_start_within_a_few_frames() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     let p = Pipeline::start("");
     let stop = std::sync::atomic::AtomicBool::new(false);
     let cfg = p.sim_config(0, 100.0); // until stopped
@@ -175,7 +168,7 @@ fn back_to_back_acquisitions_start_within_a_few_frames() {
 
 #[test]
 fn garbage_is_counted_by_reason_and_valid_frames_stay_exact() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     let p = Pipeline::start("");
     let (id, path) = p.acquire(60, "garbage.npy", SyncMode::Immediate);
     // Garbage of known kinds, straight to the sockets, while valid frames flow.
@@ -237,7 +230,7 @@ fn garbage_is_counted_by_reason_and_valid_frames_stay_exact() {
 
 #[test]
 fn sync_flag_and_frame_id_reset() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     let p = Pipeline::start("");
     let (id, path) = p.acquire(40, "flag.npy", SyncMode::Flag);
     let mut cfg = p.sim_config(60, 150.0);
@@ -259,7 +252,7 @@ fn sync_flag_and_frame_id_reset() {
 
 #[test]
 fn stop_finishes_a_short_file_and_bad_requests_are_refused() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     let p = Pipeline::start("");
     // Refused with a reason, pipeline unaffected.
     let rel = p.call(shm_protocol::messages::Request::Acquire {

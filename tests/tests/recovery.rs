@@ -4,7 +4,6 @@
 //! The tests of this file share the machine's two cores with real pipelines, so they run one at a time.
 
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -14,26 +13,11 @@ use ringdaq_tests::{ChildGuard, TempDir, XorShift, bin_path, free_udp_port_base,
 use rustix::process::{Pid, Signal};
 use shm_protocol::messages::SyncMode;
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 const STAGES: [&str; 3] = ["receiver", "assembler", "writer"];
 
 fn signal(pid: u32, sig: Signal) {
     let pid = Pid::from_raw(pid as i32).expect("pid");
     rustix::process::kill_process(pid, sig).expect("signal");
-}
-
-/// Whether process `pid` still runs (or is stopped). A zombie does not count: it has ended, and whether it is
-/// reaped yet depends on the container's init.
-fn exists(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
-        .is_some_and(|state| state != 'Z' && state != 'X')
 }
 
 /// Processes whose command line mentions `needle` (the stages carry their control socket's path).
@@ -51,7 +35,7 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
 /// without kills, which the simulator's formula gives: every frame complete, in order, pixel-exact.
 #[test]
 fn chaos_random_kills_of_every_stage_lose_no_frame() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 2000;
     let seed = XorShift::seed_from_env();
     eprintln!("chaos seed {seed} (RINGDAQ_TEST_SEED={seed} replays the schedule)");
@@ -115,7 +99,7 @@ fn chaos_random_kills_of_every_stage_lose_no_frame() {
 /// acquisition completes with every frame. Each stage in turn.
 #[test]
 fn a_stopped_stage_is_detected_as_hung_and_replaced() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 400;
     let p = Pipeline::start("[supervisor]\nhang_timeout_ms = 500\n");
     let (id, path) = p.acquire(FRAMES, "hang.npy", SyncMode::Immediate);
@@ -133,7 +117,7 @@ fn a_stopped_stage_is_detected_as_hung_and_replaced() {
             });
             assert!(replaced.is_some(), "stopped {name} was not replaced\n{}", p.log());
             eprintln!("{name}: stopped, replaced after {:?}", t.elapsed());
-            assert!(!exists(pid), "the stopped {name} ({pid}) was killed and reaped");
+            assert!(!supervisor::daemon::process_alive(pid), "the stopped {name} ({pid}) was killed and reaped");
         }
         sim.join().expect("simulator");
     });
@@ -154,7 +138,7 @@ fn a_stopped_stage_is_detected_as_hung_and_replaced() {
 /// complete. Without the journal each kill loses up to a batch of datagrams.
 #[test]
 fn datagrams_taken_in_the_instant_of_a_receiver_crash_are_kept() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 200;
     let p = Pipeline::start_with_env("", &[(receiver::FAULT_KILL_AFTER_CALLS, "150")]);
     let (id, path) = p.acquire(FRAMES, "instant.npy", SyncMode::Immediate);
@@ -173,7 +157,7 @@ fn datagrams_taken_in_the_instant_of_a_receiver_crash_are_kept() {
 /// stage failed and how, exits non-zero, and leaves no process behind.
 #[test]
 fn a_stage_that_always_dies_exhausts_the_budget() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     let dir = TempDir::new("budget").expect("temp dir");
     // The real receiver and assembler, and a writer that exits with code 3 at once.
     let stages = dir.path().join("stages");
@@ -220,12 +204,14 @@ fn a_stage_that_always_dies_exhausts_the_budget() {
 /// same runtime directory then starts cleanly and acquires.
 #[test]
 fn a_killed_supervisor_leaves_no_stage_and_a_new_run_starts_cleanly() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     let mut p = Pipeline::start("");
     let pids: Vec<u32> = STAGES.iter().map(|n| p.stage_pid(n)).collect();
     assert!(pids.iter().all(|&pid| pid != 0));
     p.kill_supervisor();
-    let gone = wait_for(Duration::from_secs(5), || pids.iter().all(|&pid| !exists(pid)).then_some(()));
+    let gone = wait_for(Duration::from_secs(5), || {
+        pids.iter().all(|&pid| !supervisor::daemon::process_alive(pid)).then_some(())
+    });
     assert!(gone.is_some(), "stages outlived the supervisor: {pids:?}");
     p.relaunch();
     let (id, path) = p.acquire(20, "after.npy", SyncMode::Immediate);

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use detector::Mode;
@@ -13,15 +12,9 @@ use ringdaq_tests::pipeline::{Pipeline, verify_large_acquisition};
 use ringdaq_tests::{ChildGuard, TempDir, bin_path, free_udp_port_base};
 use shm_protocol::messages::{Reply, Request, SyncMode};
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 #[test]
 fn rings_larger_than_memory_are_refused_at_start_up() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     let dir = TempDir::new("toolarge").expect("temp dir");
     let cfg = dir.path().join("ringdaq.toml");
     // 100,000 frame slots of 7.6 MB: 760 GB.
@@ -79,7 +72,7 @@ fn fill(dir: &Path) {
 
 #[test]
 fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
-    let _g = serial();
+    let _g = ringdaq_tests::serial();
     let p = Pipeline::start("");
     let mnt = p.dir.path().join("small");
     let _fs = match SmallFs::mount(&mnt, "64m") {
