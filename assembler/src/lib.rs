@@ -168,7 +168,7 @@ impl<'r> Assembler<'r> {
                 let last: FrameHeader = unsafe { std::ptr::read_unaligned(frame_ring.slot_ptr(p - 1).cast()) };
                 acquisition::reconcile(area, &last);
                 tracing::info!(frame_id = last.frame_id.wrapping_add(1), "resuming after the last published frame");
-                Some(Window::new(last.frame_id.wrapping_add(1), g.blocks_per_frame()))
+                Some(Window::new(last.frame_id.wrapping_add(1), g.blocks_per_frame(), cfg.window))
             }
         };
         Ok(Self {
@@ -284,7 +284,7 @@ impl<'r> Assembler<'r> {
                 sync: h.sync(),
             })?;
         }
-        self.area.stage(Stage::Assembler).heartbeat.fetch_add(1, Ordering::Relaxed);
+        self.area.stage(Stage::Assembler).beat();
         self.publish_ready()?;
         self.relieve_pressure()?;
         self.commit();
@@ -364,7 +364,9 @@ impl<'r> Assembler<'r> {
                 }
                 tracing::debug!(frame_id, block, base, "reset candidate");
                 self.candidates.push(Candidate {
-                    window: Window::new(frame_id, blocks),
+                    // Made lazily: a flood of stray frame ids makes candidates by the thousand; the one kept is
+                    // provisioned when it becomes the window.
+                    window: Window::new(frame_id, blocks, 0),
                     datagrams: 0,
                     seen_at_base: base,
                 });
@@ -395,7 +397,9 @@ impl<'r> Assembler<'r> {
             // Its blocks are placed now: count them as such.
             self.area.assembler.blocks.fetch_add(u64::from(c.datagrams), Ordering::Relaxed);
             // The history is kept: blocks of frames published before the reset are still late, not news.
-            self.window = Some(c.window);
+            let mut w = c.window;
+            w.provision(self.cfg.window);
+            self.window = Some(w);
             self.resumed_at = None;
             self.fresh_base = true;
         }
@@ -487,7 +491,7 @@ impl<'r> Assembler<'r> {
     /// disk holding the writer, and so the assembler) does not time out frames whose blocks are still queued.
     pub fn tick(&mut self) -> Result<(), AssemblerError> {
         // Frames held for their timeout keep the block ring unread-looking; ticking is progress.
-        self.area.stage(Stage::Assembler).heartbeat.fetch_add(1, Ordering::Relaxed);
+        self.area.stage(Stage::Assembler).beat();
         let timeout = self.cfg.timeout;
         let timeout_ns = timeout.as_nanos() as u64;
         // No input while no receiver receives (it is restarting, or stopped) is not a gap in the stream: the
@@ -542,7 +546,7 @@ impl<'r> Assembler<'r> {
                 Ok(s) => break s,
                 Err(RingError::Timeout) => {
                     // Waiting on the writer is not a hang of ours.
-                    self.area.stage(Stage::Assembler).heartbeat.fetch_add(1, Ordering::Relaxed);
+                    self.area.stage(Stage::Assembler).beat();
                     continue;
                 }
                 Err(e) => return Err(e.into()),

@@ -10,6 +10,10 @@ use shm_protocol::messages::Role;
 use shm_protocol::pipeline::Stage;
 use shm_protocol::session::Session;
 
+/// Counted, so that the stage's record shows its allocations (none per datagram or frame once warm).
+#[global_allocator]
+static ALLOC: shm_protocol::alloc_count::CountingAllocator = shm_protocol::alloc_count::CountingAllocator;
+
 /// The ringdaq assembly stage.
 #[derive(Parser)]
 #[command(version)]

@@ -105,9 +105,21 @@ pub struct Window {
 }
 
 impl Window {
-    /// An empty window starting at `base`, for frames of `blocks` blocks.
-    pub fn new(base: u32, blocks: usize) -> Self {
-        Self { base, frames: VecDeque::new(), spare: Vec::new(), blocks }
+    /// An empty window starting at `base`, for frames of `blocks` blocks, with room for `depth` frames in
+    /// flight made now: a window at work never allocates (once deeper than `depth`, it grows as needed).
+    pub fn new(base: u32, blocks: usize, depth: usize) -> Self {
+        let mut w = Self { base, frames: VecDeque::new(), spare: Vec::new(), blocks };
+        w.provision(depth);
+        w
+    }
+
+    /// Makes room for `depth` frames in flight now, so that the window allocates nothing until it is deeper.
+    pub fn provision(&mut self, depth: usize) {
+        self.frames.reserve(depth + 1);
+        self.spare.reserve(depth + 1);
+        while self.frames.len() + self.spare.len() < depth {
+            self.spare.push(InFlight::new(self.blocks));
+        }
     }
 
     /// Offset of `frame_id` from the base, as a signed distance (frame ids wrap at 2^32).
@@ -227,7 +239,7 @@ mod tests {
 
     #[test]
     fn window_tracks_offsets_and_recycles() {
-        let mut w = Window::new(u32::MAX - 1, 4);
+        let mut w = Window::new(u32::MAX - 1, 4, 2);
         assert_eq!(w.offset(0), 2, "wraps");
         assert_eq!(w.offset(u32::MAX - 3), -2);
         assert!(w.entry(2, 10).add(1, BlockRef { seq: 5, index: 0 }, 10, false));

@@ -35,8 +35,8 @@ fn bench(c: &mut Criterion) {
     for mode in [Mode::Is, Mode::Summit] {
         let g = mode.geometry();
         let blocks = camera_frame(mode);
-        let mut frame = ringdaq_benches::aligned_buffer(g.frame_bytes());
-        let src = ringdaq_benches::aligned_buffer(g.frame_bytes());
+        let mut frame = ringdaq_benches::PageBuffer::new(g.frame_bytes());
+        let src = ringdaq_benches::PageBuffer::new(g.frame_bytes());
         let mut grp = c.benchmark_group(format!("{mode}/frame"));
         grp.throughput(Throughput::Bytes(g.frame_bytes() as u64));
         grp.bench_function("memcpy", |b| {

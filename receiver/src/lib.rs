@@ -117,6 +117,8 @@ struct Io<'r> {
     /// When the drop counters were last read.
     drops_read: Instant,
     next_socket: usize,
+    /// One `pollfd` per socket, made once: waiting allocates nothing.
+    pollfds: Vec<libc::pollfd>,
 }
 
 /// The receive loop over one region and its sockets.
@@ -163,11 +165,13 @@ impl<'r> Receiver<'r> {
             }
         }
         let drops = vec![0; sockets.len()];
+        let pollfds =
+            sockets.iter().map(|s| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
         Ok(Self {
             producer,
             area,
             params,
-            io: Io { sockets, batch, drops, drops_read: Instant::now(), next_socket: 0 },
+            io: Io { sockets, batch, drops, drops_read: Instant::now(), next_socket: 0, pollfds },
             stopping: false,
             fault_countdown: std::env::var(FAULT_KILL_AFTER_CALLS)
                 .ok()
@@ -220,7 +224,7 @@ impl<'r> Receiver<'r> {
             Ok(s) => s,
             // The assembler is a full ring behind; the sockets buffer meanwhile. Waiting is not a hang of ours.
             Err(RingError::Timeout) => {
-                area.stage(Stage::Receiver).heartbeat.fetch_add(1, Ordering::Relaxed);
+                area.stage(Stage::Receiver).beat();
                 return Ok(());
             }
             Err(e) => return Err(e.into()),
@@ -320,7 +324,7 @@ impl<'r> Receiver<'r> {
                     }
                 }
                 // Beat while idle too: the assembler tells a silent stream from a stopped receiver by it.
-                area.stage(Stage::Receiver).heartbeat.fetch_add(1, Ordering::Relaxed);
+                area.stage(Stage::Receiver).beat();
                 io.wait_readable(IDLE_POLL);
             }
         }
@@ -328,7 +332,7 @@ impl<'r> Receiver<'r> {
         unsafe { header.write(BlockSlotHeader { count: filled as u32, seq, ..Default::default() }) };
         slot.publish();
         area.receiver.slots.fetch_add(1, Ordering::Relaxed);
-        area.stage(Stage::Receiver).heartbeat.fetch_add(1, Ordering::Relaxed);
+        area.stage(Stage::Receiver).beat();
         if io.drops_read.elapsed() >= IDLE_POLL {
             io.read_drops();
             area.receiver.kernel_drops.store(io.drops.iter().map(|&d| u64::from(d)).sum(), Ordering::Relaxed);
@@ -496,10 +500,10 @@ impl Io<'_> {
     }
 
     /// Sleeps until a socket is readable or `timeout` passes.
-    fn wait_readable(&self, timeout: Duration) {
-        let mut fds: Vec<_> =
-            self.sockets.iter().map(|s| rustix::event::PollFd::new(s, rustix::event::PollFlags::IN)).collect();
-        let ts = rustix::event::Timespec { tv_sec: 0, tv_nsec: timeout.as_nanos().clamp(1, 999_999_999) as i64 };
-        let _ = rustix::event::poll(&mut fds, Some(&ts));
+    fn wait_readable(&mut self, timeout: Duration) {
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: timeout.as_nanos().clamp(1, 999_999_999) as libc::c_long };
+        // SAFETY: `pollfds` holds `len` initialised pollfd entries whose fds (our sockets) stay open for the call;
+        // the kernel writes only their `revents`. A failed or interrupted wait just returns: the caller loops.
+        unsafe { libc::ppoll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, &ts, std::ptr::null()) };
     }
 }

@@ -31,6 +31,7 @@
 
 #![deny(missing_docs)]
 
+pub mod alloc_count;
 pub mod consumer;
 pub mod control;
 pub mod layout;

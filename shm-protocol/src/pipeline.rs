@@ -182,7 +182,22 @@ pub struct StageRecord {
     /// also beat while idle (at least every 50 ms). The supervisor kills a stage whose input waits while this
     /// stands still; the assembler takes a receiver whose beat stands still as not receiving.
     pub heartbeat: AtomicU64,
-    _pad: [u8; 48],
+    /// Heap allocations of the process so far, as of its last [`beat`](Self::beat) (0 where the process does
+    /// not count: see [`crate::alloc_count`]).
+    pub allocations: AtomicU64,
+    /// Bytes of those allocations.
+    pub allocated_bytes: AtomicU64,
+    _pad: [u8; 32],
+}
+
+impl StageRecord {
+    /// Records progress: bumps the heartbeat and publishes the process's allocation totals.
+    #[inline]
+    pub fn beat(&self) {
+        self.heartbeat.fetch_add(1, Ordering::Relaxed);
+        self.allocations.store(crate::alloc_count::allocations(), Ordering::Relaxed);
+        self.allocated_bytes.store(crate::alloc_count::allocated_bytes(), Ordering::Relaxed);
+    }
 }
 
 /// Receiver counters.
@@ -388,6 +403,8 @@ const _: () = {
     assert!(size_of::<PipelineParams>() == 64);
     assert!(size_of::<StageRecord>() == CACHE_LINE);
     assert!(offset_of!(StageRecord, heartbeat) == 8);
+    assert!(offset_of!(StageRecord, allocations) == 16);
+    assert!(offset_of!(StageRecord, allocated_bytes) == 24);
     assert!(size_of::<ReceiverCounters>() == CACHE_LINE);
     assert!(size_of::<AssemblerCounters>() == 2 * CACHE_LINE);
     assert!(offset_of!(AssemblerCounters, invalid) == 64);
@@ -563,6 +580,9 @@ impl PipelineArea {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
+        for st in [Stage::Receiver, Stage::Assembler, Stage::Writer] {
+            m.insert(format!("{}.allocations", st.name()), self.stage(st).allocations.load(r));
+        }
         for (name, c) in INVALID_REASONS.iter().zip(&asm.invalid) {
             m.insert(format!("assembler.invalid.{name}"), c.load(r));
         }

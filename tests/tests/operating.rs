@@ -259,7 +259,7 @@ fn inspect_reads_the_region_even_with_the_supervisor_wedged() {
     assert_eq!(p.wait(id, Duration::from_secs(30)).state, "done");
     let (ok, out, err) = cli(&p, &["inspect"]);
     assert!(ok, "{err}");
-    assert!(out.contains("from the supervisor") && out.contains("layout version 2"), "{out}");
+    assert!(out.contains("from the supervisor") && out.contains("layout version 3"), "{out}");
     assert!(
         out.contains("ring 0 (block)") && out.contains("ring 1 (frame)") && out.contains("consumer 0: Gating"),
         "{out}"

@@ -1,0 +1,342 @@
+//! Every performance figure of ringdaq beside its baseline, measured in one run on this machine, as a table.
+//!
+//! `cargo build --release && target/release/perf [--quick] [--only ingest,writer,decode,handoff,idle,steady]
+//! [--out DIR]`
+//!
+//! What each figure is, and what bounds it, is in BENCHMARKS.md. Progress goes to stderr (`RUST_LOG=info`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use detector::Mode;
+use ringdaq_benches::pipeline::Pipeline;
+use ringdaq_benches::{decode, idle, ingest, latency, percentile, steady, write};
+
+#[derive(Parser)]
+struct Args {
+    /// Shorter runs everywhere (a smoke test of the harness; the figures are noisier).
+    #[arg(long)]
+    quick: bool,
+    /// Only these measurements.
+    #[arg(long, value_delimiter = ',', default_value = "decode,writer,idle,handoff,steady,ingest")]
+    only: Vec<String>,
+    /// A directory on the disk the writer is measured on (files are removed afterwards).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Frames per ingest trial (at 400 frames/s, 2000 frames are 5 s).
+    #[arg(long)]
+    ingest_frames: Option<u64>,
+    /// Seconds of the steady-state run (after a 5 s warm-up).
+    #[arg(long)]
+    soak_s: Option<f64>,
+}
+
+/// Configuration of the pipeline under test: the defaults, with more restarts allowed than a benchmark needs.
+const CONFIG: &str = "[supervisor]\nmax_restarts = 1000\n";
+
+/// One line of the report.
+struct Row {
+    figure: String,
+    value: String,
+    baseline: String,
+    ratio: String,
+    aim: String,
+    met: Option<bool>,
+}
+
+impl Row {
+    fn new(figure: &str, value: String, baseline: String, ratio: String, aim: &str, met: Option<bool>) -> Self {
+        Self { figure: figure.into(), value, baseline, ratio, aim: aim.into(), met }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    shm_protocol::logging::init();
+    let a = Args::parse();
+    let out_dir = a.out.clone().unwrap_or_else(std::env::temp_dir);
+    let dir = out_dir.join(format!("ringdaq-perf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let t = Instant::now();
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let res = run(&a, &dir, &mut rows, &mut notes);
+    let _ = std::fs::remove_dir_all(&dir);
+    println!("{}", machine(&out_dir));
+    println!();
+    println!("| figure | ringdaq | baseline (same run) | ratio | aim | met |");
+    println!("|---|---|---|---|---|---|");
+    for r in &rows {
+        let met = match r.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "",
+        };
+        println!("| {} | {} | {} | {} | {} | {} |", r.figure, r.value, r.baseline, r.ratio, r.aim, met);
+    }
+    println!();
+    for n in &notes {
+        println!("- {n}");
+    }
+    println!("\n(measured in {:.0} s)", t.elapsed().as_secs_f64());
+    res
+}
+
+fn run(a: &Args, dir: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> anyhow::Result<()> {
+    let want = |s: &str| a.only.iter().any(|o| o == s);
+    let g = Mode::Is.geometry();
+    if want("decode") {
+        tracing::info!("decode");
+        let d = decode::measure(16, if a.quick { 5 } else { 21 })?;
+        rows.push(Row::new(
+            "decode: whole IS frames, camera order → frame layout (GB/s out)",
+            format!("{:.2}", d.decode_gbs),
+            format!("memcpy {:.2}", d.memcpy_gbs),
+            format!("{:.2}×", d.decode_gbs / d.memcpy_gbs),
+            "≥ 1.0×",
+            Some(d.decode_gbs >= d.memcpy_gbs),
+        ));
+        if let Some(nt) = d.stream_copy_gbs {
+            rows.push(Row::new(
+                "decode against a copy with streaming stores (AVX2)",
+                format!("{:.2}", d.decode_gbs),
+                format!("streaming copy {nt:.2}"),
+                format!("{:.2}×", d.decode_gbs / nt),
+                "(the copy's ceiling)",
+                None,
+            ));
+        }
+        rows.push(Row::new(
+            "decode, block by block (930 rows at a 4 KiB stride)",
+            format!("{:.2}", d.place_gbs),
+            format!("memcpy {:.2}", d.memcpy_gbs),
+            format!("{:.2}×", d.place_gbs / d.memcpy_gbs),
+            "(for comparison)",
+            None,
+        ));
+    }
+    if want("writer") {
+        tracing::info!("writer");
+        let frames = if a.quick { 120 } else { 400 };
+        let (mut w, mut o) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            o.push(write::odirect_seconds(dir, frames, g.frame_bytes())?);
+            w.push(write::writer_seconds(dir, frames)?);
+        }
+        let gbs = |s: f64| frames as f64 * g.frame_bytes() as f64 / s / 1e9;
+        let (wg, og) = (gbs(ringdaq_benches::median(&mut w)), gbs(ringdaq_benches::median(&mut o)));
+        rows.push(Row::new(
+            &format!("writer: {frames} frames ring → .npy, to done (GB/s)"),
+            format!("{wg:.2} ({:.0} frames/s)", wg * 1e9 / g.frame_bytes() as f64),
+            format!("O_DIRECT {og:.2}"),
+            format!("{:.2}×", wg / og),
+            "≥ 0.9×",
+            Some(wg >= 0.9 * og),
+        ));
+    }
+    let needs_pipeline = ["idle", "handoff", "steady", "ingest"].iter().any(|s| want(s));
+    if !needs_pipeline {
+        return Ok(());
+    }
+    let mut p = Pipeline::start("perf", CONFIG)?;
+    if want("idle") {
+        tracing::info!("idle");
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        let (procs, secs) = idle::measure(&mut p, if a.quick { 3.0 } else { 10.0 })?;
+        let total: f64 = procs.iter().map(|r| r.1).sum();
+        let pct = total / secs * 100.0;
+        rows.push(Row::new(
+            &format!("idle: CPU of all 4 processes over {secs:.0} s, no traffic"),
+            format!("{pct:.3}% of a core"),
+            "one core".into(),
+            format!("{:.5}", pct / 100.0),
+            "< 0.5%",
+            Some(pct < 0.5),
+        ));
+        notes.push(format!(
+            "idle, per process (CPU ms, context switches over {secs:.0} s): {}",
+            procs.iter().map(|(n, c, w)| format!("{n} {:.1} ms, {w}", c * 1e3)).collect::<Vec<_>>().join("; ")
+        ));
+    }
+    if want("handoff") {
+        tracing::info!("handoff");
+        let (fps, n) = if a.quick { (200.0, 400) } else { (200.0, 3000) };
+        let mut l = latency::consumer_wake_us(&mut p, fps, n)?;
+        l.sort_by(f64::total_cmp);
+        let iso = isolated_handoff(a.quick);
+        let (base, ratio) = match &iso {
+            Ok(rows) => {
+                let unix = rows.iter().find(|r| r.0.starts_with("Unix"));
+                match unix {
+                    Some(u) => (
+                        format!("Unix socket, same wait: {:.1} / {:.1} / {:.1}", u.1, u.2, u.3),
+                        format!("{:.2}× (p99)", percentile(&l, 99.0) / u.2),
+                    ),
+                    None => ("(no Unix row)".into(), String::new()),
+                }
+            }
+            Err(e) => (format!("(handoff failed: {e})"), String::new()),
+        };
+        rows.push(Row::new(
+            &format!(
+                "hand-off: frame published → blocked consumer awake, p50 / p99 / p99.9 µs ({} frames at {fps} fps)",
+                l.len()
+            ),
+            format!("{:.1} / {:.1} / {:.1}", percentile(&l, 50.0), percentile(&l, 99.0), percentile(&l, 99.9)),
+            base,
+            ratio,
+            "p99 < 50 µs",
+            Some(percentile(&l, 99.0) < 50.0),
+        ));
+        if let Ok(rows_iso) = iso {
+            for r in rows_iso {
+                notes.push(format!(
+                    "isolated two-process hand-off ({}): p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs; {:.0} items/s",
+                    r.0, r.1, r.2, r.3, r.4
+                ));
+            }
+        }
+    }
+    if want("steady") {
+        tracing::info!("steady state");
+        let soak = a.soak_s.unwrap_or(if a.quick { 10.0 } else { 60.0 });
+        let s = steady::measure(&mut p, 100.0, 5.0, soak, if a.quick { 100 } else { 300 }, dir)?;
+        let per = |n: u64, d: u64| if d == 0 { f64::NAN } else { n as f64 / d as f64 };
+        rows.push(Row::new(
+            &format!("allocations per datagram, receiver ({} datagrams)", s.datagrams),
+            format!("{:.4} ({} in all)", per(s.allocations[0], s.datagrams), s.allocations[0]),
+            String::new(),
+            String::new(),
+            "0",
+            Some(s.allocations[0] == 0),
+        ));
+        rows.push(Row::new(
+            &format!("allocations per frame, assembler ({} frames)", s.frames),
+            format!("{:.4} ({} in all)", per(s.allocations[1], s.frames), s.allocations[1]),
+            String::new(),
+            String::new(),
+            "0",
+            Some(s.allocations[1] == 0),
+        ));
+        rows.push(Row::new(
+            &format!("allocations per frame, writer ({} frames written, {} passed by)", s.writer_frames, s.frames),
+            format!(
+                "{:.4} written, {:.4} passed ({} / {})",
+                per(s.writer_allocations, s.writer_frames),
+                per(s.allocations[2], s.frames),
+                s.writer_allocations,
+                s.allocations[2]
+            ),
+            String::new(),
+            String::new(),
+            "0",
+            Some(s.writer_allocations == 0 && s.allocations[2] == 0),
+        ));
+        let growth: i64 = s.rss.iter().map(|(_, a, b)| *b as i64 - *a as i64).sum();
+        rows.push(Row::new(
+            &format!("RSS growth (anonymous memory, all processes) over {:.0} s at 100 fps", s.seconds),
+            format!("{growth} KiB"),
+            format!("{} KiB at the start", s.rss.iter().map(|r| r.1).sum::<u64>()),
+            String::new(),
+            "flat",
+            Some(growth <= 0),
+        ));
+        notes.push(format!(
+            "RssAnon per process, start → end of the soak: {}",
+            s.rss.iter().map(|(n, a, b)| format!("{n} {a} → {b} KiB")).collect::<Vec<_>>().join("; ")
+        ));
+    }
+    if want("ingest") {
+        tracing::info!("ingest");
+        let frames = a.ingest_frames.unwrap_or(if a.quick { 600 } else { 2000 });
+        let bare = ingest::BareSockets::bind(supervisor::config::Config::default().recv_buffer_bytes)?;
+        let b = ingest::search(25.0, |fps| bare.trial(fps, frames))?;
+        drop(bare);
+        let s = ingest::search(25.0, |fps| ingest::pipeline_trial(&mut p, fps, frames))?;
+        let rate = |s: &ingest::Search| s.best.as_ref().map_or(0.0, |t| t.sent_fps);
+        let bound = |s: &ingest::Search| if s.sender_bound { " (sender's limit)" } else { "" };
+        let (pr, br) = (rate(&s), rate(&b));
+        rows.push(Row::new(
+            &format!("ingest: highest IS rate with zero loss, {frames}-frame trials (frames/s)"),
+            format!("{pr:.0}{}", bound(&s)),
+            format!("bare recvmmsg {br:.0}{}", bound(&b)),
+            format!("{:.2}×", pr / br),
+            "≥ 400 and ≥ 0.9×",
+            Some(pr >= 400.0 && pr >= 0.9 * br),
+        ));
+        for (name, srch) in [("pipeline", &s), ("bare recvmmsg", &b)] {
+            notes.push(format!(
+                "ingest trials, {name} (asked → reached frames/s, datagrams received/sent{}): {}",
+                if name == "pipeline" { ", frames complete" } else { "" },
+                srch.trials
+                    .iter()
+                    .map(|t| format!(
+                        "{:.0} → {:.0}: {}/{}{}",
+                        t.asked,
+                        t.sent_fps,
+                        t.received,
+                        t.sent,
+                        t.complete.map_or(String::new(), |c| format!(", {c}/{}", t.frames))
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The `handoff` benchmark's ring and Unix-socket rows: (name, p50, p99, p99.9 µs, items/s).
+fn isolated_handoff(quick: bool) -> anyhow::Result<Vec<(String, f64, f64, f64, f64)>> {
+    let exe = std::env::current_exe()?.with_file_name("handoff");
+    let out = Command::new(&exe)
+        .args(["--items", if quick { "100000" } else { "1000000" }, "--samples", if quick { "1000" } else { "5000" }])
+        .output()
+        .with_context(|| format!("running {}", exe.display()))?;
+    anyhow::ensure!(out.status.success(), "handoff failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut rows = Vec::new();
+    for name in ["ring (shared memory)", "Unix stream socket"] {
+        let line = text.lines().find(|l| l.starts_with(name)).context("handoff row")?;
+        let f: Vec<f64> =
+            line[name.len()..].split_whitespace().filter_map(|w| w.trim_end_matches('x').parse().ok()).collect();
+        anyhow::ensure!(f.len() == 5, "unexpected handoff row: {line}");
+        rows.push((name.to_string(), f[2], f[3], f[4], f[0]));
+    }
+    Ok(rows)
+}
+
+/// The machine: CPU, cores, memory, kernel, and the file system under `dir`.
+fn machine(dir: &Path) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| s.lines().next()?.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .map_or(0.0, |k| k as f64 / 1048576.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let canon = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let fs = std::fs::read_to_string("/proc/mounts")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() > 2 && canon.starts_with(f[1]))
+                        .then(|| (f[1].len(), format!("{} ({}) on {}", f[1], f[2], f[0])))
+                })
+                .max()
+                .map(|x| x.1)
+        })
+        .unwrap_or_default();
+    format!("machine: {cpu}, {cores} cores, {mem:.0} GiB, Linux {}; disk: {} at {fs}", kernel.trim(), dir.display())
+}

@@ -1,0 +1,195 @@
+//! Ingest: the highest IS frame rate that the simulator → receiver → assembler path (the writer discarding:
+//! no acquisition armed) takes with no datagram lost, beside a bare `recvmmsg` loop receiving the same traffic
+//! through the same kind of sockets.
+
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use detector::Mode;
+use detector::sim::{SimConfig, SimReport, Simulator};
+
+use crate::pipeline::Pipeline;
+
+/// One run at one asked rate.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    /// Frames/s asked of the simulator.
+    pub asked: f64,
+    /// Frames/s it reached.
+    pub sent_fps: f64,
+    /// Datagrams sent.
+    pub sent: u64,
+    /// Datagrams received.
+    pub received: u64,
+    /// Frames published complete (the pipeline only; the bare loop does not assemble).
+    pub complete: Option<u64>,
+    /// Frames sent.
+    pub frames: u64,
+}
+
+impl Trial {
+    /// Nothing lost: every datagram received (and, for the pipeline, every frame complete).
+    pub fn lossless(&self) -> bool {
+        self.received == self.sent && self.complete.is_none_or(|c| c == self.frames)
+    }
+}
+
+/// The outcome of a rate search.
+#[derive(Debug, Clone, Default)]
+pub struct Search {
+    /// Every trial, in order.
+    pub trials: Vec<Trial>,
+    /// The lossless trial with the highest rate reached.
+    pub best: Option<Trial>,
+    /// The sender could not go faster than the best lossless rate: the receive side's limit is higher.
+    pub sender_bound: bool,
+}
+
+/// Searches for the highest lossless rate: up from 400 frames/s in steps of 100 while lossless (and while the
+/// simulator reaches what is asked), then bisects between the best lossless and the lowest lossy rate down to
+/// `resolution` frames/s.
+pub fn search(resolution: f64, mut trial: impl FnMut(f64) -> anyhow::Result<Trial>) -> anyhow::Result<Search> {
+    let mut s = Search::default();
+    let (mut lo, mut hi): (f64, Option<f64>) = (0.0, None);
+    let mut rate = 400.0;
+    loop {
+        let t = trial(rate)?;
+        tracing::info!(asked = rate, reached = t.sent_fps, sent = t.sent, received = t.received, complete = ?t.complete, "trial");
+        let ok = t.lossless();
+        let reached = t.sent_fps >= 0.97 * rate;
+        if ok && s.best.as_ref().is_none_or(|b| t.sent_fps > b.sent_fps) {
+            s.best = Some(t.clone());
+        }
+        s.trials.push(t);
+        if ok {
+            lo = rate;
+            if !reached {
+                s.sender_bound = true;
+                break;
+            }
+        } else {
+            hi = Some(rate);
+        }
+        rate = match hi {
+            None => rate + 100.0,
+            Some(h) => (lo + h) / 2.0,
+        };
+        if hi.is_some_and(|h| h - lo <= resolution) || rate < resolution {
+            break;
+        }
+    }
+    Ok(s)
+}
+
+/// A trial of the pipeline: `frames` IS frames at `fps` into `p`'s sockets; counts what arrived.
+pub fn pipeline_trial(p: &mut Pipeline, fps: f64, frames: u64) -> anyhow::Result<Trial> {
+    let before = p.status()?;
+    let cfg = SimConfig { port_base: p.port_base, frames, fps: Some(fps), mode: Mode::Is, ..Default::default() };
+    let r = Simulator::new(cfg)?.run(&AtomicBool::new(false))?;
+    let after = p.drain(Duration::from_millis(400), Duration::from_secs(30))?;
+    let d = |name: &str| Pipeline::counter(&after, name) - Pipeline::counter(&before, name);
+    Ok(Trial {
+        asked: fps,
+        sent_fps: r.fps(),
+        sent: r.datagrams,
+        received: d("receiver.datagrams"),
+        complete: Some(d("assembler.frames_complete")),
+        frames,
+    })
+}
+
+/// Eight UDP sockets on 127.0.0.1 with `buffer` bytes of receive buffer each: the baseline's own, set up as the
+/// supervisor sets up the pipeline's.
+pub struct BareSockets {
+    socks: Vec<UdpSocket>,
+    /// First port.
+    pub port_base: u16,
+}
+
+impl BareSockets {
+    /// Binds eight consecutive free ports.
+    pub fn bind(buffer: usize) -> anyhow::Result<Self> {
+        for b in (41_000..60_000).step_by(97) {
+            let s: Result<Vec<UdpSocket>, _> = (0..8).map(|i| UdpSocket::bind(("127.0.0.1", b + i))).collect();
+            if let Ok(socks) = s {
+                for s in &socks {
+                    s.set_nonblocking(true)?;
+                    if rustix::net::sockopt::set_socket_recv_buffer_size_force(s, buffer).is_err() {
+                        rustix::net::sockopt::set_socket_recv_buffer_size(s, buffer)?;
+                    }
+                }
+                return Ok(Self { socks, port_base: b });
+            }
+        }
+        anyhow::bail!("no eight free consecutive UDP ports")
+    }
+
+    /// A trial of the bare loop: receives with `recvmmsg` (64 datagrams a call) from all eight sockets, polling
+    /// when they are empty, while the simulator sends `frames` frames at `fps`.
+    pub fn trial(&self, fps: f64, frames: u64) -> anyhow::Result<Trial> {
+        let g = Mode::Is.geometry();
+        let got = AtomicU64::new(0);
+        let done = AtomicBool::new(false);
+        let cfg = SimConfig { port_base: self.port_base, frames, fps: Some(fps), mode: Mode::Is, ..Default::default() };
+        let sim = Simulator::new(cfg)?;
+        let r: SimReport = std::thread::scope(|s| -> anyhow::Result<SimReport> {
+            let rx = s.spawn(|| self.receive(&got, &done, g.block_bytes + 64));
+            let r = sim.run(&AtomicBool::new(false));
+            done.store(true, Ordering::Relaxed);
+            rx.join().map_err(|_| anyhow::anyhow!("bare receiver panicked"))?;
+            Ok(r?)
+        })?;
+        Ok(Trial {
+            asked: fps,
+            sent_fps: r.fps(),
+            sent: r.datagrams,
+            received: got.load(Ordering::Relaxed),
+            complete: None,
+            frames,
+        })
+    }
+
+    fn receive(&self, got: &AtomicU64, done: &AtomicBool, max: usize) {
+        const BATCH: usize = 64;
+        let mut bufs = vec![0u8; BATCH * max];
+        let mut iov: Vec<libc::iovec> =
+            bufs.chunks_exact_mut(max).map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: max }).collect();
+        // SAFETY: mmsghdr is plain C data (all-zero is a valid value); each header points at its own iovec below.
+        let mut hdrs: Vec<libc::mmsghdr> = (0..BATCH).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (h, v) in hdrs.iter_mut().zip(iov.iter_mut()) {
+            h.msg_hdr.msg_iov = v;
+            h.msg_hdr.msg_iovlen = 1;
+        }
+        let mut idle = Instant::now();
+        // Until the sender is done and the sockets have been empty for 300 ms.
+        while !(done.load(Ordering::Relaxed) && idle.elapsed() > Duration::from_millis(300)) {
+            let mut any = false;
+            for sck in &self.socks {
+                // SAFETY: the headers point at live buffers of the stated sizes for the whole call.
+                let n = unsafe {
+                    libc::recvmmsg(
+                        sck.as_raw_fd(),
+                        hdrs.as_mut_ptr(),
+                        BATCH as u32,
+                        libc::MSG_DONTWAIT,
+                        std::ptr::null_mut(),
+                    )
+                };
+                if n > 0 {
+                    got.fetch_add(n as u64, Ordering::Relaxed);
+                    any = true;
+                }
+            }
+            if any {
+                idle = Instant::now();
+            } else {
+                let mut fds: Vec<_> =
+                    self.socks.iter().map(|s| rustix::event::PollFd::new(s, rustix::event::PollFlags::IN)).collect();
+                let _ =
+                    rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 10_000_000 }));
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! Writer: frames from the frame ring to a `.npy` file on a local disk, beside plain `O_DIRECT` writes of the
+//! same bytes to the same file system.
+//!
+//! The writer is the real one (`writer::Writer`, `O_DIRECT`, journal, sidecar, fsync, rename) on a real pipeline
+//! region; this process plays the assembler, publishing already-decoded frames as fast as the writer frees
+//! slots, so that the figure is the writer's and the disk's, not the ingest path's.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use assembler::acquisition::{self, Assignment};
+use detector::Mode;
+use shm_protocol::pipeline::{
+    self, FRAME_COMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader, MAX_BLOCKS_PER_FRAME, PipelineSizes, acq_state,
+    sync_mode,
+};
+
+/// Seconds the writer took for `frames` IS frames into a file in `dir`: from the first frame published to the
+/// acquisition DONE (file synced, sidecar written, renamed).
+pub fn writer_seconds(dir: &Path, frames: u64) -> anyhow::Result<f64> {
+    let rings = supervisor::config::Config::default().rings;
+    let sizes = PipelineSizes {
+        geometry: supervisor::daemon::region_geometry(Mode::Is),
+        block_slots: 2,
+        datagrams_per_slot: rings.datagrams_per_slot,
+        frame_slots: rings.frame_slots,
+        frame_cursors: rings.frame_cursors,
+        fill_value: rings.fill_value,
+    };
+    let region = sizes.create_region()?;
+    let area = pipeline::pipeline_area(&region)?;
+    let g = Mode::Is.geometry();
+    let ring = region.ring(FRAME_RING)?;
+    let mut producer = ring.producer()?;
+    // Every slot holds a real frame's pixels once; the header is what changes from frame to frame.
+    let pixels = detector::pattern::expected_frame(&g, 7);
+    for seq in 0..u64::from(sizes.frame_slots) {
+        let p = ring.slot_ptr(seq);
+        // SAFETY: nothing reads the ring yet (no frame is published); the slot holds FRAME_PIXELS_OFFSET +
+        // frame_bytes bytes (the spec above), and `pixels` is frame_pixels u16.
+        unsafe {
+            std::ptr::copy_nonoverlapping(pixels.as_ptr().cast::<u8>(), p.add(FRAME_PIXELS_OFFSET), g.frame_bytes())
+        };
+    }
+    let path = dir.join("writer.npy");
+    let id = 1;
+    let rec = area.acquisition(id);
+    // SAFETY: this process is the only "supervisor" of this region, and the record has never been used.
+    unsafe { rec.arm(id, frames, sync_mode::IMMEDIATE, &path.to_string_lossy(), 0) };
+    area.active_acquisition.store(id, Ordering::Release);
+
+    let stop = AtomicBool::new(false);
+    let secs = std::thread::scope(|s| -> anyhow::Result<f64> {
+        let w = s.spawn(|| -> anyhow::Result<()> {
+            let mut w = writer::Writer::new(&region, writer::WriterConfig::default())?;
+            w.run(|| stop.load(Ordering::Relaxed))?;
+            Ok(())
+        });
+        let t = Instant::now();
+        let res = (|| -> anyhow::Result<f64> {
+            for index in 0..frames {
+                let mut slot = producer.claim(Some(Duration::from_secs(30))).context("the writer stalled")?;
+                let seq = slot.seq();
+                let header = FrameHeader {
+                    seq,
+                    acquisition_id: id,
+                    index,
+                    frame_id: index as u32,
+                    status: FRAME_COMPLETE,
+                    blocks_expected: g.blocks_per_frame() as u32,
+                    blocks_received: g.blocks_per_frame() as u32,
+                    flags: 0,
+                    _reserved: 0,
+                    first_block_ns: pipeline::now_ns(),
+                    last_block_ns: pipeline::now_ns(),
+                    published_ns: pipeline::now_ns(),
+                    bitmap: [u64::MAX; MAX_BLOCKS_PER_FRAME / 64],
+                };
+                // SAFETY: the claimed slot is ours until published and begins with a FrameHeader-sized area.
+                unsafe { slot.as_mut_ptr().cast::<FrameHeader>().write(header) };
+                slot.publish();
+                acquisition::record(area, Assignment { id, index }, seq, index as u32, true);
+            }
+            loop {
+                match rec.state.load(Ordering::Acquire) {
+                    acq_state::DONE => return Ok(t.elapsed().as_secs_f64()),
+                    acq_state::FAILED => anyhow::bail!("the writer failed: {}", rec.error()),
+                    _ if t.elapsed() > Duration::from_secs(300) => anyhow::bail!("the writer did not finish"),
+                    _ => std::thread::sleep(Duration::from_micros(200)),
+                }
+            }
+        })();
+        stop.store(true, Ordering::Relaxed);
+        w.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
+        res
+    })?;
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(writer::sidecar_path(&path));
+    Ok(secs)
+}
+
+/// Seconds for `frames` page-aligned, frame-sized `O_DIRECT` writes to a new file in `dir`, then `fsync`.
+pub fn odirect_seconds(dir: &Path, frames: u64, frame_bytes: usize) -> anyhow::Result<f64> {
+    let path = dir.join("odirect.bin");
+    let layout = std::alloc::Layout::from_size_align(frame_bytes, 4096)?;
+    // SAFETY: non-zero size; freed below with the same layout.
+    let buf = unsafe { std::alloc::alloc_zeroed(layout) };
+    anyhow::ensure!(!buf.is_null(), "allocation failed");
+    // SAFETY: buf holds frame_bytes initialised (zeroed) bytes until dealloc below.
+    let slice = unsafe { std::slice::from_raw_parts(buf, frame_bytes) };
+    let res = (|| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .with_context(|| format!("O_DIRECT on {}", path.display()))?;
+        for i in 0..frames {
+            std::os::unix::fs::FileExt::write_all_at(&f, slice, i * frame_bytes as u64)?;
+        }
+        f.sync_all()?;
+        Ok(t.elapsed().as_secs_f64())
+    })();
+    // SAFETY: allocated above with this layout.
+    unsafe { std::alloc::dealloc(buf, layout) };
+    let _ = std::fs::remove_file(&path);
+    res
+}
