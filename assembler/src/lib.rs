@@ -69,8 +69,12 @@ const LATE_FRAMES: i64 = 64;
 const AHEAD_FRAMES: i64 = 64;
 /// Candidates for a reset tracked at once.
 const MAX_CANDIDATES: usize = 4;
-/// How long a wait for input lasts before the assembler looks at timeouts and commands.
+/// How long a wait for input lasts before the assembler looks at timeouts and commands, while frames are in
+/// flight.
 const TICK: Duration = Duration::from_millis(10);
+/// The same with nothing in flight: no timeout can fall due, so the assembler sleeps longer (an idle pipeline
+/// should cost next to nothing). Commands (`ringdaq stop`, shutdown) wait at most this long.
+const IDLE_TICK: Duration = Duration::from_millis(250);
 
 /// Index in [`pipeline::INVALID_REASONS`] of a header error.
 fn reason_index(e: &HeaderError) -> usize {
@@ -134,8 +138,8 @@ pub struct Assembler<'r> {
 }
 
 /// A receiver whose heartbeat stood still this long is not receiving (stopped, hung, or gone): silence is then
-/// no gap in the stream. A live receiver beats at least every 50 ms, even when idle.
-const RECEIVER_SILENT: Duration = Duration::from_millis(200);
+/// no gap in the stream. A live receiver beats at least every 100 ms (`receiver::IDLE_POLL`), even when idle.
+const RECEIVER_SILENT: Duration = Duration::from_millis(300);
 
 impl<'r> Assembler<'r> {
     /// Attaches as the block ring's consumer and the frame ring's producer.
@@ -203,7 +207,8 @@ impl<'r> Assembler<'r> {
             if should_stop() {
                 break self.drain();
             }
-            if let Err(e) = self.poll(TICK) {
+            let in_flight = self.window.as_ref().is_some_and(|w| !w.is_empty()) || !self.candidates.is_empty();
+            if let Err(e) = self.poll(if in_flight { TICK } else { IDLE_TICK }) {
                 break Err(e);
             }
         };

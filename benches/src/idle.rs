@@ -5,9 +5,19 @@ use std::time::{Duration, Instant};
 use crate::pipeline::Pipeline;
 use crate::procfs;
 
-/// Per process: (name, CPU seconds, context switches) over `secs` seconds of an idle pipeline, and the
-/// seconds actually measured.
-pub fn measure(p: &mut Pipeline, secs: f64) -> anyhow::Result<(Vec<(String, f64, u64)>, f64)> {
+/// What one process cost while the pipeline was idle.
+#[derive(Debug, Clone)]
+pub struct ProcessCost {
+    /// `supervisor`, `receiver`, ...
+    pub name: String,
+    /// CPU seconds, all threads.
+    pub cpu_s: f64,
+    /// Context switches, all threads (how often it woke).
+    pub switches: u64,
+}
+
+/// Per process, the cost over `secs` seconds of an idle pipeline; and the seconds actually measured.
+pub fn measure(p: &mut Pipeline, secs: f64) -> anyhow::Result<(Vec<ProcessCost>, f64)> {
     let pids = p.pids()?;
     let read = |pid: u32| -> anyhow::Result<(u64, u64)> { Ok((procfs::cpu_ns(pid)?, procfs::context_switches(pid)?)) };
     let before: Vec<(u64, u64)> = pids.iter().map(|(_, pid)| read(*pid)).collect::<anyhow::Result<_>>()?;
@@ -19,7 +29,11 @@ pub fn measure(p: &mut Pipeline, secs: f64) -> anyhow::Result<(Vec<(String, f64,
     let rows = pids
         .iter()
         .zip(before.iter().zip(&after))
-        .map(|((name, _), (b, a))| (name.clone(), (a.0 - b.0) as f64 / 1e9, a.1 - b.1))
+        .map(|((name, _), (b, a))| ProcessCost {
+            name: name.clone(),
+            cpu_s: (a.0 - b.0) as f64 / 1e9,
+            switches: a.1 - b.1,
+        })
         .collect();
     Ok((rows, elapsed))
 }

@@ -162,33 +162,38 @@ impl BareSockets {
             h.msg_hdr.msg_iov = v;
             h.msg_hdr.msg_iovlen = 1;
         }
+        let mut fds: Vec<libc::pollfd> =
+            self.socks.iter().map(|s| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
         let mut idle = Instant::now();
-        // Until the sender is done and the sockets have been empty for 300 ms.
+        // Sleep in poll until a socket is readable, then empty each readable one (64 datagrams a call); until the
+        // sender is done and the sockets have been empty for 300 ms.
         while !(done.load(Ordering::Relaxed) && idle.elapsed() > Duration::from_millis(300)) {
-            let mut any = false;
-            for sck in &self.socks {
-                // SAFETY: the headers point at live buffers of the stated sizes for the whole call.
-                let n = unsafe {
-                    libc::recvmmsg(
-                        sck.as_raw_fd(),
-                        hdrs.as_mut_ptr(),
-                        BATCH as u32,
-                        libc::MSG_DONTWAIT,
-                        std::ptr::null_mut(),
-                    )
-                };
-                if n > 0 {
-                    got.fetch_add(n as u64, Ordering::Relaxed);
-                    any = true;
-                }
+            // SAFETY: `fds` holds `len` pollfds of our open sockets; the kernel writes their `revents` only.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 10) };
+            if ready <= 0 {
+                continue;
             }
-            if any {
-                idle = Instant::now();
-            } else {
-                let mut fds: Vec<_> =
-                    self.socks.iter().map(|s| rustix::event::PollFd::new(s, rustix::event::PollFlags::IN)).collect();
-                let _ =
-                    rustix::event::poll(&mut fds, Some(&rustix::event::Timespec { tv_sec: 0, tv_nsec: 10_000_000 }));
+            idle = Instant::now();
+            for (sck, fd) in self.socks.iter().zip(&fds) {
+                if fd.revents & libc::POLLIN == 0 {
+                    continue;
+                }
+                loop {
+                    // SAFETY: the headers point at live buffers of the stated sizes for the whole call.
+                    let n = unsafe {
+                        libc::recvmmsg(
+                            sck.as_raw_fd(),
+                            hdrs.as_mut_ptr(),
+                            BATCH as u32,
+                            libc::MSG_DONTWAIT,
+                            std::ptr::null_mut(),
+                        )
+                    };
+                    if n <= 0 {
+                        break;
+                    }
+                    got.fetch_add(n as u64, Ordering::Relaxed);
+                }
             }
         }
     }

@@ -16,11 +16,16 @@ pub fn cpu_ns(pid: u32) -> std::io::Result<u64> {
 
 /// Voluntary + involuntary context switches of every thread of `pid` (wake-ups, roughly).
 pub fn context_switches(pid: u32) -> std::io::Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    Ok(s.lines()
-        .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum())
+    let mut total = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(s) = std::fs::read_to_string(t?.path().join("status")) else { continue };
+        total += s
+            .lines()
+            .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok(total)
 }
 
 /// Resident anonymous memory of `pid` in KiB (`RssAnon`: the heap and stacks, not the shared region's pages).

@@ -51,8 +51,9 @@ pub enum ReceiverError {
     },
 }
 
-/// How often the receiver looks up from its sockets when they are idle.
-pub const IDLE_POLL: Duration = Duration::from_millis(50);
+/// How often the receiver looks up from its sockets when they are idle (each time it beats, so the assembler
+/// knows it is alive; see the assembler's `RECEIVER_SILENT`). Every wake costs CPU on an idle machine.
+pub const IDLE_POLL: Duration = Duration::from_millis(100);
 
 /// Most datagrams taken from one socket before the next socket's turn (half a sector's share of an IS frame).
 /// Sockets are served strictly in turn, so that under backlog no sector falls behind the others by more than a
@@ -315,8 +316,13 @@ impl<'r> Receiver<'r> {
                         self.stopping = true;
                         return Ok(());
                     }
-                    io.read_drops();
-                    area.receiver.kernel_drops.store(io.drops.iter().map(|&d| u64::from(d)).sum(), Ordering::Relaxed);
+                    // Drops need traffic: idle, once a second is enough.
+                    if io.drops_read.elapsed() >= Duration::from_secs(1) {
+                        io.read_drops();
+                        area.receiver
+                            .kernel_drops
+                            .store(io.drops.iter().map(|&d| u64::from(d)).sum(), Ordering::Relaxed);
+                    }
                     let active = area.active_acquisition.load(Ordering::Relaxed);
                     if active != 0 && active != self.logged_acquisition {
                         self.logged_acquisition = active;

@@ -178,9 +178,9 @@ pub struct StageRecord {
     pub pid: AtomicU32,
     /// Times the supervisor started it.
     pub starts: AtomicU32,
-    /// Bumped by the stage as it works and while it waits for room downstream; the receiver and the assembler
-    /// also beat while idle (at least every 50 ms). The supervisor kills a stage whose input waits while this
-    /// stands still; the assembler takes a receiver whose beat stands still as not receiving.
+    /// Bumped by the stage as it works and while it waits for room downstream; the stages also beat while idle
+    /// (the receiver at least every 100 ms). The supervisor kills a stage whose input waits while this stands
+    /// still; the assembler takes a receiver whose beat stands still as not receiving.
     pub heartbeat: AtomicU64,
     /// Heap allocations of the process so far, as of its last [`beat`](Self::beat) (0 where the process does
     /// not count: see [`crate::alloc_count`]).

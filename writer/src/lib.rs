@@ -219,7 +219,8 @@ impl<'r> Writer<'r> {
             if should_stop() {
                 break self.drain();
             }
-            match self.frames.next(Some(Duration::from_millis(20))) {
+            // Frames wake the writer at once; the timeout only paces commands and housekeeping when idle.
+            match self.frames.next(Some(Duration::from_millis(250))) {
                 Ok(slot) => self.handle(slot),
                 // Beating while idle keeps the allocation totals in the stage record current.
                 Err(RingError::Timeout) => self.area.stage(Stage::Writer).beat(),
