@@ -5,9 +5,14 @@
 //! totals into the stage's record in the region, where `ringdaq status` (`receiver.allocations`, ...) and the
 //! benchmarks read them. The cost is one uncontended relaxed atomic add per allocation.
 //!
-//! ```ignore
+//! ```
 //! #[global_allocator]
 //! static ALLOC: shm_protocol::alloc_count::CountingAllocator = shm_protocol::alloc_count::CountingAllocator;
+//!
+//! let before = shm_protocol::alloc_count::allocations();
+//! let v = vec![1u8; 100];
+//! assert_eq!(shm_protocol::alloc_count::allocations() - before, 1);
+//! # drop(v);
 //! ```
 //!
 //! [`StageRecord::beat`]: crate::pipeline::StageRecord::beat

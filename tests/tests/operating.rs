@@ -147,6 +147,10 @@ fn status_json_and_metrics_count_what_the_simulator_sent() {
     assert_eq!(counters["assembler.blocks"], sim.datagrams - sim.corrupted, "the rest placed in frames");
     assert_eq!(counters["assembler.missing_blocks"], sim.dropped + sim.corrupted, "dropped or corrupted: missing");
     assert_eq!(counters["receiver.kernel_drops"], 0);
+    // Each stage counts its heap allocations (starting up allocates; `benches` shows none per datagram/frame).
+    for st in ["receiver", "assembler", "writer"] {
+        assert!(counters[&format!("{st}.allocations")] > 0, "{st} reports its allocations: {counters:?}");
+    }
     let acq = &v["acquisitions"][0];
     assert_eq!(acq["state"], "done");
     assert_eq!(acq["frames"], FRAMES);

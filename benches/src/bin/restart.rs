@@ -9,8 +9,6 @@
 //! reported ready. Each stage is killed at most once a second, so every restart takes the immediate path (a stage
 //! that keeps dying within a second of its start is backed off).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -18,8 +16,7 @@ use anyhow::Context;
 use clap::Parser;
 use detector::Mode;
 use detector::sim::{SimConfig, Simulator};
-use shm_protocol::control::Connection;
-use shm_protocol::messages::{Reply, Request, StatusReport};
+use ringdaq_benches::pipeline::Pipeline;
 
 #[derive(Parser)]
 struct Args {
@@ -39,74 +36,6 @@ struct Args {
 
 const STAGES: [&str; 3] = ["receiver", "assembler", "writer"];
 
-/// `ringdaq run` in a runtime directory of its own, killed when dropped.
-struct Pipeline {
-    child: Child,
-    dir: PathBuf,
-    port_base: u16,
-    conn: Connection,
-}
-
-impl Pipeline {
-    fn start() -> anyhow::Result<Self> {
-        let exe_dir = std::env::current_exe()?.parent().context("exe dir")?.to_path_buf();
-        let dir = std::env::temp_dir().join(format!("ringdaq-restart-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let cfg = dir.join("ringdaq.toml");
-        std::fs::write(&cfg, "[supervisor]\nmax_restarts = 1000000\n")?;
-        let port_base = 30_000 + (std::process::id() % 20_000) as u16;
-        let child = Command::new(exe_dir.join("ringdaq"))
-            .arg("--runtime-dir")
-            .arg(dir.join("rt"))
-            .args(["run", "--port-base", &port_base.to_string(), "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.join("ringdaq.log"))?))
-            .spawn()
-            .context("running ringdaq (build it first: cargo build --release)")?;
-        let t = Instant::now();
-        let conn = loop {
-            match supervisor::client::connect(&dir.join("rt")) {
-                Ok(c) => break c,
-                Err(_) if t.elapsed() < Duration::from_secs(20) => std::thread::sleep(Duration::from_millis(20)),
-                Err(e) => return Err(e),
-            }
-        };
-        let mut p = Self { child, dir, port_base, conn };
-        let t = Instant::now();
-        while !p.status()?.stages.iter().all(|s| s.state == "running") {
-            anyhow::ensure!(t.elapsed() < Duration::from_secs(20), "stages did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(p)
-    }
-
-    fn status(&mut self) -> anyhow::Result<StatusReport> {
-        match supervisor::client::call(&mut self.conn, Request::Status)? {
-            Reply::Status(s) => Ok(*s),
-            other => anyhow::bail!("unexpected reply {other:?}"),
-        }
-    }
-
-    fn pid(&mut self, stage: &str) -> anyhow::Result<(u32, bool)> {
-        let s = self.status()?;
-        let st = s.stages.iter().find(|s| s.name == stage).context("stage")?;
-        Ok((st.pid, st.state == "running"))
-    }
-
-    fn counter(s: &StatusReport, name: &str) -> u64 {
-        s.counters.iter().find(|(k, _)| k == name).map_or(0, |(_, v)| *v)
-    }
-}
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 fn kill(pid: u32) -> anyhow::Result<()> {
     let pid = rustix::process::Pid::from_raw(pid as i32).context("pid")?;
     rustix::process::kill_process(pid, rustix::process::Signal::KILL)?;
@@ -119,7 +48,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let mut p = Pipeline::start()?;
+    let mut p = Pipeline::start("restart", "[supervisor]\nmax_restarts = 1000000\n")?;
     println!("restart latency, SIGKILL -> replacement ready ({} kills per stage, idle pipeline)", a.kills);
     let mut lat: [Vec<Duration>; 3] = Default::default();
     for round in 0..a.kills {
@@ -216,20 +145,7 @@ fn receiver_kills_at(p: &mut Pipeline, fps: f64, a: &Args) -> anyhow::Result<Kil
         Ok(sim.join().map_err(|_| anyhow::anyhow!("simulator panicked"))??)
     })?;
     // Let the pipeline drain (the last frames are published at the assembler's timeout).
-    let t = Instant::now();
-    let mut last = (u64::MAX, Instant::now());
-    loop {
-        let s = p.status()?;
-        let frames =
-            Pipeline::counter(&s, "assembler.frames_complete") + Pipeline::counter(&s, "assembler.frames_incomplete");
-        if frames != last.0 {
-            last = (frames, Instant::now());
-        } else if last.1.elapsed() > Duration::from_millis(500) || t.elapsed() > Duration::from_secs(30) {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let after = p.status()?;
+    let after = p.drain(Duration::from_millis(500), Duration::from_secs(30))?;
     let d = |name: &str| Pipeline::counter(&after, name) - Pipeline::counter(&before, name);
     Ok(KillRun {
         sent_fps: report.fps(),
