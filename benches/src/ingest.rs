@@ -27,6 +27,17 @@ pub struct Trial {
     pub complete: Option<u64>,
     /// Frames sent.
     pub frames: u64,
+    /// CPU seconds of the receiving side during the trial: the receiver process, or the bare loop's thread.
+    pub receive_cpu_s: f64,
+    /// CPU seconds of the assembler (the pipeline only).
+    pub assembler_cpu_s: Option<f64>,
+}
+
+impl Trial {
+    /// CPU µs per frame of the receiving side.
+    pub fn receive_us_per_frame(&self) -> f64 {
+        self.receive_cpu_s / self.frames.max(1) as f64 * 1e6
+    }
 }
 
 impl Trial {
@@ -85,10 +96,14 @@ pub fn search(resolution: f64, mut trial: impl FnMut(f64) -> anyhow::Result<Tria
 
 /// A trial of the pipeline: `frames` IS frames at `fps` into `p`'s sockets; counts what arrived.
 pub fn pipeline_trial(p: &mut Pipeline, fps: f64, frames: u64) -> anyhow::Result<Trial> {
+    let (rx, asm) = (p.pid("receiver")?.0, p.pid("assembler")?.0);
+    let cpu = || -> anyhow::Result<(u64, u64)> { Ok((crate::procfs::cpu_ns(rx)?, crate::procfs::cpu_ns(asm)?)) };
     let before = p.status()?;
+    let cpu0 = cpu()?;
     let cfg = SimConfig { port_base: p.port_base, frames, fps: Some(fps), mode: Mode::Is, ..Default::default() };
     let r = Simulator::new(cfg)?.run(&AtomicBool::new(false))?;
     let after = p.drain(Duration::from_millis(400), Duration::from_secs(30))?;
+    let cpu1 = cpu()?;
     let d = |name: &str| Pipeline::counter(&after, name) - Pipeline::counter(&before, name);
     Ok(Trial {
         asked: fps,
@@ -97,6 +112,8 @@ pub fn pipeline_trial(p: &mut Pipeline, fps: f64, frames: u64) -> anyhow::Result
         received: d("receiver.datagrams"),
         complete: Some(d("assembler.frames_complete")),
         frames,
+        receive_cpu_s: (cpu1.0 - cpu0.0) as f64 / 1e9,
+        assembler_cpu_s: Some((cpu1.1 - cpu0.1) as f64 / 1e9),
     })
 }
 
@@ -134,12 +151,12 @@ impl BareSockets {
         let done = AtomicBool::new(false);
         let cfg = SimConfig { port_base: self.port_base, frames, fps: Some(fps), mode: Mode::Is, ..Default::default() };
         let sim = Simulator::new(cfg)?;
-        let r: SimReport = std::thread::scope(|s| -> anyhow::Result<SimReport> {
+        let (r, cpu): (SimReport, f64) = std::thread::scope(|s| -> anyhow::Result<(SimReport, f64)> {
             let rx = s.spawn(|| self.receive(&got, &done, g.block_bytes + 64));
             let r = sim.run(&AtomicBool::new(false));
             done.store(true, Ordering::Relaxed);
-            rx.join().map_err(|_| anyhow::anyhow!("bare receiver panicked"))?;
-            Ok(r?)
+            let cpu = rx.join().map_err(|_| anyhow::anyhow!("bare receiver panicked"))?;
+            Ok((r?, cpu))
         })?;
         Ok(Trial {
             asked: fps,
@@ -148,10 +165,19 @@ impl BareSockets {
             received: got.load(Ordering::Relaxed),
             complete: None,
             frames,
+            receive_cpu_s: cpu,
+            assembler_cpu_s: None,
         })
     }
 
-    fn receive(&self, got: &AtomicU64, done: &AtomicBool, max: usize) {
+    /// Receives until the sender is done and the sockets have been empty for 300 ms; returns this thread's CPU
+    /// seconds from its first datagram on (the idle wait at the end costs next to nothing: it sleeps in poll).
+    fn receive(&self, got: &AtomicU64, done: &AtomicBool, max: usize) -> f64 {
+        let thread_cpu = || {
+            let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+            t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+        };
+        let start = thread_cpu();
         const BATCH: usize = 64;
         let mut bufs = vec![0u8; BATCH * max];
         let mut iov: Vec<libc::iovec> =
@@ -196,5 +222,6 @@ impl BareSockets {
                 }
             }
         }
+        thread_cpu() - start
     }
 }

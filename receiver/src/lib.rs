@@ -120,6 +120,10 @@ struct Io<'r> {
     next_socket: usize,
     /// One `pollfd` per socket, made once: waiting allocates nothing.
     pollfds: Vec<libc::pollfd>,
+    /// Bit `i`: socket `i` may hold datagrams. Cleared when a call drains it, set again by `poll`; so that a
+    /// round over the sockets makes no system call (and arms no journal) for a socket known to be empty. The
+    /// sender fills the sectors' sockets one after another, so most of them are empty at any moment.
+    maybe_readable: u32,
 }
 
 /// The receive loop over one region and its sockets.
@@ -172,7 +176,15 @@ impl<'r> Receiver<'r> {
             producer,
             area,
             params,
-            io: Io { sockets, batch, drops, drops_read: Instant::now(), next_socket: 0, pollfds },
+            io: Io {
+                sockets,
+                batch,
+                drops,
+                drops_read: Instant::now(),
+                next_socket: 0,
+                pollfds,
+                maybe_readable: u32::MAX,
+            },
             stopping: false,
             fault_countdown: std::env::var(FAULT_KILL_AFTER_CALLS)
                 .ok()
@@ -266,16 +278,29 @@ impl<'r> Receiver<'r> {
         }
         io.batch.journal.armed.store(0, Ordering::Release);
         let mut first_at = Instant::now();
+        let all = (1u32 << io.sockets.len()) - 1;
         loop {
             let mut got_any = false;
+            if io.maybe_readable & all != all {
+                // Some socket was drained: ask the kernel which have data now (one call, not one per socket), so
+                // that a socket drained once is not passed over while the others stay busy.
+                io.wait_readable(Duration::ZERO);
+            }
             for _ in 0..io.sockets.len() {
                 if filled == per_slot {
                     break;
                 }
                 let sector = io.next_socket;
                 io.next_socket = (sector + 1) % io.sockets.len();
+                if io.maybe_readable & (1 << sector) == 0 {
+                    continue;
+                }
                 let max = (per_slot - filled).min(TURN);
                 let n = io.recv_into(sector, seq, base, data_off, stride, filled, max)?;
+                if n < max {
+                    // Drained (a short batch, or none): skip it until poll says otherwise.
+                    io.maybe_readable &= !(1 << sector);
+                }
                 if n == 0 {
                     io.batch.journal.armed.store(0, Ordering::Release);
                     continue;
@@ -505,11 +530,24 @@ impl Io<'_> {
         self.drops_read = Instant::now();
     }
 
-    /// Sleeps until a socket is readable or `timeout` passes.
+    /// Sleeps until a socket is readable or `timeout` passes (zero: just looks), and marks the readable ones.
     fn wait_readable(&mut self, timeout: Duration) {
-        let ts = libc::timespec { tv_sec: 0, tv_nsec: timeout.as_nanos().clamp(1, 999_999_999) as libc::c_long };
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: timeout.as_nanos().min(999_999_999) as libc::c_long };
         // SAFETY: `pollfds` holds `len` initialised pollfd entries whose fds (our sockets) stay open for the call;
-        // the kernel writes only their `revents`. A failed or interrupted wait just returns: the caller loops.
-        unsafe { libc::ppoll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, &ts, std::ptr::null()) };
+        // the kernel writes only their `revents`.
+        let r = unsafe {
+            libc::ppoll(self.pollfds.as_mut_ptr(), self.pollfds.len() as libc::nfds_t, &ts, std::ptr::null())
+        };
+        if r < 0 {
+            // Interrupted (or failed): look at every socket again rather than trust stale results.
+            self.maybe_readable = u32::MAX;
+            return;
+        }
+        for (i, p) in self.pollfds.iter().enumerate() {
+            // Errors too: the next call reports them.
+            if p.revents != 0 {
+                self.maybe_readable |= 1 << i;
+            }
+        }
     }
 }

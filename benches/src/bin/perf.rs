@@ -32,6 +32,9 @@ struct Args {
     /// Seconds of the steady-state run (after a 5 s warm-up).
     #[arg(long)]
     soak_s: Option<f64>,
+    /// Configuration of the pipeline under test (TOML, as for `ringdaq run --config`); default: the defaults.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 /// Configuration of the pipeline under test: the defaults, with more restarts allowed than a benchmark needs.
@@ -148,7 +151,11 @@ fn run(a: &Args, dir: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> an
     if !needs_pipeline {
         return Ok(());
     }
-    let mut p = Pipeline::start("perf", CONFIG)?;
+    let config = match &a.config {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        None => CONFIG.to_string(),
+    };
+    let mut p = Pipeline::start("perf", &config)?;
     if want("idle") {
         tracing::info!("idle");
         std::thread::sleep(std::time::Duration::from_secs(2));
@@ -282,6 +289,24 @@ fn run(a: &Args, dir: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> an
             // Reached 400 within the simulator's pacing (it reaches 399.9 when asked for 400).
             Some(pr >= 0.99 * 400.0 && pr >= 0.9 * br),
         ));
+        // Both searches usually end at the simulator's limit on a small machine, so the rates compare how much CPU
+        // each leaves the sender; the receive side's own CPU per frame, at the highest rate both took without
+        // loss, compares the receivers directly.
+        let top = |s: &ingest::Search| s.trials.iter().filter(|t| t.lossless()).map(|t| t.asked).fold(0.0, f64::max);
+        let common = top(&s).min(top(&b));
+        let at = |s: &ingest::Search| s.trials.iter().find(|t| t.asked == common && t.lossless()).cloned();
+        if let (Some(pt), Some(bt)) = (at(&s), at(&b)) {
+            rows.push(Row::new(
+                &format!(
+                    "receive CPU per frame at {common:.0} frames/s asked (µs; receiver process vs bare loop thread)"
+                ),
+                format!("{:.0}", pt.receive_us_per_frame()),
+                format!("bare recvmmsg {:.0}", bt.receive_us_per_frame()),
+                format!("{:.2}× (bare / receiver)", bt.receive_us_per_frame() / pt.receive_us_per_frame()),
+                "(efficiency)",
+                None,
+            ));
+        }
         for (name, srch) in [("pipeline", &s), ("bare recvmmsg", &b)] {
             notes.push(format!(
                 "ingest trials, {name} (asked → reached frames/s, datagrams received/sent{}): {}",
@@ -289,12 +314,20 @@ fn run(a: &Args, dir: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> an
                 srch.trials
                     .iter()
                     .map(|t| format!(
-                        "{:.0} → {:.0}: {}/{}{}",
+                        "{:.0} → {:.0}: {}/{}{}{}",
                         t.asked,
                         t.sent_fps,
                         t.received,
                         t.sent,
-                        t.complete.map_or(String::new(), |c| format!(", {c}/{}", t.frames))
+                        t.complete.map_or(String::new(), |c| format!(", {c}/{}", t.frames)),
+                        match t.assembler_cpu_s {
+                            Some(a) => format!(
+                                " (CPU per frame: receiver {:.0} µs, assembler {:.0} µs)",
+                                t.receive_us_per_frame(),
+                                a / t.frames as f64 * 1e6
+                            ),
+                            None => format!(" (CPU per frame {:.0} µs)", t.receive_us_per_frame()),
+                        }
                     ))
                     .collect::<Vec<_>>()
                     .join("; ")
