@@ -1,6 +1,10 @@
 //! Decode throughput in GB/s of output, beside memcpy of the same output bytes, in the same run.
 //!
 //! `cargo bench -p ringdaq-benches --bench decode`
+//!
+//! One frame, decoded again and again: source and frame stay in the cache, so this measures the kernels'
+//! arithmetic and access pattern. The figure against the aim is `target/release/perf --only decode`, which
+//! rotates over a frame ring's worth of frames and so runs at memory speed, as the pipeline does.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use detector::mode::{Mode, SECTORS};

@@ -123,11 +123,12 @@ fn print(region: &Region, how: &str, out: &mut impl Write) -> anyhow::Result<()>
         let s = area.stage(st);
         writeln!(
             out,
-            "stage {:<9}: pid {:<7} starts {:<4} heartbeat {}",
+            "stage {:<9}: pid {:<7} starts {:<4} heartbeat {:<10} allocations {}",
             st.name(),
             s.pid.load(Ordering::Relaxed),
             s.starts.load(Ordering::Relaxed),
-            s.heartbeat.load(Ordering::Relaxed)
+            s.heartbeat.load(Ordering::Relaxed),
+            s.allocations.load(Ordering::Relaxed)
         )?;
     }
     let j = &area.receive_journal;
