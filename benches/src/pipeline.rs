@@ -28,16 +28,25 @@ impl Pipeline {
         std::fs::create_dir_all(&dir)?;
         let cfg = dir.join("ringdaq.toml");
         std::fs::write(&cfg, config)?;
-        let port_base = 30_000 + (std::process::id() % 20_000) as u16;
-        let child = Command::new(exe_dir.join("ringdaq"))
-            .arg("--runtime-dir")
+        let port_base = free_port_base()?;
+        let mut cmd = Command::new(exe_dir.join("ringdaq"));
+        cmd.arg("--runtime-dir")
             .arg(dir.join("rt"))
             .args(["run", "--port-base", &port_base.to_string(), "--config"])
             .arg(&cfg)
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.join("ringdaq.log"))?))
-            .spawn()
-            .context("running ringdaq (build it first: cargo build --release)")?;
+            .stderr(Stdio::from(std::fs::File::create(dir.join("ringdaq.log"))?));
+        // SAFETY: the closure runs in the forked child before exec and calls only prctl, which is
+        // async-signal-safe. The pipeline dies with the benchmark, however the benchmark ends.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().context("running ringdaq (build it first: cargo build --release)")?;
         let t = Instant::now();
         let conn = loop {
             match supervisor::client::connect(&dir.join("rt")) {
@@ -113,6 +122,25 @@ impl Pipeline {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// A first port of eight consecutive UDP ports on 127.0.0.1 that are free now (other benchmarks or tests may
+/// run beside this one).
+fn free_port_base() -> anyhow::Result<u16> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mut x = (u64::from(std::process::id()) << 32 ^ now) | 1;
+    for _ in 0..200 {
+        // xorshift: spread over 20000..60000
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let base = 20_000 + (x % 40_000) as u16;
+        let socks: Result<Vec<_>, _> = (0..8).map(|i| std::net::UdpSocket::bind(("127.0.0.1", base + i))).collect();
+        if socks.is_ok() {
+            return Ok(base);
+        }
+    }
+    anyhow::bail!("no eight free consecutive UDP ports on 127.0.0.1")
 }
 
 impl Drop for Pipeline {

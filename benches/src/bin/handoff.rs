@@ -3,8 +3,8 @@
 //! `cargo run --release -p ringdaq-benches --bin handoff [-- --items N --samples N]`
 //!
 //! Throughput: the parent sends N 8-byte items as fast as it can; the child takes each one (the ring: one slot
-//! per item, committed one by one). Latency: the parent sends one timestamped item every 200 µs to a child that
-//! is asleep waiting for it (futex for the ring, a blocking read for the others); the child records how long
+//! per item, committed one by one). Latency: the parent sends one timestamped item every `--interval-us` (200 µs)
+//! to a child that is asleep waiting for it (futex for the ring, a blocking read for the others); the child records how long
 //! after the timestamp it had the item. Prints a table with the ratios against the Unix socket. The parent runs
 //! on CPU 0, the child on CPU 1.
 
@@ -29,6 +29,10 @@ struct Args {
     /// Leave CPU placement to the scheduler (by default the parent runs on CPU 0 and the child on CPU 1).
     #[arg(long)]
     no_pin: bool,
+    /// Microseconds between latency samples: how long the consumer sleeps before each (a frame period is
+    /// 2500 at 400 frames/s; on a virtual machine, a long sleep can cost a slow wake-up of its CPU).
+    #[arg(long, default_value_t = 200)]
+    interval_us: u64,
     /// (internal) run as the child, connecting to this control socket.
     #[arg(long, hide = true)]
     child: Option<std::path::PathBuf>,
@@ -80,14 +84,18 @@ fn main() -> anyhow::Result<()> {
     let sock = dir.join("control.sock");
     let listener = ControlListener::bind(&sock)?;
     let mut rows = Vec::new();
+    let interval = Duration::from_micros(args.interval_us);
     for transport in [RING, UNIX, PIPE] {
-        let tput = run(&listener, &sock, transport, THROUGHPUT, args.items)?;
-        let lat = run(&listener, &sock, transport, LATENCY, args.samples)?;
+        let tput = run(&listener, &sock, transport, THROUGHPUT, args.items, interval)?;
+        let lat = run(&listener, &sock, transport, LATENCY, args.samples, interval)?;
         rows.push((transport, tput, lat));
     }
     let _ = std::fs::remove_dir_all(&dir);
     let unix_rate = rows.iter().find(|r| r.0 == UNIX).map_or(1.0, |r| r.1[0] as f64);
-    println!("two-process hand-off of 8-byte items ({} items, {} latency samples)", args.items, args.samples);
+    println!(
+        "two-process hand-off of 8-byte items ({} items, {} latency samples {} µs apart)",
+        args.items, args.samples, args.interval_us
+    );
     println!(
         "{:<22} {:>14} {:>9} {:>10} {:>10} {:>10}",
         "transport", "items/s", "vs unix", "p50 µs", "p99 µs", "p99.9 µs"
@@ -115,6 +123,7 @@ fn run(
     transport: u64,
     mode: u64,
     n: u64,
+    interval: Duration,
 ) -> anyhow::Result<Vec<u64>> {
     let exe = std::env::current_exe()?;
     let mut child = std::process::Command::new(exe).arg("--child").arg(sock).spawn()?;
@@ -137,7 +146,7 @@ fn run(
                 s.bytes_mut()[..8].copy_from_slice(&v.to_le_bytes());
                 s.publish();
                 if mode == LATENCY {
-                    pause();
+                    std::thread::sleep(interval);
                 }
             }
             collect(conn)?
@@ -157,7 +166,7 @@ fn run(
                 let v = if mode == LATENCY { now_ns() } else { i };
                 tx.write_all(&v.to_le_bytes())?;
                 if mode == LATENCY {
-                    pause();
+                    std::thread::sleep(interval);
                 }
             }
             collect(conn)?
@@ -167,11 +176,6 @@ fn run(
     let st = child.wait()?;
     anyhow::ensure!(st.success(), "child failed: {st}");
     Ok(result)
-}
-
-/// ~200 µs between latency samples, so that the consumer is asleep when each arrives.
-fn pause() {
-    std::thread::sleep(Duration::from_micros(200));
 }
 
 fn wait_ready(conn: &Connection) -> anyhow::Result<()> {

@@ -184,7 +184,7 @@ fn run(a: &Args, dir: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> an
         let (fps, n) = if a.quick { (200.0, 400) } else { (200.0, 3000) };
         let mut l = latency::consumer_wake_us(&mut p, fps, n)?;
         l.sort_by(f64::total_cmp);
-        match isolated_handoff(a.quick) {
+        match isolated_handoff(a.quick, if a.quick { 1000 } else { 5000 }, 200) {
             Ok(iso) => {
                 if let (Some(r), Some(u)) = (
                     iso.iter().find(|r| r.transport.starts_with("ring")),
@@ -207,6 +207,18 @@ fn run(a: &Args, dir: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> an
                 }
             }
             Err(e) => notes.push(format!("the isolated hand-off benchmark failed: {e:#}")),
+        }
+        // The same with the consumer asleep for a whole frame period (5 ms at 200 frames/s), as in the pipeline.
+        match isolated_handoff(a.quick, if a.quick { 200 } else { 1000 }, 5000) {
+            Ok(iso) => {
+                for r in iso {
+                    notes.push(format!(
+                        "isolated hand-off, samples 5 ms apart ({}): p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
+                        r.transport, r.p50_us, r.p99_us, r.p999_us
+                    ));
+                }
+            }
+            Err(e) => notes.push(format!("the isolated hand-off benchmark (5 ms) failed: {e:#}")),
         }
         rows.push(Row::new(
             &format!(
@@ -346,11 +358,12 @@ struct HandoffRow {
     items_per_s: f64,
 }
 
-/// The `handoff` benchmark's ring and Unix-socket rows.
-fn isolated_handoff(quick: bool) -> anyhow::Result<Vec<HandoffRow>> {
+/// The `handoff` benchmark's ring and Unix-socket rows, `samples` latency samples `interval_us` apart.
+fn isolated_handoff(quick: bool, samples: u64, interval_us: u64) -> anyhow::Result<Vec<HandoffRow>> {
     let exe = std::env::current_exe()?.with_file_name("handoff");
     let out = Command::new(&exe)
-        .args(["--items", if quick { "100000" } else { "1000000" }, "--samples", if quick { "1000" } else { "5000" }])
+        .args(["--items", if quick { "100000" } else { "1000000" }])
+        .args(["--samples", &samples.to_string(), "--interval-us", &interval_us.to_string()])
         .output()
         .with_context(|| format!("running {}", exe.display()))?;
     anyhow::ensure!(out.status.success(), "handoff failed: {}", String::from_utf8_lossy(&out.stderr));
