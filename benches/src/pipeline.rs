@@ -47,14 +47,22 @@ impl Pipeline {
             });
         }
         let child = cmd.spawn().context("running ringdaq (build it first: cargo build --release)")?;
+        let mut child = child;
         let t = Instant::now();
         let conn = loop {
             match supervisor::client::connect(&dir.join("rt")) {
                 Ok(c) => break c,
-                Err(_) if t.elapsed() < Duration::from_secs(20) => std::thread::sleep(Duration::from_millis(20)),
                 Err(e) => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                    return Err(e);
+                    // A configuration ringdaq refuses ends it at once: say what it said.
+                    let exited = child.try_wait().ok().flatten();
+                    if exited.is_some() || t.elapsed() > Duration::from_secs(20) {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        let log = std::fs::read_to_string(dir.join("ringdaq.log")).unwrap_or_default();
+                        let _ = std::fs::remove_dir_all(&dir);
+                        return Err(e.context(format!("ringdaq run did not start:\n{}", log.trim_end())));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
                 }
             }
         };

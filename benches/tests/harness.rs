@@ -1,18 +1,21 @@
 //! The benchmark harness (`target/release/perf`, see BENCHMARKS.md) runs and reports what it was asked for.
+//! (An integration test of this package, so that `cargo test --workspace` builds `perf` on a clean checkout.)
 //! Timing is not checked here: only that each measurement runs to the end on real processes and that its
 //! correctness checks (the decoded frames equal the pattern) hold.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use ringdaq_tests::{ChildGuard, TempDir, bin_path};
+use ringdaq_tests::{ChildGuard, TempDir};
 
 #[test]
 fn perf_harness_measures_decode_and_an_idle_pipeline() {
     let dir = TempDir::new("perf").expect("temp dir");
     let (out, err) = (dir.path().join("out.md"), dir.path().join("err.log"));
     let mut perf = ChildGuard::spawn(
-        Command::new(bin_path("perf"))
+        // Cargo builds this package's binaries for its integration tests; `perf` finds `ringdaq` beside itself
+        // (built for the supervisor's own integration tests).
+        Command::new(env!("CARGO_BIN_EXE_perf"))
             .args(["--quick", "--only", "decode,idle", "--out"])
             .arg(dir.path())
             .env("TMPDIR", dir.path())
