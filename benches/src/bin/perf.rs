@@ -37,6 +37,9 @@ struct Args {
     config: Option<PathBuf>,
 }
 
+/// The measurements, in the order they run.
+const MEASUREMENTS: [&str; 6] = ["decode", "writer", "idle", "handoff", "steady", "ingest"];
+
 /// Configuration of the pipeline under test: the defaults, with more restarts allowed than a benchmark needs.
 const CONFIG: &str = "[supervisor]\nmax_restarts = 1000\n";
 
@@ -59,6 +62,9 @@ impl Row {
 fn main() -> anyhow::Result<()> {
     shm_protocol::logging::init();
     let a = Args::parse();
+    if let Some(bad) = a.only.iter().find(|o| !MEASUREMENTS.contains(&o.as_str())) {
+        anyhow::bail!("no measurement {bad:?}; the measurements are {}", MEASUREMENTS.join(", "));
+    }
     let out_dir = a.out.clone().unwrap_or_else(std::env::temp_dir);
     let dir = out_dir.join(format!("ringdaq-perf-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
