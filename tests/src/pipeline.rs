@@ -36,11 +36,13 @@ fn launch(dir: &Path, port_base: u16, env: &[(&str, &str)]) -> ChildGuard {
 
 /// A running `ringdaq run`.
 pub struct Pipeline {
+    /// The supervisor; killed (and with it the stages) before `dir` is removed: fields drop in this order, and
+    /// a running pipeline writing into its directory makes the removal fail.
+    child: ChildGuard,
     /// Runtime directory, output files and the log.
     pub dir: TempDir,
     /// UDP port of sector 0.
     pub port_base: u16,
-    child: ChildGuard,
 }
 
 impl Pipeline {

@@ -57,6 +57,9 @@ impl SmallFs {
 impl Drop for SmallFs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        // A lazily unmounted file system lives on while a process still uses it (a stage dying with the
+        // supervisor); its mount point cannot be removed until then.
+        let _ = ringdaq_tests::wait_for(Duration::from_secs(5), || std::fs::remove_dir(&self.0).ok());
     }
 }
 
@@ -73,8 +76,10 @@ fn fill(dir: &Path) {
 #[test]
 fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
     let _g = ringdaq_tests::serial();
-    let p = Pipeline::start("");
-    let mnt = p.dir.path().join("small");
+    // Declared before the pipeline, so dropped after it: the stages are gone before the unmount, and the mount
+    // is gone before its directory is removed (a busy mount point cannot be).
+    let small = TempDir::new("smallfs").expect("temp dir");
+    let mnt = small.path().join("small");
     let _fs = match SmallFs::mount(&mnt, "64m") {
         Ok(fs) => fs,
         Err(why) => {
@@ -82,6 +87,7 @@ fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
             return;
         }
     };
+    let p = Pipeline::start("");
     let acquire_into = |frames: u64, path: &Path| match p.call(Request::Acquire {
         frames,
         path: path.display().to_string(),
