@@ -34,22 +34,24 @@ pub fn measure(frames: usize, passes: usize) -> anyhow::Result<DecodeFigures> {
     let expected = detector::pattern::expected_frame(&g, 3);
     // One frame's datagrams in camera order (block by block, each in all 8 sectors), repeated for every frame.
     let mut one = vec![0u8; per_frame * stride];
-    let mut order = Vec::with_capacity(per_frame);
+    // Per datagram in camera order: its sector, its header and its block index in the frame.
+    let mut order: Vec<(usize, BlockHeader, usize)> = Vec::with_capacity(per_frame);
     let mut px = vec![0u16; g.block_width * g.block_height];
     for b in 0..g.blocks_per_sector() {
         let (x, y) = g.block_position(b);
         for s in 0..SECTORS {
             let n = order.len();
             let dgram = &mut one[n * stride..][..g.block_bytes];
+            let h = BlockHeader::for_block(&g, 3, 0, x, y, 0);
             let mut hdr = [0u8; HEADER_BYTES];
-            BlockHeader::for_block(&g, 3, 0, x, y, 0).encode(&mut hdr);
+            h.encode(&mut hdr);
             dgram[..HEADER_BYTES].copy_from_slice(&hdr);
             for r in 0..g.block_height {
                 let at = (y + r) * g.frame_cols() + s * g.sector_width + x;
                 px[r * g.block_width..][..g.block_width].copy_from_slice(&expected[at..at + g.block_width]);
             }
             detector::decode::pack12(&px, &mut dgram[HEADER_BYTES..]);
-            order.push(g.block_index(s, x, y));
+            order.push((s, h, g.block_index(s, x, y)));
         }
     }
     let blocks: Vec<u8> = one.repeat(frames);
@@ -65,17 +67,11 @@ pub fn measure(frames: usize, passes: usize) -> anyhow::Result<DecodeFigures> {
     let refs: Vec<Vec<Option<&[u8]>>> = (0..frames)
         .map(|f| {
             let mut r = vec![None; per_frame];
-            for (i, &bi) in order.iter().enumerate() {
+            for (i, &(_, _, bi)) in order.iter().enumerate() {
                 let at = (f * per_frame + i) * stride + HEADER_BYTES;
                 r[bi] = Some(&blocks[at..at + g.payload_bytes()]);
             }
             r
-        })
-        .collect();
-    let headers: Vec<(usize, BlockHeader)> = (0..g.blocks_per_sector())
-        .flat_map(|b| {
-            let (x, y) = g.block_position(b);
-            (0..SECTORS).map(move |s| (s, BlockHeader::for_block(&g, 3, 0, x, y, 0)))
         })
         .collect();
 
@@ -108,7 +104,7 @@ pub fn measure(frames: usize, passes: usize) -> anyhow::Result<DecodeFigures> {
 
         let t = Instant::now();
         for (f, o) in out.iter_mut().enumerate() {
-            for (i, (s, h)) in headers.iter().enumerate() {
+            for (i, (s, h, _)) in order.iter().enumerate() {
                 let at = (f * per_frame + i) * stride + HEADER_BYTES;
                 decoder.place(&g, *s, h, &blocks[at..at + g.payload_bytes()], o)?;
             }

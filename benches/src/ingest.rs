@@ -126,21 +126,16 @@ pub struct BareSockets {
 }
 
 impl BareSockets {
-    /// Binds eight consecutive free ports.
+    /// Binds eight consecutive free ports, each with a receive buffer of `buffer` bytes.
     pub fn bind(buffer: usize) -> anyhow::Result<Self> {
-        for b in (41_000..60_000).step_by(97) {
-            let s: Result<Vec<UdpSocket>, _> = (0..8).map(|i| UdpSocket::bind(("127.0.0.1", b + i))).collect();
-            if let Ok(socks) = s {
-                for s in &socks {
-                    s.set_nonblocking(true)?;
-                    if rustix::net::sockopt::set_socket_recv_buffer_size_force(s, buffer).is_err() {
-                        rustix::net::sockopt::set_socket_recv_buffer_size(s, buffer)?;
-                    }
-                }
-                return Ok(Self { socks, port_base: b });
+        let (port_base, socks) = crate::pipeline::bind_eight_udp()?;
+        for s in &socks {
+            s.set_nonblocking(true)?;
+            if rustix::net::sockopt::set_socket_recv_buffer_size_force(s, buffer).is_err() {
+                rustix::net::sockopt::set_socket_recv_buffer_size(s, buffer)?;
             }
         }
-        anyhow::bail!("no eight free consecutive UDP ports")
+        Ok(Self { socks, port_base })
     }
 
     /// A trial of the bare loop: receives with `recvmmsg` (64 datagrams a call) from all eight sockets, polling

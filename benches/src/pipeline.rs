@@ -28,7 +28,8 @@ impl Pipeline {
         std::fs::create_dir_all(&dir)?;
         let cfg = dir.join("ringdaq.toml");
         std::fs::write(&cfg, config)?;
-        let port_base = free_port_base()?;
+        // Free now; released for `ringdaq run` to bind.
+        let (port_base, _) = bind_eight_udp()?;
         let mut cmd = Command::new(exe_dir.join("ringdaq"));
         cmd.arg("--runtime-dir")
             .arg(dir.join("rt"))
@@ -132,9 +133,9 @@ impl Pipeline {
     }
 }
 
-/// A first port of eight consecutive UDP ports on 127.0.0.1 that are free now (other benchmarks or tests may
-/// run beside this one).
-fn free_port_base() -> anyhow::Result<u16> {
+/// Eight UDP sockets bound to consecutive ports on 127.0.0.1, and the first port. The bases are drawn at random
+/// so that benchmarks and tests running beside this one do not collide.
+pub fn bind_eight_udp() -> anyhow::Result<(u16, Vec<std::net::UdpSocket>)> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let mut x = (u64::from(std::process::id()) << 32 ^ now) | 1;
     for _ in 0..200 {
@@ -144,8 +145,8 @@ fn free_port_base() -> anyhow::Result<u16> {
         x ^= x << 17;
         let base = 20_000 + (x % 40_000) as u16;
         let socks: Result<Vec<_>, _> = (0..8).map(|i| std::net::UdpSocket::bind(("127.0.0.1", base + i))).collect();
-        if socks.is_ok() {
-            return Ok(base);
+        if let Ok(socks) = socks {
+            return Ok((base, socks));
         }
     }
     anyhow::bail!("no eight free consecutive UDP ports on 127.0.0.1")
