@@ -138,7 +138,7 @@ impl ControlListener {
     ///
     /// A refused peer's connection is closed and [`ControlError::PeerRefused`] returned; the listener is intact.
     /// (A server that wants to tell the peer why uses [`ControlListener::accept_any`] and
-    /// [`Connection::refuse_stranger`].)
+    /// [`Connection::refuse`].)
     pub fn accept(&self) -> Result<Connection, ControlError> {
         let conn = self.accept_any()?;
         conn.check_peer()?;
@@ -242,13 +242,15 @@ impl Connection {
         Ok(())
     }
 
-    /// Tells a peer that [`Connection::check_peer`] refused why, then closes: waits up to a second for its
-    /// first message (so that the answer is not lost in a connection closed under its send), discards it and
-    /// any descriptors with it, and answers `Reply::Error`.
-    pub fn refuse_stranger(mut self, why: &ControlError) {
+    /// Answers a peer that is refused (by [`Connection::check_peer`], say) with `reply`, then closes: waits up
+    /// to a second for its first message (so that the answer is not lost in a connection closed under its
+    /// send), discards it and any descriptors with it, whatever it is, and sends `reply`. The transport does not
+    /// know the protocol's messages: the caller says what a refusal looks like.
+    pub fn refuse<T: Serialize>(mut self, reply: &T) {
         let _ = self.set_recv_timeout(Some(Duration::from_secs(1)));
-        let _ = self.recv::<crate::messages::Request>();
-        let _ = self.send(&crate::messages::Reply::Error { message: why.to_string() });
+        // `recv` takes the packet and its descriptors before decoding; whether `()` decodes from it is moot.
+        let _ = self.recv::<()>();
+        let _ = self.send(reply);
     }
 
     /// Sets how long [`Connection::recv`] waits (`None`: forever).

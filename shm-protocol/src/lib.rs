@@ -24,25 +24,30 @@
 //! slot.publish();
 //!
 //! let read = consumer.next(None)?;
-//! assert_eq!(&read.bytes()[..5], b"hello");
-//! consumer.commit(read.seq() + 1);
+//! let seq = read.seq();
+//! assert_eq!(&read.bytes().ok_or("a gating consumer's slot is stable")?[..5], b"hello");
+//! consumer.commit(seq + 1); // `read` cannot be used past here: the producer may reuse its slot
+
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 #![deny(missing_docs)]
 
-pub mod alloc_count;
-pub mod consumer;
+// The transport: a region of rings, waiting, and the control channel. None of it imports `pipeline`.
 pub mod control;
 pub mod layout;
-#[cfg(feature = "logging")]
-pub mod logging;
-pub mod messages;
-pub mod pipeline;
 pub mod region;
 pub mod ring;
-pub mod session;
 pub mod wait;
+
+// Above the transport: ringdaq's pipeline (its records, messages, sessions and consumers), and process utilities.
+pub mod alloc_count;
+#[cfg(feature = "logging")]
+pub mod logging;
+pub mod pipeline;
+
+// The pipeline's modules under the short paths every ringdaq crate uses.
+pub use pipeline::{consumer, messages, session};
 
 pub use control::{Connection, ControlError, ControlListener, PeerCredentials, Received};
 pub use region::{Access, Region, RegionError};

@@ -9,16 +9,10 @@ use memmap2::{MmapOptions, MmapRaw};
 use rustix::fs::{FallocateFlags, SealFlags};
 
 use crate::layout::{self, LAYOUT_VERSION, MAGIC, PAGE_SIZE, RegionHeader, RegionSpec, RingDesc, SpecError};
+// The region hands out rings; rings know nothing of the region (they are given a base pointer and a
+// descriptor), so the dependency runs one way.
+pub use crate::ring::Access;
 use crate::ring::Ring;
-
-/// How a process maps the region.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Pipeline stages: may write slots and cursors.
-    ReadWrite,
-    /// External consumers: the mapping is not writable at all.
-    ReadOnly,
-}
 
 /// Why a region could not be created or attached.
 #[derive(Debug, thiserror::Error)]

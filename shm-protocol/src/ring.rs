@@ -15,7 +15,6 @@ use std::time::Duration;
 use crate::layout::{
     CACHE_LINE, ConsumerLine, ConsumerMode, RingControl, RingDesc, RingKind, SlotStamp, stamp_writing, stamp_written,
 };
-use crate::region::Access;
 use crate::wait::{self, Deadline, Wake};
 
 /// Why a ring operation did not complete.
@@ -46,6 +45,25 @@ pub enum RingError {
     NoFreeConsumer,
     /// The region is mapped read-only; this operation writes.
     #[error("the region is mapped read-only")]
+    ReadOnly,
+    /// A read past the end of a slot.
+    #[error("{len} bytes at offset {offset} run past the end of a {slot}-byte slot")]
+    OutOfSlot {
+        /// Offset asked for.
+        offset: usize,
+        /// Bytes asked for.
+        len: usize,
+        /// The slot's size.
+        slot: usize,
+    },
+}
+
+/// How a process maps the region, and so what it may do with a ring in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Pipeline stages: may write slots and cursors.
+    ReadWrite,
+    /// External consumers: the mapping is not writable at all.
     ReadOnly,
 }
 
@@ -515,11 +533,34 @@ pub struct Consumer<'r> {
     seen_published: u64,
 }
 
-/// A slot a consumer reads. For lossy consumers, [`ReadSlot::still_valid`] tells whether it was overwritten.
-#[derive(Debug, Clone, Copy)]
-pub struct ReadSlot<'r> {
-    ring: Ring<'r>,
+/// A slot being read: a guard that borrows its consumer (or reader), so that nothing read through it outlives
+/// the consumer's next commit, which lets the producer rewrite the slot (as Aeron's and iceoryx2's read APIs
+/// tie a sample to its subscriber).
+///
+/// A gating consumer's slot is stable while the guard lives: [`ReadSlot::bytes`] lends it. A lossy reader's
+/// slot may be rewritten under it at any time, so it is only copied out ([`ReadSlot::copy_to`], volatile reads)
+/// and the copy checked with the seqlock stamp.
+///
+/// Bytes kept past a commit do not compile:
+/// ```compile_fail
+/// # use shm_protocol::{layout::*, ring::StartAt, Region};
+/// # let region = Region::create(&RegionSpec { geometry: Geometry::default(),
+/// #     rings: vec![RingSpec { kind: RingKind::Bytes, slot_count: 2, slot_bytes: 64, max_consumers: 1 }],
+/// #     app_bytes: 0 }).unwrap();
+/// # let ring = region.ring(0).unwrap();
+/// # ring.activate_consumer(0, ConsumerMode::Gating, StartAt::Seq(0)).unwrap();
+/// # let mut consumer = ring.consumer(0).unwrap();
+/// # ring.producer().unwrap().claim(None).unwrap().publish();
+/// let bytes = consumer.next(None).unwrap().bytes().unwrap();
+/// consumer.commit(1); // the producer may now rewrite the slot...
+/// assert_eq!(bytes[0], 0); // ...so this borrow is refused
+/// ```
+#[derive(Debug)]
+pub struct ReadSlot<'c> {
+    ring: Ring<'c>,
     seq: u64,
+    /// The producer cannot rewrite the slot before the borrowed consumer commits past it.
+    stable: bool,
 }
 
 impl<'r> Consumer<'r> {
@@ -557,7 +598,31 @@ impl<'r> Consumer<'r> {
     ///
     /// A lossy consumer that was lapped gets [`RingError::Overrun`] once, with the count it missed, and is moved
     /// to the oldest slot that cannot be being rewritten.
-    pub fn try_next(&mut self) -> Result<Option<ReadSlot<'r>>, RingError> {
+    pub fn try_next(&mut self) -> Result<Option<ReadSlot<'_>>, RingError> {
+        Ok(self.advance()?.map(|seq| self.slot(seq)))
+    }
+
+    /// Returns the next published slot, sleeping until there is one, at most `timeout`.
+    pub fn next(&mut self, timeout: Option<Duration>) -> Result<ReadSlot<'_>, RingError> {
+        let deadline = Deadline::after(timeout);
+        loop {
+            if let Some(seq) = self.advance()? {
+                return Ok(self.slot(seq));
+            }
+            if self.wait_published(self.next + 1, &deadline) == Wake::TimedOut {
+                let seq = self.advance()?.ok_or(RingError::Timeout)?;
+                return Ok(self.slot(seq));
+            }
+        }
+    }
+
+    /// The guard of `seq`, borrowing this consumer.
+    fn slot(&self, seq: u64) -> ReadSlot<'_> {
+        ReadSlot { ring: self.ring, seq, stable: self.mode == ConsumerMode::Gating }
+    }
+
+    /// Moves past the next published sequence and returns it, if there is one (see [`Consumer::try_next`]).
+    fn advance(&mut self) -> Result<Option<u64>, RingError> {
         if self.next >= self.seen_published || self.mode == ConsumerMode::Lossy {
             self.seen_published = self.ring.published();
         }
@@ -579,22 +644,9 @@ impl<'r> Consumer<'r> {
                 return Err(RingError::Overrun { missed });
             }
         }
-        let slot = ReadSlot { ring: self.ring, seq: self.next };
+        let seq = self.next;
         self.next += 1;
-        Ok(Some(slot))
-    }
-
-    /// Returns the next published slot, sleeping until there is one, at most `timeout`.
-    pub fn next(&mut self, timeout: Option<Duration>) -> Result<ReadSlot<'r>, RingError> {
-        let deadline = Deadline::after(timeout);
-        loop {
-            if let Some(s) = self.try_next()? {
-                return Ok(s);
-            }
-            if self.wait_published(self.next + 1, &deadline) == Wake::TimedOut {
-                return self.try_next()?.ok_or(RingError::Timeout);
-            }
-        }
+        Ok(Some(seq))
     }
 
     /// Sleeps until at least `want` sequences are published or the deadline passes.
@@ -657,7 +709,7 @@ impl<'r> Consumer<'r> {
     }
 }
 
-impl<'r> ReadSlot<'r> {
+impl<'c> ReadSlot<'c> {
     /// The slot's sequence.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -678,26 +730,28 @@ impl<'r> ReadSlot<'r> {
         self.len() == 0
     }
 
-    /// The slot's bytes.
-    ///
-    /// For a gating consumer they are stable until it commits past this sequence. For a lossy consumer they may
-    /// be overwritten while read: check [`ReadSlot::still_valid`] after using them and discard what was computed
-    /// if it says no.
-    pub fn bytes(&self) -> &'r [u8] {
-        // SAFETY: the slot lies inside the mapping, which outlives 'r. A gating reader's slot is not rewritten
-        // before it commits (the producer checks the gate). For lossy readers a concurrent rewrite can happen;
-        // it can only produce torn values, which `still_valid` detects.
-        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len()) }
+    /// The slot's bytes, for a gating consumer: stable until it commits past this sequence, which the borrow
+    /// prevents while they are used. `None` for a lossy consumer or a reader, whose slot may be rewritten while
+    /// read: they copy it out with [`ReadSlot::copy_to`].
+    pub fn bytes(&self) -> Option<&'c [u8]> {
+        // SAFETY: the slot lies inside the mapping, which outlives 'c. A gating consumer's slot is not rewritten
+        // before it commits past it (the producer checks the gate), and committing needs the consumer borrowed
+        // mutably, which the returned borrow (of lifetime 'c) excludes.
+        self.stable.then(|| unsafe { std::slice::from_raw_parts(self.as_ptr(), self.len()) })
     }
 
     /// Copies `dst.len()` bytes from `offset` and tells whether the copy is the published content of this
-    /// sequence (lossy consumers: `false` means it was overwritten and the copy must be discarded).
-    pub fn copy_to(&self, offset: usize, dst: &mut [u8]) -> bool {
-        let end = offset.saturating_add(dst.len());
-        assert!(end <= self.len(), "copy past the end of the slot");
-        // SAFETY: range checked above; source is in the mapping, destination is our own buffer.
-        unsafe { std::ptr::copy_nonoverlapping(self.as_ptr().add(offset), dst.as_mut_ptr(), dst.len()) };
-        self.still_valid()
+    /// sequence (lossy readers: `false` means it was overwritten and the copy must be discarded). The copy reads
+    /// volatile, word by word: the producer may be writing the same bytes meanwhile (a seqlock read).
+    pub fn copy_to(&self, offset: usize, dst: &mut [u8]) -> Result<bool, RingError> {
+        let end = offset.checked_add(dst.len()).filter(|&e| e <= self.len());
+        if end.is_none() {
+            return Err(RingError::OutOfSlot { offset, len: dst.len(), slot: self.len() });
+        }
+        // SAFETY: the range lies in the slot (checked above), which lies in the mapping; reads are volatile
+        // because another process may write the slot; the destination is our own buffer.
+        unsafe { volatile_copy(self.as_ptr().add(offset), dst) };
+        Ok(self.still_valid())
     }
 
     /// Whether the slot still holds this sequence (seqlock read side; always true for gating consumers).
@@ -707,11 +761,38 @@ impl<'r> ReadSlot<'r> {
     }
 }
 
+/// Copies `dst.len()` bytes from `src` with volatile reads, eight bytes at a time where `src` is aligned (a
+/// lossy reader copies whole block slots, 350 KiB, this way).
+///
+/// # Safety
+/// `src .. src + dst.len()` must be readable memory.
+unsafe fn volatile_copy(src: *const u8, dst: &mut [u8]) {
+    let n = dst.len();
+    let head = src.align_offset(8).min(n);
+    let mut i = 0;
+    while i < head {
+        // SAFETY: i < n, within the readable range.
+        dst[i] = unsafe { std::ptr::read_volatile(src.add(i)) };
+        i += 1;
+    }
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n, within the range; `src + i` is 8-aligned (the head brought it there).
+        let w = unsafe { std::ptr::read_volatile(src.add(i).cast::<u64>()) };
+        dst[i..i + 8].copy_from_slice(&w.to_ne_bytes());
+        i += 8;
+    }
+    while i < n {
+        // SAFETY: i < n, within the range.
+        dst[i] = unsafe { std::ptr::read_volatile(src.add(i)) };
+        i += 1;
+    }
+}
+
 /// A consumer that writes nothing to the region: what a process with a read-only mapping uses.
 ///
 /// It keeps its position in its own memory. It never holds the producer back by itself; to be lossless, a gate
 /// cursor must be registered and advanced for it by a process that may write (the supervisor does, from the
-/// reader's release messages, in [`crate::consumer`]). Either way it checks each slot's stamp, so a slot
+/// reader's release messages, in [`crate::pipeline::consumer`]). Either way it checks each slot's stamp, so a slot
 /// overwritten before (or while) it is read is reported, never returned as good. It sleeps on the producer's
 /// wake word without announcing itself, so the producer must be told to always wake ([`Ring::set_wake_always`]);
 /// otherwise its waits last until their timeout.
@@ -737,7 +818,12 @@ impl<'r> Reader<'r> {
     /// Returns the next published slot if there is one, without sleeping. If the reader was lapped it gets
     /// [`RingError::Overrun`] once, with the count it missed, and moves to the oldest slot that cannot be being
     /// rewritten.
-    pub fn try_next(&mut self) -> Result<Option<ReadSlot<'r>>, RingError> {
+    pub fn try_next(&mut self) -> Result<Option<ReadSlot<'_>>, RingError> {
+        Ok(self.advance()?.map(|seq| ReadSlot { ring: self.ring, seq, stable: false }))
+    }
+
+    /// Moves past the next readable sequence and returns it (see [`Reader::try_next`]).
+    fn advance(&mut self) -> Result<Option<u64>, RingError> {
         let published = self.ring.published();
         if self.next >= published {
             return Ok(None);
@@ -756,17 +842,17 @@ impl<'r> Reader<'r> {
             self.next += missed;
             return Err(RingError::Overrun { missed });
         }
-        let slot = ReadSlot { ring: self.ring, seq: self.next };
+        let seq = self.next;
         self.next += 1;
-        Ok(Some(slot))
+        Ok(Some(seq))
     }
 
     /// Returns the next published slot, sleeping until there is one, at most `timeout`.
-    pub fn next(&mut self, timeout: Option<Duration>) -> Result<ReadSlot<'r>, RingError> {
+    pub fn next(&mut self, timeout: Option<Duration>) -> Result<ReadSlot<'_>, RingError> {
         let deadline = Deadline::after(timeout);
         loop {
-            if let Some(s) = self.try_next()? {
-                return Ok(s);
+            if let Some(seq) = self.advance()? {
+                return Ok(ReadSlot { ring: self.ring, seq, stable: false });
             }
             let ctl = &self.ring.control().producer;
             let want = self.next + 1;

@@ -78,7 +78,7 @@ proptest! {
                 }
                 Op::Read(i) => {
                     if let Some(r) = cons[i].try_next().unwrap() {
-                        let v = u64::from_le_bytes(r.bytes()[..8].try_into().unwrap());
+                        let v = u64::from_le_bytes(r.bytes().unwrap()[..8].try_into().unwrap());
                         prop_assert_eq!(v, r.seq());
                         pending[i].push(v);
                     }
@@ -96,7 +96,7 @@ proptest! {
                     match lossy_c[j].try_next() {
                         Ok(Some(r)) => {
                             let mut b = [0u8; 8];
-                            if r.copy_to(0, &mut b) {
+                            if r.copy_to(0, &mut b).unwrap() {
                                 prop_assert_eq!(u64::from_le_bytes(b), r.seq());
                                 prop_assert!(lossy_last[j].is_none_or(|l| r.seq() > l));
                                 lossy_last[j] = Some(r.seq());
@@ -141,7 +141,7 @@ fn threads_hand_off_through_futexes() {
                 let mut c = ring.consumer(i).unwrap();
                 for want in 0..N {
                     let r = c.next(Some(std::time::Duration::from_secs(20))).unwrap();
-                    assert_eq!(u64::from_le_bytes(r.bytes()[..8].try_into().unwrap()), want);
+                    assert_eq!(u64::from_le_bytes(r.bytes().unwrap()[..8].try_into().unwrap()), want);
                     c.commit(want + 1);
                 }
             });
@@ -153,7 +153,7 @@ fn threads_hand_off_through_futexes() {
                 match c.next(Some(std::time::Duration::from_secs(20))) {
                     Ok(r) => {
                         let mut b = [0u8; 8];
-                        if r.copy_to(0, &mut b) {
+                        if r.copy_to(0, &mut b).unwrap() {
                             assert_eq!(u64::from_le_bytes(b), r.seq());
                         }
                         seen += 1;

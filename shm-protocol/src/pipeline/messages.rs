@@ -6,9 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::Stage;
+pub use crate::pipeline::{AcquisitionState, SyncMode};
 
 /// Version of this protocol; a peer speaking another is refused with both versions named.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Who connects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,16 +18,6 @@ pub enum Role {
     Stage(Stage),
     /// A command-line client or a consumer.
     Client,
-}
-
-/// When frame index 0 of an acquisition is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-pub enum SyncMode {
-    /// The first frame whose first block arrives after arming.
-    #[default]
-    Immediate,
-    /// The first frame (after arming) with the detector's sync flag.
-    Flag,
 }
 
 /// Messages to the supervisor.
@@ -150,8 +141,8 @@ pub struct AcquisitionStatus {
     pub id: u64,
     /// Final path.
     pub path: String,
-    /// "armed", "running", "assigned", "done", "failed".
-    pub state: String,
+    /// Where it is.
+    pub state: AcquisitionState,
     /// Frames requested.
     pub frames: u64,
     /// Frames assigned so far.

@@ -34,7 +34,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::control::{Connection, ControlError};
-use crate::messages::{PROTOCOL_VERSION, Reply, Request, Role};
+use crate::pipeline::messages::{PROTOCOL_VERSION, Reply, Request, Role};
+use bytemuck::Zeroable;
+
 use crate::pipeline::{FRAME_COMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader, NO_INDEX};
 use crate::region::{Access, Region, RegionError};
 use crate::ring::RingError;
@@ -176,10 +178,13 @@ impl Subscription {
         let ring = self.region.ring(FRAME_RING)?;
         let mut reader = ring.reader(self.next, self.delivery == Delivery::Lossless);
         let mut missed_before = 0;
-        let slot = loop {
-            match reader.next(timeout) {
-                Ok(s) => break s,
-                Err(RingError::Overrun { missed }) => missed_before += missed,
+        loop {
+            let slot = match reader.next(timeout) {
+                Ok(s) => s,
+                Err(RingError::Overrun { missed }) => {
+                    missed_before += missed;
+                    continue;
+                }
                 Err(RingError::Timeout) => {
                     self.next = reader.next_seq();
                     self.missed += missed_before;
@@ -187,13 +192,20 @@ impl Subscription {
                     return Err(if self.connection_closed() { ConsumerError::Closed } else { ConsumerError::Timeout });
                 }
                 Err(e) => return Err(ConsumerError::Ring(e)),
+            };
+            // The header was written before the frame was published. It is copied and checked against the
+            // slot's stamp (a lossy reader may be lapped meanwhile: that frame is missed too); the pixels are
+            // re-checked by the reader with `holds`.
+            let mut header = FrameHeader::zeroed();
+            let seq = slot.seq();
+            if !slot.copy_to(0, bytemuck::bytes_of_mut(&mut header)).map_err(ConsumerError::Ring)? {
+                missed_before += 1;
+                continue;
             }
-        };
-        self.next = reader.next_seq();
-        self.missed += missed_before;
-        // The header was written before the frame was published; a lossy reader re-checks with `holds`.
-        let header: FrameHeader = bytemuck::pod_read_unaligned(&slot.bytes()[..std::mem::size_of::<FrameHeader>()]);
-        Ok(FrameInfo { seq: slot.seq(), header, missed_before })
+            self.next = reader.next_seq();
+            self.missed += missed_before;
+            return Ok(FrameInfo { seq, header, missed_before });
+        }
     }
 
     /// The pixels of frame-ring sequence `seq`'s slot, row-major (`rows × cols`). What they hold is frame `seq`

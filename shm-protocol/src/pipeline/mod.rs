@@ -5,12 +5,24 @@
 //! carries decoded frames from the assembler to the writer (cursor [`WRITER_CURSOR`]) and to external consumers.
 //! Everything a stage would otherwise keep only in its own memory lives here, so that a restarted stage and
 //! `ringdaq status` see it.
+//!
+//! This module tree is the layer above the transport (`layout`, `region`, `ring`, `wait`, `control`): the
+//! transport moves bytes and cursors and knows none of what follows; the pipeline's records, its control
+//! messages ([`messages`]), a stage's session with the supervisor ([`session`]) and the consumer API
+//! ([`consumer`]) are built on it.
 
 use std::mem::{offset_of, size_of};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use crate::layout::{CACHE_LINE, Geometry, PAGE_SIZE, RegionSpec, RingKind, RingSpec, align_up};
 use crate::region::Region;
+
+mod acquisition;
+pub mod consumer;
+pub mod messages;
+pub mod session;
+
+pub use acquisition::{AcquisitionRecord, AcquisitionState, SyncMode};
 
 /// Index of the block ring (receiver → assembler).
 pub const BLOCK_RING: usize = 0;
@@ -257,66 +269,6 @@ pub struct WriterCounters {
     _pad: [u8; 24],
 }
 
-/// Acquisition states, in [`AcquisitionRecord::state`].
-pub mod acq_state {
-    /// Record unused.
-    pub const EMPTY: u32 = 0;
-    /// Armed by the supervisor; no frame assigned yet.
-    pub const ARMED: u32 = 1;
-    /// The assembler assigns frames to it.
-    pub const RUNNING: u32 = 2;
-    /// Every frame it will have was assigned ([`super::AcquisitionRecord::assigned`] is final).
-    pub const ASSIGNED: u32 = 3;
-    /// The writer finished the file.
-    pub const DONE: u32 = 4;
-    /// The writer failed; [`super::AcquisitionRecord::error`] says why.
-    pub const FAILED: u32 = 5;
-}
-
-/// Acquisition sync modes, in [`AcquisitionRecord::sync`].
-pub mod sync_mode {
-    /// Frame 0 is the first frame whose first block arrives after arming.
-    pub const IMMEDIATE: u32 = 0;
-    /// Frame 0 is the first frame (after arming) with the sync flag.
-    pub const FLAG: u32 = 1;
-}
-
-/// One acquisition: armed by the supervisor, its frames assigned by the assembler, its file written by the
-/// writer. Plain fields are written before `state` is stored (Release) and read after it is loaded (Acquire).
-#[repr(C, align(64))]
-pub struct AcquisitionRecord {
-    /// Acquisition id (never 0 for a used record).
-    pub id: AtomicU64,
-    /// One of [`acq_state`].
-    pub state: AtomicU32,
-    /// One of [`sync_mode`].
-    pub sync: AtomicU32,
-    /// Frames requested.
-    pub frames: AtomicU64,
-    /// Block-ring `published` when armed: blocks in earlier slots arrived before arming.
-    pub armed_block_seq: AtomicU64,
-    /// Non-zero: end the acquisition at the next frame (`ringdaq stop`).
-    pub stop_requested: AtomicU32,
-    /// Length of `path`.
-    pub path_len: AtomicU32,
-    /// Frames assigned so far (final once `state` is ASSIGNED).
-    pub assigned: AtomicU64,
-    /// Frame-ring sequence of frame index 0.
-    pub first_seq: AtomicU64,
-    /// Frames the writer has written.
-    pub written: AtomicU64,
-    /// Complete frames among those assigned.
-    pub complete: AtomicU64,
-    /// Length of `error`.
-    pub error_len: AtomicU32,
-    _pad: [u8; 4],
-    /// Output path (UTF-8), `path_len` bytes.
-    pub path: [u8; MAX_PATH],
-    /// Why the writer failed (UTF-8), `error_len` bytes.
-    pub error: [u8; MAX_ERROR],
-    _tail: [u8; 48],
-}
-
 /// The application area of a pipeline region.
 #[repr(C, align(64))]
 pub struct PipelineArea {
@@ -409,13 +361,6 @@ const _: () = {
     assert!(size_of::<AssemblerCounters>() == 2 * CACHE_LINE);
     assert!(offset_of!(AssemblerCounters, invalid) == 64);
     assert!(size_of::<WriterCounters>() == CACHE_LINE);
-    assert!(offset_of!(AcquisitionRecord, state) == 8);
-    assert!(offset_of!(AcquisitionRecord, frames) == 16);
-    assert!(offset_of!(AcquisitionRecord, armed_block_seq) == 24);
-    assert!(offset_of!(AcquisitionRecord, assigned) == 40);
-    assert!(offset_of!(AcquisitionRecord, path) == 80);
-    assert!(offset_of!(AcquisitionRecord, error) == 80 + MAX_PATH);
-    assert!(size_of::<AcquisitionRecord>() == 80 + MAX_PATH + MAX_ERROR + 48);
     assert!(offset_of!(PipelineArea, stages) == 64);
     assert!(offset_of!(PipelineArea, receiver) == 256);
     assert!(offset_of!(PipelineArea, assembler) == 320);
@@ -598,60 +543,6 @@ impl PipelineArea {
                 (r.id.load(Ordering::Acquire) == id).then_some(r)
             }
         }
-    }
-}
-
-impl AcquisitionRecord {
-    /// The output path.
-    pub fn path(&self) -> String {
-        let n = (self.path_len.load(Ordering::Acquire) as usize).min(MAX_PATH);
-        String::from_utf8_lossy(&self.path[..n]).into_owned()
-    }
-
-    /// The error message, if the acquisition failed.
-    pub fn error(&self) -> String {
-        let n = (self.error_len.load(Ordering::Acquire) as usize).min(MAX_ERROR);
-        // SAFETY: reading bytes the writer stored before publishing `error_len` (Release); a plain copy.
-        let bytes = unsafe { std::ptr::read_volatile(&self.error) };
-        String::from_utf8_lossy(&bytes[..n]).into_owned()
-    }
-
-    /// Records the writer's error (truncated to [`MAX_ERROR`] bytes) and sets the state to FAILED.
-    ///
-    /// # Safety
-    /// Only the writer may call it, for an acquisition no one else writes the error of.
-    pub unsafe fn set_error(&self, msg: &str) {
-        let b = msg.as_bytes();
-        let n = b.len().min(MAX_ERROR);
-        // SAFETY: the caller is the only writer of `error`; readers read it only after `error_len` (Release).
-        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.error.as_ptr().cast_mut(), n) };
-        self.error_len.store(n as u32, Ordering::Release);
-        self.state.store(acq_state::FAILED, Ordering::Release);
-    }
-
-    /// Fills the record for a new acquisition and arms it.
-    ///
-    /// # Safety
-    /// Only the supervisor may call it, and only while no stage uses this record (its previous acquisition is
-    /// DONE, FAILED or EMPTY).
-    pub unsafe fn arm(&self, id: u64, frames: u64, sync: u32, path: &str, armed_block_seq: u64) {
-        let b = path.as_bytes();
-        let n = b.len().min(MAX_PATH);
-        self.state.store(acq_state::EMPTY, Ordering::Release);
-        // SAFETY: no stage reads `path` of a record that is EMPTY; the caller guarantees exclusivity.
-        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.path.as_ptr().cast_mut(), n) };
-        self.path_len.store(n as u32, Ordering::Relaxed);
-        self.frames.store(frames, Ordering::Relaxed);
-        self.sync.store(sync, Ordering::Relaxed);
-        self.armed_block_seq.store(armed_block_seq, Ordering::Relaxed);
-        self.stop_requested.store(0, Ordering::Relaxed);
-        self.assigned.store(0, Ordering::Relaxed);
-        self.first_seq.store(u64::MAX, Ordering::Relaxed);
-        self.written.store(0, Ordering::Relaxed);
-        self.complete.store(0, Ordering::Relaxed);
-        self.error_len.store(0, Ordering::Relaxed);
-        self.id.store(id, Ordering::Release);
-        self.state.store(acq_state::ARMED, Ordering::Release);
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::control::{Connection, ControlError};
-use crate::messages::{PROTOCOL_VERSION, Reply, Request, Role, StageCommand};
+use crate::pipeline::messages::{PROTOCOL_VERSION, Reply, Request, Role, StageCommand};
 use crate::region::{Access, Region, RegionError};
 
 /// Why a session could not be opened.
