@@ -116,7 +116,6 @@ fn status_json_and_metrics_count_what_the_simulator_sent() {
     let (sim, during) = std::thread::scope(|s| {
         let h = s.spawn(|| p.simulate(cfg));
         // While it runs: the rates are live.
-        std::thread::sleep(Duration::from_millis(400));
         let during = wait_for(Duration::from_secs(5), || {
             let (ok, out, _) = cli(&p, &["status", "--json"]);
             let v: serde_json::Value = serde_json::from_str(&out).ok()?;
@@ -130,7 +129,10 @@ fn status_json_and_metrics_count_what_the_simulator_sent() {
     let st = p.wait(id, Duration::from_secs(60));
     assert_eq!(st.state, "done");
     // A corrupted frame id is held as a reset candidate until it expires (4 frame timeouts); then it is counted.
-    std::thread::sleep(Duration::from_millis(2500));
+    let invalid = |c: &std::collections::BTreeMap<String, u64>| {
+        c.iter().filter(|(k, _)| k.starts_with("assembler.invalid.")).map(|(_, v)| v).sum::<u64>()
+    };
+    ringdaq_tests::wait_for(Duration::from_secs(10), || (invalid(&p.counters()) >= sim.corrupted).then_some(()));
     let (ok, out, err) = cli(&p, &["status", "--json"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");

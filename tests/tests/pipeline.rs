@@ -206,9 +206,11 @@ fn garbage_is_counted_by_reason_and_valid_frames_stay_exact() {
     });
     let st = p.wait(id, Duration::from_secs(60));
     assert_eq!(st.state, "done");
-    // Let the out-of-window candidate expire (4 × the 500 ms frame timeout) before reading the counters.
-    std::thread::sleep(Duration::from_millis(2500));
-    let c = p.counters();
+    // The out-of-window candidate is counted once it expires (4 × the 500 ms frame timeout).
+    let c = ringdaq_tests::wait_for(Duration::from_secs(10), || {
+        Some(p.counters()).filter(|c| c["assembler.invalid.out_of_window"] >= 5)
+    })
+    .unwrap_or_else(|| p.counters());
     assert_eq!(c["assembler.invalid.truncated"], 10, "{c:?}");
     assert_eq!(c["assembler.invalid.block_size"], 10, "Summit headers: {c:?}");
     // 30,000-byte datagrams do not fit the receive buffers (block size + 64 bytes): the kernel truncates them and

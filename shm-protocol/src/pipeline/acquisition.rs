@@ -79,6 +79,13 @@ impl std::fmt::Display for AcquisitionState {
     }
 }
 
+/// Compares with a state's stable name (`state == "done"`), as scripts and tests read `status --json`.
+impl PartialEq<&str> for AcquisitionState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// When frame index 0 of an acquisition is. Stored in the region as its `u32` discriminant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[repr(u32)]
