@@ -412,9 +412,12 @@ mod tests {
             assert_eq!(d.slots_offset % page, 0);
             assert_eq!(d.slot_size % page, 0);
             assert_eq!(d.control_offset % CACHE_LINE as u64, 0);
-            spans.push((d.control_offset, d.control_offset + 64));
-            spans.push((d.consumers_offset, d.consumers_offset + 64 * u64::from(d.max_consumers)));
-            spans.push((d.stamps_offset, d.stamps_offset + 64 * u64::from(d.slot_count)));
+            spans.push((d.control_offset, d.control_offset + size_of::<RingControl>() as u64));
+            spans.push((
+                d.consumers_offset,
+                d.consumers_offset + size_of::<ConsumerLine>() as u64 * u64::from(d.max_consumers),
+            ));
+            spans.push((d.stamps_offset, d.stamps_offset + size_of::<SlotStamp>() as u64 * u64::from(d.slot_count)));
             spans.push((d.slots_offset, d.slots_offset + d.slot_size * u64::from(d.slot_count)));
         }
         spans.sort();
