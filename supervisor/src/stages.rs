@@ -27,22 +27,29 @@ pub fn binary(stage: Stage) -> anyhow::Result<PathBuf> {
 /// Starts `stage`, telling it where the control socket is. The child gets SIGKILL if the thread that started it
 /// dies (`PR_SET_PDEATHSIG`), so a crashed supervisor leaves no orphans.
 pub fn spawn(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Result<Child> {
-    let mut cmd = command(stage, control, cfg)?;
     use std::os::unix::process::CommandExt;
-    // SAFETY: the closure runs in the forked child before exec and only calls prctl/getppid, which are
-    // async-signal-safe; it allocates nothing.
+    // Everything the child side needs is made here, in the parent: the command's program, arguments and
+    // environment (std turns them into C strings before it forks) and the parent's pid, a plain integer.
+    let mut cmd = command(stage, control, cfg)?;
+    let parent = rustix::process::getpid();
+    let tie_to_parent = move || -> std::io::Result<()> {
+        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
+        // The parent may have died between fork and prctl: then nobody would kill us. The errno is all that
+        // reaches the (dead) parent, so no message is built: building one would allocate.
+        if rustix::process::getppid() != Some(parent) {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        Ok(())
+    };
+    // SAFETY: `pre_exec` runs the closure in the forked child, where only async-signal-safe work is allowed (the
+    // parent may have had other threads holding the allocator's lock at the fork). The closure captures one
+    // `Pid` (a `Copy` integer: nothing to drop), makes two system calls (prctl(PR_SET_PDEATHSIG) and getppid,
+    // both async-signal-safe; rustix calls them directly) and compares integers. Its errors are
+    // `io::Error::from_raw_os_error` values (an integer, no heap), and std's child side turns an error into its
+    // errno for the parent and `_exit`s, running no destructors. The boxing of the closure happens here, in the
+    // parent. So nothing allocates, frees or takes a lock between fork and exec.
     unsafe {
-        let parent = rustix::process::getpid();
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died between fork and prctl.
-            if libc::getppid() != parent.as_raw_nonzero().get() {
-                return Err(std::io::Error::other("supervisor died during start-up"));
-            }
-            Ok(())
-        });
+        cmd.pre_exec(tie_to_parent);
     }
     cmd.spawn().with_context(|| format!("starting the {}", stage.name()))
 }

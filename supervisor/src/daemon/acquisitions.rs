@@ -1,0 +1,91 @@
+//! Acquisitions: arming one, and reading the state of one from its record in the region.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context;
+use shm_protocol::messages::{AcquisitionStatus, SyncMode};
+use shm_protocol::pipeline::{self, BLOCK_RING, acq_state, sync_mode};
+
+use super::Supervisor;
+
+impl Supervisor {
+    /// Arms an acquisition of `frames` frames into `path`.
+    pub fn arm(&self, frames: u64, path: &str, sync: SyncMode) -> anyhow::Result<u64> {
+        anyhow::ensure!(frames > 0, "an acquisition needs at least one frame");
+        anyhow::ensure!(!self.shutting_down(), "the pipeline is shutting down");
+        let p = Path::new(path);
+        anyhow::ensure!(p.is_absolute(), "output path {path} must be absolute");
+        anyhow::ensure!(
+            path.len() <= pipeline::MAX_PATH - 16,
+            "output path is longer than {} bytes",
+            pipeline::MAX_PATH - 16
+        );
+        let dir =
+            p.parent().filter(|d| d.is_dir()).with_context(|| format!("the directory of {path} does not exist"))?;
+        anyhow::ensure!(!p.exists(), "{path} exists; refusing to overwrite it");
+        // Leftovers of an earlier run that died with this path armed: a new acquisition starts afresh.
+        for suffix in [".partial", ".frames.partial"] {
+            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        }
+        let _ = dir;
+        let area = self.area();
+        let mut g = self.lock();
+        if let Some(rec) = area.active() {
+            let active = rec.id.load(Ordering::Relaxed);
+            if rec.state.load(Ordering::Acquire) == acq_state::FAILED {
+                // The writer failed it and no frame has told the assembler yet: it is over.
+                let _ = area.active_acquisition.compare_exchange(active, 0, Ordering::AcqRel, Ordering::Relaxed);
+            } else {
+                anyhow::bail!("acquisition {active} is still running; stop it first");
+            }
+        }
+        let id = g.next_acquisition;
+        let rec = area.acquisition(id);
+        let st = rec.state.load(Ordering::Acquire);
+        anyhow::ensure!(
+            matches!(st, acq_state::EMPTY | acq_state::DONE | acq_state::FAILED),
+            "acquisition {} is still being written; try again when it is done",
+            rec.id.load(Ordering::Relaxed)
+        );
+        g.next_acquisition += 1;
+        let armed_at = self.region.ring(BLOCK_RING).map(|r| r.published()).unwrap_or(0);
+        let sync = match sync {
+            SyncMode::Immediate => sync_mode::IMMEDIATE,
+            SyncMode::Flag => sync_mode::FLAG,
+        };
+        // SAFETY: we are the supervisor and the record's previous acquisition is finished (checked above).
+        unsafe { rec.arm(id, frames, sync, path, armed_at) };
+        area.active_acquisition.store(id, Ordering::Release);
+        shm_protocol::logging::set_acquisition(id);
+        tracing::info!(frames, path, "acquisition armed");
+        Ok(id)
+    }
+
+    /// The state of acquisition `id`, if its record still holds it.
+    pub fn acquisition_status(&self, id: u64) -> Option<AcquisitionStatus> {
+        let rec = self.area().acquisition(id);
+        if rec.id.load(Ordering::Acquire) != id {
+            return None;
+        }
+        let st = rec.state.load(Ordering::Acquire);
+        Some(AcquisitionStatus {
+            id,
+            path: rec.path(),
+            state: match st {
+                acq_state::ARMED => "armed",
+                acq_state::RUNNING => "running",
+                acq_state::ASSIGNED => "writing",
+                acq_state::DONE => "done",
+                acq_state::FAILED => "failed",
+                _ => "unknown",
+            }
+            .into(),
+            frames: rec.frames.load(Ordering::Relaxed),
+            assigned: rec.assigned.load(Ordering::Relaxed),
+            written: rec.written.load(Ordering::Relaxed),
+            complete: rec.complete.load(Ordering::Relaxed),
+            error: (st == acq_state::FAILED).then(|| rec.error()),
+        })
+    }
+}

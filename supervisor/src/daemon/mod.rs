@@ -1,0 +1,266 @@
+//! The running supervisor: owns the region and the sockets, runs and watches the stages, serves clients.
+//!
+//! One [`Supervisor`], its work split by job: `watch` starts, restarts and stops the stages and kills hung
+//! ones; `serve` accepts connections, welcomes stages and answers clients; `operate` holds the debugging
+//! commands (restart, detach, attach); `acquisitions` arms them and reports on them; `status` reports the
+//! pipeline.
+
+mod acquisitions;
+mod operate;
+mod serve;
+mod status;
+mod watch;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use shm_protocol::Region;
+use shm_protocol::control::ControlListener;
+use shm_protocol::pipeline::{self, PipelineArea, PipelineSizes, Stage};
+
+use crate::config::{self, Config};
+use crate::restart_policy::History;
+use crate::stage_state::StageState;
+use status::Rates;
+
+/// What the supervisor knows about one stage: its state, and what outlives its processes.
+#[derive(Debug)]
+struct StageSlot {
+    state: StageState,
+    /// Restarts so far (requested ones included), as `status` reports them.
+    restarts: u32,
+    /// How its last process ended, in words.
+    last_exit: Option<String>,
+    /// What the restart policy remembers of its deaths.
+    history: History,
+}
+
+impl StageSlot {
+    fn new(stage: Stage) -> Self {
+        Self { state: StageState::new(stage), restarts: 0, last_exit: None, history: History::default() }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    stages: [StageSlot; 3],
+    next_acquisition: u64,
+}
+
+/// The supervisor's shared state, used by the watcher, the control server and the command that started it.
+pub struct Supervisor {
+    cfg: Config,
+    region: Region,
+    sockets: Vec<OwnedFd>,
+    control_path: PathBuf,
+    state: Mutex<State>,
+    shutdown: AtomicBool,
+    failure: Mutex<Option<String>>,
+    started: Instant,
+    /// Rates over the last second, from counter samples the watcher takes.
+    rates: Mutex<Rates>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor").field("control", &self.control_path).finish_non_exhaustive()
+    }
+}
+
+/// Creates the runtime directory with mode 0700 (or checks an existing one is ours and private).
+pub fn prepare_runtime_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating runtime directory {}", dir.display()))?;
+    }
+    let md = std::fs::metadata(dir).with_context(|| format!("runtime directory {}", dir.display()))?;
+    anyhow::ensure!(md.is_dir(), "runtime directory {} is not a directory", dir.display());
+    anyhow::ensure!(
+        md.uid() == rustix::process::geteuid().as_raw(),
+        "runtime directory {} belongs to uid {}, not to us",
+        dir.display(),
+        md.uid()
+    );
+    if md.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+impl Supervisor {
+    /// Creates the region, binds the sockets and the control socket. Stages are started by [`Supervisor::run`].
+    pub fn new(cfg: Config) -> anyhow::Result<(Arc<Self>, ControlListener)> {
+        cfg.validate()?;
+        let runtime = cfg.runtime_dir();
+        prepare_runtime_dir(&runtime)?;
+        let sizes = PipelineSizes {
+            geometry: region_geometry(cfg.mode),
+            block_slots: cfg.rings.block_slots,
+            datagrams_per_slot: cfg.rings.datagrams_per_slot,
+            frame_slots: cfg.rings.frame_slots,
+            frame_cursors: cfg.rings.frame_cursors,
+            fill_value: cfg.rings.fill_value,
+        };
+        let bytes = sizes.region_spec();
+        let total = shm_protocol::layout::compute_layout(&bytes)?.region_size;
+        check_memory(total)?;
+        let region = sizes.create_region().context("creating the shared region")?;
+        let sockets = crate::sockets::bind_sector_sockets(&cfg)?;
+        let control_path = config::control_socket(&runtime);
+        let listener = ControlListener::bind(&control_path).with_context(|| {
+            format!("control socket {} (is another ringdaq running there?)", control_path.display())
+        })?;
+        // For `ringdaq inspect` when this process no longer answers.
+        let pid_file = runtime.join(crate::inspect_cmd::PID_FILE);
+        std::fs::write(&pid_file, format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", pid_file.display()))?;
+        tracing::info!(
+            region_mb = total / (1 << 20),
+            control = %control_path.display(),
+            mode = %cfg.mode,
+            ports = format!("{}:{}-{}", cfg.bind, cfg.port_base, cfg.port_base + 7),
+            "pipeline created"
+        );
+        let sup = Arc::new(Self {
+            cfg,
+            region,
+            sockets,
+            control_path,
+            state: Mutex::new(State { stages: Stage::ALL.map(StageSlot::new), next_acquisition: 1 }),
+            shutdown: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            started: Instant::now(),
+            rates: Mutex::new(Rates::default()),
+        });
+        Ok((sup, listener))
+    }
+
+    fn area(&self) -> &PipelineArea {
+        // The region was created as a pipeline region in `new`, so this cannot fail.
+        pipeline::pipeline_area(&self.region).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The control socket's path.
+    pub fn control_path(&self) -> &Path {
+        &self.control_path
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Asks the pipeline to stop.
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a stop was requested.
+    pub fn shutting_down(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Why the pipeline failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn fail(&self, why: String) {
+        tracing::error!("{why}");
+        *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        self.request_shutdown();
+    }
+
+    /// Whether all three stages have attached and reported ready.
+    pub fn ready(&self) -> bool {
+        self.lock().stages.iter().all(|s| s.state.is_ready())
+    }
+
+    /// Waits until every stage is ready; false on timeout or shutdown.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < timeout && !self.shutting_down() {
+            if self.ready() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// Runs the control server and the stage watcher until shutdown; stops the stages in order before returning.
+    pub fn run(self: &Arc<Self>, listener: ControlListener, stop_flag: &'static AtomicBool) -> anyhow::Result<()> {
+        std::thread::scope(|s| {
+            let sup = self.clone();
+            // Every thread logs in the process's span (stage and acquisition on every line).
+            let span = tracing::Span::current();
+            s.spawn(move || span.in_scope(|| sup.serve(listener)));
+            let sup = self.clone();
+            // Stages are started, restarted and stopped from this one thread: PR_SET_PDEATHSIG ties a child to
+            // the thread that forked it.
+            let span = tracing::Span::current();
+            let watcher = s.spawn(move || span.in_scope(|| sup.watch(stop_flag)));
+            if watcher.join().is_err() {
+                self.fail("the stage watcher panicked; stopping".into());
+            }
+            // However the watcher ended, the server must end too.
+            self.request_shutdown();
+        });
+        Ok(())
+    }
+}
+
+/// The region header's description of detector mode `mode`: decoded u16 frames, one block per datagram.
+pub fn region_geometry(mode: detector::Mode) -> shm_protocol::layout::Geometry {
+    let g = mode.geometry();
+    shm_protocol::layout::Geometry {
+        mode: mode.id(),
+        frame_rows: g.frame_rows() as u32,
+        frame_cols: g.frame_cols() as u32,
+        bytes_per_pixel: 2,
+        blocks_per_frame: g.blocks_per_frame() as u32,
+        max_datagram: g.block_bytes as u32,
+        sectors: detector::SECTORS as u32,
+        _reserved: 0,
+    }
+}
+
+/// Whether process `pid` exists and has not ended (a zombie has).
+pub fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
+        .is_some_and(|state| state != 'Z' && state != 'X')
+}
+
+/// Refuses a region that cannot fit in memory, with a clear message, before anything is allocated.
+fn check_memory(bytes: u64) -> anyhow::Result<()> {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let avail_kb = info
+        .lines()
+        .find(|l| l.starts_with("MemAvailable:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(kb) = avail_kb {
+        anyhow::ensure!(
+            bytes < kb * 1024 / 10 * 9,
+            "the rings need {} MB of shared memory but only {} MB are available; reduce rings.block_slots or \
+             rings.frame_slots",
+            bytes >> 20,
+            kb >> 10
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! Serving the control socket: accepting connections, welcoming stages (the supervisor's own and hand-run
+//! ones), and answering clients, consumers included.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use shm_protocol::Region;
+use shm_protocol::control::{Connection, ControlError, ControlListener};
+use shm_protocol::messages::{PROTOCOL_VERSION, Reply, Request, Role};
+use shm_protocol::pipeline::{FRAME_RING, Stage};
+
+use super::Supervisor;
+
+/// An external consumer's hold on the frame ring, for as long as its connection lasts.
+struct Subscriber<'r> {
+    index: usize,
+    /// A lossless consumer's gate, advanced on its behalf (its own mapping is read-only).
+    gate: Option<shm_protocol::Consumer<'r>>,
+}
+
+impl Subscriber<'_> {
+    fn release(&mut self, upto: u64) {
+        if let Some(gate) = self.gate.as_mut() {
+            // A consumer cannot release what was not published (nor, by going back, hold the pipeline).
+            let upto = upto.min(gate.ring().published());
+            gate.commit(upto);
+        }
+    }
+
+    fn end(self, region: &Region) {
+        if let Ok(ring) = region.ring(FRAME_RING) {
+            let _ = ring.set_wake_always(self.index, false);
+            let _ = ring.release_consumer(self.index);
+        }
+        tracing::info!(cursor = self.index, "consumer gone");
+    }
+}
+
+impl Supervisor {
+    /// Accepts control connections until shutdown; each is served on a thread of its own.
+    pub(super) fn serve(self: Arc<Self>, listener: ControlListener) {
+        while !self.shutting_down() {
+            // The timeout only paces the shutdown check: a client is accepted the moment it connects.
+            match listener.poll_accept(Duration::from_millis(250)) {
+                Ok(true) => {}
+                _ => continue,
+            }
+            match listener.accept_any() {
+                Ok(conn) => {
+                    let sup = self.clone();
+                    let span = tracing::Span::current();
+                    std::thread::spawn(move || {
+                        let _in = span.enter();
+                        match conn.check_peer() {
+                            Ok(()) => sup.serve_connection(conn),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "control connection refused");
+                                conn.refuse_stranger(&e);
+                            }
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "control connection refused"),
+            }
+        }
+    }
+
+    fn serve_connection(&self, mut conn: Connection) {
+        let _ = conn.set_recv_timeout(Some(Duration::from_secs(10)));
+        let role = match conn.recv::<Request>() {
+            Ok(r) => match r.msg {
+                Request::Hello { protocol, role } if protocol == PROTOCOL_VERSION => role,
+                Request::Hello { protocol, .. } => {
+                    let _ = conn.send(&Reply::Error {
+                        message: format!(
+                            "protocol version {protocol} is not supported: this supervisor speaks version {PROTOCOL_VERSION}"
+                        ),
+                    });
+                    return;
+                }
+                other => {
+                    let _ = conn.send(&Reply::Error { message: format!("expected Hello first, got {other:?}") });
+                    return;
+                }
+            },
+            Err(e) => {
+                let _ = conn.send(&Reply::Error { message: format!("bad first message: {e}") });
+                return;
+            }
+        };
+        match role {
+            Role::Stage(st) => self.welcome_stage(st, conn),
+            Role::Client => {
+                if conn.send(&Reply::Welcome { protocol: PROTOCOL_VERSION }).is_err() {
+                    return;
+                }
+                let _ = conn.set_recv_timeout(None);
+                self.serve_client(conn);
+            }
+        }
+    }
+
+    fn welcome_stage(&self, st: Stage, conn: Connection) {
+        // Only the process the supervisor started for this stage gets the region and the sockets: anything else
+        // that says it is a stage (a stray binary, a confused script) would take over its control connection.
+        let peer = conn.peer().pid as u32;
+        let detached = self.lock().stages[st as usize].state.is_detached();
+        if detached {
+            return self.welcome_hand_run(st, conn);
+        }
+        // The watcher records a child just after spawning it; a fast child may say hello first.
+        let t = Instant::now();
+        let expected = loop {
+            let pid = self.lock().stages[st as usize].state.supervised_pid();
+            if pid == Some(peer) || t.elapsed() > Duration::from_secs(1) {
+                break pid;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        if expected != Some(peer) {
+            let message = match expected {
+                Some(pid) => format!("the {} is process {pid}, not {peer}", st.name()),
+                None => format!("no {} is being started", st.name()),
+            };
+            tracing::warn!(stage = st.name(), pid = peer, "refused a stage hello: {message}");
+            let _ = conn.send(&Reply::Error { message });
+            return;
+        }
+        let Some(conn) = self.hand_over(st, conn) else { return };
+        let ready = self.lock().stages[st as usize].state.ready(peer, conn);
+        match ready {
+            Ok(()) => tracing::info!(stage = st.name(), pid = peer, "stage ready"),
+            // It died (or was detached) during its welcome: its connection closes here.
+            Err(_conn) => tracing::warn!(stage = st.name(), pid = peer, "stage ready too late: it is not the stage's"),
+        }
+    }
+
+    /// Sends a stage its welcome with the region (and, to the receiver, the sockets) and waits for its Ready; the
+    /// connection, if it came.
+    fn hand_over(&self, st: Stage, mut conn: Connection) -> Option<Connection> {
+        let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = vec![self.region.fd()];
+        if st == Stage::Receiver {
+            fds.extend(self.sockets.iter().map(|s| s.as_fd()));
+        }
+        if let Err(e) = conn.send_with_fds(&Reply::Welcome { protocol: PROTOCOL_VERSION }, &fds) {
+            tracing::warn!(stage = st.name(), error = %e, "welcome failed");
+            return None;
+        }
+        let _ = conn.set_recv_timeout(Some(Duration::from_secs(30)));
+        match conn.recv::<Request>() {
+            Ok(r) if r.msg == Request::Ready => {
+                let _ = conn.set_recv_timeout(None);
+                Some(conn)
+            }
+            Ok(r) => {
+                tracing::warn!(stage = st.name(), msg = ?r.msg, "expected Ready");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(stage = st.name(), error = %e, "stage never became ready");
+                None
+            }
+        }
+    }
+
+    /// A process the user started by hand for a detached stage: it holds the stage unless an earlier hand-run
+    /// process's connection is still open.
+    fn welcome_hand_run(&self, st: Stage, conn: Connection) {
+        let peer = conn.peer().pid as u32;
+        let hello = self.lock().stages[st as usize].state.hand_run_hello(peer);
+        if let Err(refused) = hello {
+            let _ = conn.send(&Reply::Error { message: refused.to_string() });
+            return;
+        }
+        if let Some(conn) = self.hand_over(st, conn) {
+            let ready = self.lock().stages[st as usize].state.hand_run_ready(peer, conn);
+            if ready.is_ok() {
+                tracing::info!(stage = st.name(), pid = peer, "hand-run stage attached");
+            }
+        }
+    }
+
+    fn serve_client(&self, mut conn: Connection) {
+        let mut subscription: Option<Subscriber<'_>> = None;
+        loop {
+            let req = match conn.recv::<Request>() {
+                Ok(r) => r.msg,
+                Err(ControlError::Closed) => break,
+                Err(e) => {
+                    // A malformed request gets an error reply and the connection is closed; nothing else changes.
+                    let _ = conn.send(&Reply::Error { message: format!("malformed request: {e}") });
+                    break;
+                }
+            };
+            let reply = match req {
+                Request::Subscribe { lossless } => {
+                    if subscription.is_some() {
+                        Reply::Error { message: "this connection is subscribed already".into() }
+                    } else {
+                        match self.subscribe(lossless) {
+                            Ok((sub, reply)) => {
+                                let fd = match self.region.read_only_fd() {
+                                    Ok(fd) => fd,
+                                    Err(e) => {
+                                        let _ = conn.send(&Reply::Error { message: format!("{e}") });
+                                        sub.end(&self.region);
+                                        break;
+                                    }
+                                };
+                                let sent = conn.send_with_fds(&reply, &[fd.as_fd()]);
+                                subscription = Some(sub);
+                                if sent.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                            Err(e) => Reply::Error { message: format!("{e:#}") },
+                        }
+                    }
+                }
+                // Not answered: a lossless consumer sends one per frame.
+                Request::Release { upto } => {
+                    if let Some(sub) = subscription.as_mut() {
+                        sub.release(upto);
+                    }
+                    continue;
+                }
+                Request::MapRegion => match self.region.read_only_fd() {
+                    Ok(fd) => {
+                        if conn.send_with_fds(&Reply::Region, &[fd.as_fd()]).is_err() {
+                            break;
+                        }
+                        continue;
+                    }
+                    Err(e) => Reply::Error { message: format!("{e}") },
+                },
+                other => self.handle(other),
+            };
+            if conn.send(&reply).is_err() {
+                break;
+            }
+        }
+        // The consumer is gone (or misbehaved): its gate, if it held one, must not hold the pipeline back.
+        if let Some(sub) = subscription {
+            sub.end(&self.region);
+        }
+    }
+
+    /// Registers an external consumer on the frame ring.
+    fn subscribe(&self, lossless: bool) -> anyhow::Result<(Subscriber<'_>, Reply)> {
+        use shm_protocol::layout::ConsumerMode;
+        anyhow::ensure!(!self.shutting_down(), "the pipeline is shutting down");
+        let ring = self.region.ring(FRAME_RING)?;
+        let mode = if lossless { ConsumerMode::Gating } else { ConsumerMode::Lossy };
+        let index = ring.register_consumer(mode).map_err(|e| {
+            anyhow::anyhow!("{e}: at most {} consumers (raise rings.frame_cursors)", ring.max_consumers() - 1)
+        })?;
+        let (next_seq, _, _) = ring.consumer_state(index)?;
+        let gate = if lossless { Some(ring.consumer(index)?) } else { None };
+        // A read-only consumer cannot announce that it sleeps: have the assembler always wake the ring. (After
+        // attaching the gate, which clears the line's flag.)
+        ring.set_wake_always(index, true)?;
+        tracing::info!(cursor = index, lossless, next_seq, "consumer subscribed");
+        let reply = Reply::Subscribed { cursor: index as u32, next_seq, lossless };
+        Ok((Subscriber { index, gate }, reply))
+    }
+
+    /// Answers one client request.
+    pub fn handle(&self, req: Request) -> Reply {
+        match req {
+            Request::Status => Reply::Status(Box::new(self.status())),
+            Request::Acquire { frames, path, sync } => match self.arm(frames, &path, sync) {
+                Ok(id) => Reply::Armed { id },
+                Err(e) => Reply::Error { message: format!("{e:#}") },
+            },
+            Request::Acquisition { id } => match self.acquisition_status(id) {
+                Some(s) => Reply::Acquisition(s),
+                None => Reply::Error { message: format!("no acquisition {id}") },
+            },
+            Request::Stop => match self.area().active() {
+                Some(rec) => {
+                    rec.stop_requested.store(1, Ordering::Release);
+                    Reply::Ok
+                }
+                None => Reply::Error { message: "no acquisition is running".into() },
+            },
+            Request::Shutdown => {
+                self.request_shutdown();
+                Reply::Ok
+            }
+            Request::Restart { stage } => match self.restart_stage(stage) {
+                Ok(()) => Reply::Ok,
+                Err(e) => Reply::Error { message: format!("{e:#}") },
+            },
+            Request::Detach { stage } => match self.detach_stage(stage) {
+                Ok(command) => Reply::Detached { command },
+                Err(e) => Reply::Error { message: format!("{e:#}") },
+            },
+            Request::Attach { stage } => match self.attach_stage(stage) {
+                Ok(()) => Reply::Ok,
+                Err(e) => Reply::Error { message: format!("{e:#}") },
+            },
+            Request::Hello { .. }
+            | Request::Ready
+            | Request::Subscribe { .. }
+            | Request::Release { .. }
+            | Request::MapRegion => Reply::Error { message: "unexpected message".into() },
+        }
+    }
+}
