@@ -97,7 +97,7 @@ pub fn wait_for(conn: &mut Connection, id: u64, progress: bool) -> anyhow::Resul
             );
             let _ = std::io::stderr().flush();
         }
-        if st.state == "done" || st.state == "failed" {
+        if st.state.is_over() {
             if progress {
                 eprintln!();
             }

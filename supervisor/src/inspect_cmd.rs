@@ -15,7 +15,7 @@ use anyhow::{Context, bail};
 use shm_protocol::control::Connection;
 use shm_protocol::layout::ConsumerMode;
 use shm_protocol::messages::{PROTOCOL_VERSION, Reply, Request, Role};
-use shm_protocol::pipeline::{self, Stage, acq_state};
+use shm_protocol::pipeline::{self, Stage};
 use shm_protocol::{Access, Region};
 
 /// The file in the runtime directory that holds the supervisor's pid.
@@ -154,14 +154,7 @@ fn print(region: &Region, how: &str, out: &mut impl Write) -> anyhow::Result<()>
         if id == 0 {
             continue;
         }
-        let state = match a.state.load(Ordering::Relaxed) {
-            acq_state::ARMED => "armed",
-            acq_state::RUNNING => "running",
-            acq_state::ASSIGNED => "assigned",
-            acq_state::DONE => "done",
-            acq_state::FAILED => "failed",
-            _ => "empty",
-        };
+        let state = a.state();
         writeln!(
             out,
             "acquisition {id}: {state}, {} of {} frames assigned, {} written, first frame-ring seq {}; {}",

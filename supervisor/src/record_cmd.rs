@@ -80,7 +80,7 @@ pub fn record(runtime_dir: &Path, a: &RecordArgs, stop: &AtomicBool, out: &mut i
             Err(e) => return Err(e.into()),
         };
         // Copy, then check the slot was not rewritten meanwhile (seqlock): never write a torn slot.
-        if !slot.copy_to(0, &mut copy) {
+        if !slot.copy_to(0, &mut copy)? {
             missed += 1;
             continue;
         }

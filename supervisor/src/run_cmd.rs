@@ -171,7 +171,7 @@ fn simulate(sup: &Arc<Supervisor>, args: &RunArgs, stop: &AtomicBool) -> anyhow:
         let mut stop_sent = false;
         loop {
             let st = sup.acquisition_status(id).context("acquisition record vanished")?;
-            if st.state == "done" || st.state == "failed" {
+            if st.state.is_over() {
                 break;
             }
             if (started.elapsed() > budget || stop.load(Ordering::Relaxed) || sup.shutting_down()) && !stop_sent {

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use shm_protocol::messages::{AcquisitionStatus, SyncMode};
-use shm_protocol::pipeline::{self, BLOCK_RING, acq_state, sync_mode};
+use shm_protocol::pipeline::{self, AcquisitionState, BLOCK_RING};
 
 use super::Supervisor;
 
@@ -33,7 +33,7 @@ impl Supervisor {
         let mut g = self.lock();
         if let Some(rec) = area.active() {
             let active = rec.id.load(Ordering::Relaxed);
-            if rec.state.load(Ordering::Acquire) == acq_state::FAILED {
+            if rec.state() == AcquisitionState::Failed {
                 // The writer failed it and no frame has told the assembler yet: it is over.
                 let _ = area.active_acquisition.compare_exchange(active, 0, Ordering::AcqRel, Ordering::Relaxed);
             } else {
@@ -42,18 +42,13 @@ impl Supervisor {
         }
         let id = g.next_acquisition;
         let rec = area.acquisition(id);
-        let st = rec.state.load(Ordering::Acquire);
         anyhow::ensure!(
-            matches!(st, acq_state::EMPTY | acq_state::DONE | acq_state::FAILED),
+            rec.state().is_over(),
             "acquisition {} is still being written; try again when it is done",
             rec.id.load(Ordering::Relaxed)
         );
         g.next_acquisition += 1;
         let armed_at = self.region.ring(BLOCK_RING).map(|r| r.published()).unwrap_or(0);
-        let sync = match sync {
-            SyncMode::Immediate => sync_mode::IMMEDIATE,
-            SyncMode::Flag => sync_mode::FLAG,
-        };
         // SAFETY: we are the supervisor and the record's previous acquisition is finished (checked above).
         unsafe { rec.arm(id, frames, sync, path, armed_at) };
         area.active_acquisition.store(id, Ordering::Release);
@@ -68,24 +63,16 @@ impl Supervisor {
         if rec.id.load(Ordering::Acquire) != id {
             return None;
         }
-        let st = rec.state.load(Ordering::Acquire);
+        let state = rec.state();
         Some(AcquisitionStatus {
             id,
             path: rec.path(),
-            state: match st {
-                acq_state::ARMED => "armed",
-                acq_state::RUNNING => "running",
-                acq_state::ASSIGNED => "writing",
-                acq_state::DONE => "done",
-                acq_state::FAILED => "failed",
-                _ => "unknown",
-            }
-            .into(),
+            state,
             frames: rec.frames.load(Ordering::Relaxed),
             assigned: rec.assigned.load(Ordering::Relaxed),
             written: rec.written.load(Ordering::Relaxed),
             complete: rec.complete.load(Ordering::Relaxed),
-            error: (st == acq_state::FAILED).then(|| rec.error()),
+            error: (state == AcquisitionState::Failed).then(|| rec.error()),
         })
     }
 }

@@ -57,7 +57,7 @@ impl Supervisor {
                             Ok(()) => sup.serve_connection(conn),
                             Err(e) => {
                                 tracing::warn!(error = %e, "control connection refused");
-                                conn.refuse_stranger(&e);
+                                conn.refuse(&Reply::Error { message: e.to_string() });
                             }
                         }
                     });
