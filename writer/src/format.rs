@@ -6,12 +6,14 @@
 //! place with the same bytes (so a restarted writer may repeat frames), a file left by a killed writer can be
 //! reopened and written on, and the file gets its final name only when it is complete and synced.
 //!
-//! A format is chosen by the output path's extension (see [`for_path`]). A new format is one module that
-//! implements [`OutputFormat`] and one line in [`registry`]; `writer::conformance` then checks it.
+//! A format is chosen by the output path's extension (see [`for_path`]). A new format is one module under
+//! `format/` that implements [`OutputFormat`], declared and registered in this file (`FORMATS`);
+//! `writer::conformance` then checks it.
 
 use std::path::{Path, PathBuf};
 
-use crate::npy;
+// The formats. A new one is a module here and one entry in `FORMATS` below.
+pub mod npy;
 
 /// The frames of an acquisition: `rows × cols` little-endian `u16` pixels each, C order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 //! place. A write error fails the acquisition, not the pipeline.
 //!
 //! Modules: [`stage`] (the loop over the frame ring), [`output`] (an acquisition's files, format-agnostic),
-//! [`format`] (the output-format trait and its registry), [`npy`] (the `.npy` format), [`sidecar`],
+//! [`format`] (the output-format trait, its registry and the formats: [`npy`]), [`sidecar`],
 //! [`conformance`] (the checks every format passes). The writer crate alone names the files it writes:
 //! [`temp_files`] lists an acquisition's temporary files.
 
@@ -17,11 +17,11 @@ pub mod conformance;
 mod direct;
 pub mod format;
 mod journal;
-pub mod npy;
 pub mod output;
 pub mod sidecar;
 pub mod stage;
 
+pub use format::npy;
 pub use output::{Output, temp_files};
 pub use sidecar::{FrameMeta, Sidecar, sidecar_path};
 pub use stage::Writer;
