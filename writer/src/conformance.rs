@@ -2,8 +2,9 @@
 //!
 //! Each check takes a format and an empty directory of its own and returns the first thing that is wrong. The
 //! writer's tests run them over every format in [`crate::format::registry`], so a new format is checked by
-//! being registered. [`kill_at_every_step`] needs a child process: it re-runs the current test binary, which
-//! must call it from the test named by `test_name` (it plays the child there when told so by [`CHILD_ENV`]).
+//! being registered. [`kill_at_every_step`] makes its own directory and needs a child process: it re-runs the
+//! current test binary, which must call it from the test named by `test_name` (it plays the child there when
+//! told so by [`CHILD_ENV`]).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -384,15 +385,18 @@ pub fn child_main(format: &'static dyn OutputFormat) {
 
 /// A real child process performs the steps of an acquisition up to step `k` and is SIGKILLed; the file is
 /// then resumed and finished, and must be byte-identical to the file of a run without the kill, for every `k`
-/// (and for a finish with all frames and with fewer). The child is this test binary run again on the test
-/// `test_name`, which must call this function (it plays the child there). In the child, returns only if it is
-/// the child for another format.
-pub fn kill_at_every_step(format: &'static dyn OutputFormat, dir: &Path, test_name: &str) -> Result<(), Failure> {
+/// (and for a finish with all frames and with fewer), in a temporary directory of its own. The child is this
+/// test binary run again on the test `test_name`, which must call this function before it creates anything (it
+/// plays the child there). In the child, returns only if it is the child for another format.
+pub fn kill_at_every_step(format: &'static dyn OutputFormat, test_name: &str) -> Result<(), Failure> {
     const CHECK: &str = "SIGKILL between two steps";
     if std::env::var_os(CHILD_ENV).is_some() {
         child_main(format);
         return Ok(());
     }
+    // Made here, after the child has gone its way: a child is killed and would leave its own behind.
+    let tmp = TempDir::new(&format!("killed-{}", format.name())).map_err(|e| fail(format, CHECK, e))?;
+    let dir = tmp.path();
     let exe = std::env::current_exe().map_err(|e| fail(format, CHECK, e))?;
     for finish in [FRAMES, FRAMES - 2] {
         let want = reference(format, CHECK, dir, finish)?;
