@@ -202,7 +202,7 @@ fn print_summary(path: &Path, sim: &SimReport, sup: &Supervisor) -> anyhow::Resu
     let last = sc.frame_list.iter().map(|f| f.last_block_ns).max().unwrap_or(0);
     let secs = (last.saturating_sub(first)) as f64 / 1e9;
     let fps = if secs > 0.0 { sc.frames as f64 / secs } else { 0.0 };
-    let frame_bytes = sc.shape[1] * sc.shape[2] * 2;
+    let frame_bytes = sc.frame_bytes();
     let c = sup.status().counters.into_iter().collect::<std::collections::BTreeMap<_, _>>();
     let get = |k: &str| c.get(k).copied().unwrap_or(0);
     let invalid: Vec<String> = c

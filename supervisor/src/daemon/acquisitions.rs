@@ -25,8 +25,9 @@ impl Supervisor {
             p.parent().filter(|d| d.is_dir()).with_context(|| format!("the directory of {path} does not exist"))?;
         anyhow::ensure!(!p.exists(), "{path} exists; refusing to overwrite it");
         // Leftovers of an earlier run that died with this path armed: a new acquisition starts afresh.
-        for suffix in [".partial", ".frames.partial"] {
-            let _ = std::fs::remove_file(format!("{path}{suffix}"));
+        // (The writer crate names them; a path no output format writes is refused here.)
+        for tmp in writer::temp_files(p)? {
+            let _ = std::fs::remove_file(tmp);
         }
         let _ = dir;
         let area = self.area();

@@ -1,0 +1,98 @@
+//! An acquisition's output while it is written: the format's file, the frame journal and, at the end, the
+//! sidecar. Format-agnostic: the format is chosen by the path's extension, and every file name comes from here.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use crate::format::{self, FormatError, FormatFile, OutputFormat, Plan};
+use crate::journal::{self, Journal};
+use crate::sidecar::{self, FrameMeta, Sidecar};
+
+/// Every temporary file an acquisition into `path` may leave: the format's, the journal, the sidecar's. An
+/// unknown extension is an error (no format writes it).
+pub fn temp_files(path: &Path) -> Result<Vec<PathBuf>, FormatError> {
+    let mut files = format::for_path(path)?.temp_files(path);
+    files.push(journal::path(path));
+    files.push(sidecar::temp_path(path));
+    Ok(files)
+}
+
+/// The files of an acquisition being written into `path`.
+pub struct Output {
+    format: &'static dyn OutputFormat,
+    path: PathBuf,
+    file: Box<dyn FormatFile>,
+    journal: Journal,
+    plan: Plan,
+}
+
+impl Output {
+    /// Whether a killed writer left the files of an acquisition into `path` (the format's and the journal).
+    pub fn can_resume(path: &Path) -> bool {
+        format::for_path(path).is_ok_and(|f| f.temp_files(path).iter().all(|p| p.exists()))
+            && journal::path(path).exists()
+    }
+
+    /// Creates and preallocates the files of an acquisition into `path`, or, if `resume`, reopens the ones a
+    /// killed writer left (see [`Output::can_resume`]).
+    pub fn open(path: &Path, plan: &Plan, resume: bool) -> Result<Self, FormatError> {
+        let format = format::for_path(path)?;
+        let mut file = if resume { format.resume(path, plan)? } else { format.create(path, plan)? };
+        let journal = Journal::open(path, resume)?;
+        if let Err(e) = journal.reserve(plan.frames) {
+            // Nothing is left behind on a disk too small for the acquisition.
+            journal.remove();
+            file.discard();
+            return Err(e);
+        }
+        Ok(Self { format, path: path.to_owned(), file, journal, plan: *plan })
+    }
+
+    /// The final path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Frames planned.
+    pub fn requested(&self) -> u64 {
+        self.plan.frames
+    }
+
+    /// Whether frame writes bypass the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.file.is_direct()
+    }
+
+    /// Writes frame `meta.index` and its journal record; repeating it is harmless.
+    pub fn write(&mut self, meta: &FrameMeta, pixels: &[u8]) -> Result<(), FormatError> {
+        self.file.write_frame(meta.index, pixels)?;
+        self.journal.record(meta).map_err(|e| {
+            FormatError::io(format!("writing frame {} to {}", meta.index, self.file.temp_path().display()), e)
+        })
+    }
+
+    /// Finishes the acquisition with `frames` frames: the file is fixed and synced, the sidecar (made by
+    /// `sidecar` from the journal's records) written, then the file renamed into place and the journal removed.
+    pub fn finish(&mut self, frames: u64, sidecar: impl FnOnce(Vec<FrameMeta>) -> Sidecar) -> Result<(), FormatError> {
+        self.file.finish(frames)?;
+        sidecar::write(&sidecar(self.journal.read(frames)), &self.path)?;
+        self.file.publish()?;
+        self.journal.remove();
+        // The renames are durable once the directory is synced.
+        if let Some(dir) = self.path.parent() {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            let _ = File::open(dir).and_then(|d| d.sync_all());
+        }
+        Ok(())
+    }
+
+    /// On failure: keeps the first `frames` frames readable in the temporary file, and says where.
+    pub fn keep(&mut self, frames: u64) -> String {
+        let _ = self.file.keep(frames);
+        format!(
+            "the first {frames} frames are kept in {} (a valid {})",
+            self.file.temp_path().display(),
+            self.format.kind()
+        )
+    }
+}

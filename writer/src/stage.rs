@@ -1,0 +1,250 @@
+//! The stage loop: frames of the armed acquisition from the frame ring → the acquisition's [`Output`].
+//!
+//! The loop knows acquisitions (records in the region) and frames, not file formats. A write error fails the
+//! acquisition, not the pipeline.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use shm_protocol::pipeline::{
+    self, AcquisitionRecord, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader, NO_INDEX, PipelineArea, Stage,
+    WRITER_CURSOR, acq_state,
+};
+use shm_protocol::{Consumer, ReadSlot, Region, RingError};
+
+use crate::format::{FrameShape, Plan};
+use crate::output::Output;
+use crate::sidecar::{FrameMeta, Sidecar};
+use crate::{WriterConfig, WriterError};
+
+/// The one place that reads a frame-ring slot: the frame's header (written before the frame was published,
+/// at the start of the slot) and its `frame_bytes` of pixels.
+fn read_slot<'s>(slot: &'s ReadSlot<'_>, frame_bytes: usize) -> (FrameHeader, &'s [u8]) {
+    let bytes = slot.bytes();
+    let h: FrameHeader = bytemuck::pod_read_unaligned(&bytes[..size_of::<FrameHeader>()]);
+    (h, &bytes[FRAME_PIXELS_OFFSET..FRAME_PIXELS_OFFSET + frame_bytes])
+}
+
+/// An acquisition whose output is open.
+struct OpenAcquisition {
+    id: u64,
+    out: Output,
+}
+
+/// The write loop over one region.
+pub struct Writer<'r> {
+    area: &'r PipelineArea,
+    frames: Consumer<'r>,
+    cfg: WriterConfig,
+    shape: FrameShape,
+    frame_bytes: usize,
+    open: Option<OpenAcquisition>,
+}
+
+impl<'r> Writer<'r> {
+    /// Attaches to the frame ring's writer cursor.
+    pub fn new(region: &'r Region, cfg: WriterConfig) -> Result<Self, WriterError> {
+        let area = pipeline::pipeline_area(region)?;
+        let g = region.header().geometry;
+        let frames = region.ring(FRAME_RING)?.consumer(WRITER_CURSOR)?;
+        let shape = FrameShape { rows: g.frame_rows.into(), cols: g.frame_cols.into() };
+        Ok(Self { area, frames, cfg, shape, frame_bytes: shape.frame_bytes() as usize, open: None })
+    }
+
+    /// Runs until `should_stop` returns true, then writes what is left and exits.
+    pub fn run(&mut self, mut should_stop: impl FnMut() -> bool) -> Result<(), WriterError> {
+        // Who runs the stage, for `ringdaq inspect` (the supervisor clears it when this process dies).
+        self.area.stage(Stage::Writer).pid.store(std::process::id(), Ordering::Release);
+        let r = loop {
+            if should_stop() {
+                break self.drain();
+            }
+            // Frames wake the writer at once; the timeout only paces commands and housekeeping when idle.
+            match self.frames.next(Some(Duration::from_millis(250))) {
+                Ok(slot) => self.handle(slot),
+                // Beating while idle keeps the allocation totals in the stage record current.
+                Err(RingError::Timeout) => self.area.stage(Stage::Writer).beat(),
+                Err(e) => break Err(e.into()),
+            }
+            self.housekeeping();
+        };
+        self.area.stage(Stage::Writer).pid.store(0, Ordering::Release);
+        r
+    }
+
+    /// Writes every frame already published and finishes what can be finished.
+    pub fn drain(&mut self) -> Result<(), WriterError> {
+        while let Some(slot) = self.frames.try_next()? {
+            self.handle(slot);
+        }
+        self.housekeeping();
+        Ok(())
+    }
+
+    /// Writes one frame if it belongs to an acquisition, then commits it.
+    pub fn handle(&mut self, slot: ReadSlot<'r>) {
+        let (h, pixels) = read_slot(&slot, self.frame_bytes);
+        if h.acquisition_id != 0 && h.index != NO_INDEX {
+            self.write_frame(&h, pixels);
+        }
+        self.frames.commit(slot.seq() + 1);
+        self.area.stage(Stage::Writer).beat();
+        self.housekeeping();
+    }
+
+    fn write_frame(&mut self, h: &FrameHeader, pixels: &[u8]) {
+        let rec = self.area.acquisition(h.acquisition_id);
+        if rec.id.load(Ordering::Acquire) != h.acquisition_id {
+            return; // the record was reused: an acquisition long gone
+        }
+        if rec.state.load(Ordering::Acquire) == acq_state::FAILED {
+            return;
+        }
+        if self.open.as_ref().is_none_or(|o| o.id != h.acquisition_id) {
+            self.finish_open();
+            if let Err(e) = self.open_acquisition(rec) {
+                self.fail(rec, &e);
+                return;
+            }
+        }
+        let Some(open) = self.open.as_mut() else {
+            return;
+        };
+        if h.index >= open.out.requested() {
+            return;
+        }
+        let meta = FrameMeta {
+            index: h.index,
+            frame_id: h.frame_id,
+            complete: h.is_complete(),
+            missing_blocks: h.blocks_expected.saturating_sub(h.blocks_received),
+            first_block_ns: h.first_block_ns,
+            last_block_ns: h.last_block_ns,
+            published_ns: h.published_ns,
+        };
+        match open.out.write(&meta, pixels) {
+            Ok(()) => {
+                // The highest index written, + 1: idempotent, so a frame rewritten after a restart counts once.
+                rec.written.fetch_max(h.index + 1, Ordering::Release);
+                self.area.writer.frames.fetch_add(1, Ordering::Relaxed);
+                self.area.writer.bytes.fetch_add(pixels.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                self.area.writer.errors.fetch_add(1, Ordering::Relaxed);
+                self.fail(rec, &e.to_string());
+            }
+        }
+    }
+
+    /// Creates and preallocates the output of acquisition `rec`, or, after a restart, reopens the files the
+    /// previous writer left.
+    fn open_acquisition(&mut self, rec: &AcquisitionRecord) -> Result<(), String> {
+        let id = rec.id.load(Ordering::Acquire);
+        shm_protocol::logging::set_acquisition(id);
+        let path = PathBuf::from(rec.path());
+        let requested = rec.frames.load(Ordering::Acquire);
+        let resume = Output::can_resume(&path) && rec.first_seq.load(Ordering::Acquire) != u64::MAX;
+        let plan = Plan { shape: self.shape, frames: requested, direct_io: self.cfg.direct_io };
+        let out = Output::open(&path, &plan, resume).map_err(|e| e.to_string())?;
+        if resume {
+            tracing::info!(acquisition = id, path = %path.display(), "file reopened after a restart");
+        } else {
+            tracing::info!(acquisition = id, path = %path.display(), frames = requested, direct = out.is_direct(), "file opened");
+        }
+        self.open = Some(OpenAcquisition { id, out });
+        Ok(())
+    }
+
+    fn fail(&mut self, rec: &AcquisitionRecord, msg: &str) {
+        let open = self.open.take_if(|o| o.id == rec.id.load(Ordering::Relaxed));
+        self.fail_open(rec, msg, open);
+    }
+
+    /// Fails acquisition `rec`; its file, if `open`, keeps the frames written so far under a header that says
+    /// how many.
+    fn fail_open(&mut self, rec: &AcquisitionRecord, msg: &str, open: Option<OpenAcquisition>) {
+        let mut msg = msg.to_owned();
+        if let Some(mut o) = open {
+            // Keep what was written, with a header that says how much: the frames so far stay readable.
+            let n = rec.written.load(Ordering::Acquire);
+            msg = format!("{msg}; {}", o.out.keep(n));
+        }
+        tracing::error!(acquisition = rec.id.load(Ordering::Relaxed), error = msg, "acquisition failed");
+        // SAFETY: the writer is the only process that writes an acquisition's error.
+        unsafe { rec.set_error(&msg) };
+        self.area.writer.failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Finishes the open acquisition if all its frames are written, and acquisitions that got no frame at all.
+    fn housekeeping(&mut self) {
+        if let Some(o) = &self.open {
+            let rec = self.area.acquisition(o.id);
+            // Done once the writer's own cursor has passed the acquisition's last frame (its frames are
+            // consecutive in the frame ring): a count of writes would be fooled by a frame rewritten after a restart.
+            let first = rec.first_seq.load(Ordering::Acquire);
+            let n = rec.assigned.load(Ordering::Acquire);
+            if rec.state.load(Ordering::Acquire) == acq_state::ASSIGNED
+                && (n == 0 || self.frames.committed() >= first.saturating_add(n))
+            {
+                self.finish_open();
+            }
+        }
+        for rec in &self.area.acquisitions {
+            let id = rec.id.load(Ordering::Acquire);
+            if id != 0
+                && rec.state.load(Ordering::Acquire) == acq_state::ASSIGNED
+                && rec.assigned.load(Ordering::Acquire) == 0
+                && self.open.as_ref().is_none_or(|o| o.id != id)
+            {
+                // Stopped before its first frame: an empty but valid file.
+                match self.open_acquisition(rec) {
+                    Ok(()) => self.finish_open(),
+                    Err(e) => self.fail(rec, &e),
+                }
+            }
+        }
+    }
+
+    /// Fixes the file, writes the sidecar, syncs and renames; marks the acquisition DONE (or FAILED).
+    fn finish_open(&mut self) {
+        let Some(mut o) = self.open.take() else {
+            return;
+        };
+        let rec = self.area.acquisition(o.id);
+        match self.finalize(&mut o, rec) {
+            Ok(()) => {
+                rec.state.store(acq_state::DONE, Ordering::Release);
+                self.area.writer.done.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(acquisition = o.id, path = %o.out.path().display(), "acquisition done");
+            }
+            Err(e) => self.fail_open(rec, &e, Some(o)),
+        }
+    }
+
+    fn finalize(&self, o: &mut OpenAcquisition, rec: &AcquisitionRecord) -> Result<(), String> {
+        let requested = o.out.requested();
+        let n = rec.assigned.load(Ordering::Acquire).min(requested);
+        let (id, shape) = (o.id, self.shape);
+        let path = o.out.path().display().to_string();
+        o.out
+            .finish(n, |frame_list| {
+                let complete = frame_list.iter().filter(|m| m.complete).count() as u64;
+                Sidecar {
+                    version: 1,
+                    acquisition_id: id,
+                    path,
+                    frames_requested: requested,
+                    frames: n,
+                    complete_frames: complete,
+                    incomplete_frames: n - complete.min(n),
+                    shape: [n, shape.rows, shape.cols],
+                    dtype: "uint16".into(),
+                    fill_value: self.area.params.fill_value,
+                    counters: self.area.counters(),
+                    frame_list,
+                }
+            })
+            .map_err(|e| e.to_string())
+    }
+}
