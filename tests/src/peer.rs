@@ -82,14 +82,15 @@ pub fn consume(socket: &Path, out: &Path) -> anyhow::Result<()> {
     eprintln!("consumer {} resumes at {}", std::process::id(), c.next_seq());
     while c.next_seq() < got.msg.items {
         let r = c.next(Some(Duration::from_secs(60)))?;
-        let b = r.bytes();
+        let seq = r.seq();
+        let b = r.bytes().ok_or_else(|| anyhow::anyhow!("a gating consumer's slot is stable"))?;
         let words: Vec<u64> =
             (0..4).map(|i| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default())).collect();
-        if words != payload(r.seq()) {
-            bail!("slot {} holds {:?}", r.seq(), words);
+        if words != payload(seq) {
+            bail!("slot {seq} holds {words:?}");
         }
-        write_effect(&file, r.seq())?;
-        c.commit(r.seq() + 1);
+        write_effect(&file, seq)?;
+        c.commit(seq + 1);
     }
     Ok(())
 }

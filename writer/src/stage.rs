@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use shm_protocol::pipeline::{
     self, AcquisitionRecord, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader, NO_INDEX, PipelineArea, Stage,
-    WRITER_CURSOR, acq_state,
+    WRITER_CURSOR, AcquisitionState,
 };
 use shm_protocol::{Consumer, ReadSlot, Region, RingError};
 
@@ -19,11 +19,12 @@ use crate::sidecar::{FrameMeta, Sidecar};
 use crate::{WriterConfig, WriterError};
 
 /// The one place that reads a frame-ring slot: the frame's header (written before the frame was published,
-/// at the start of the slot) and its `frame_bytes` of pixels.
-fn read_slot<'s>(slot: &'s ReadSlot<'_>, frame_bytes: usize) -> (FrameHeader, &'s [u8]) {
-    let bytes = slot.bytes();
-    let h: FrameHeader = bytemuck::pod_read_unaligned(&bytes[..size_of::<FrameHeader>()]);
-    (h, &bytes[FRAME_PIXELS_OFFSET..FRAME_PIXELS_OFFSET + frame_bytes])
+/// at the start of the slot) and its `frame_bytes` of pixels. `None` if the slot is not stable (the writer's
+/// cursor gates the ring, so it always is) or smaller than a frame (the region was checked at attach).
+fn read_slot<'s>(slot: &'s ReadSlot<'_>, frame_bytes: usize) -> Option<(FrameHeader, &'s [u8])> {
+    let bytes = slot.bytes()?;
+    let h: FrameHeader = bytemuck::pod_read_unaligned(bytes.get(..size_of::<FrameHeader>())?);
+    Some((h, bytes.get(FRAME_PIXELS_OFFSET..FRAME_PIXELS_OFFSET + frame_bytes)?))
 }
 
 /// An acquisition whose output is open.
@@ -34,8 +35,15 @@ struct OpenAcquisition {
 
 /// The write loop over one region.
 pub struct Writer<'r> {
-    area: &'r PipelineArea,
+    /// The frame ring's writer cursor. Apart from the rest, so that a slot being read (which borrows it) and the
+    /// files being written can be used at once.
     frames: Consumer<'r>,
+    files: Files<'r>,
+}
+
+/// What the writer writes to: the acquisitions' records and the open output.
+struct Files<'r> {
+    area: &'r PipelineArea,
     cfg: WriterConfig,
     shape: FrameShape,
     frame_bytes: usize,
@@ -49,48 +57,63 @@ impl<'r> Writer<'r> {
         let g = region.header().geometry;
         let frames = region.ring(FRAME_RING)?.consumer(WRITER_CURSOR)?;
         let shape = FrameShape { rows: g.frame_rows.into(), cols: g.frame_cols.into() };
-        Ok(Self { area, frames, cfg, shape, frame_bytes: shape.frame_bytes() as usize, open: None })
+        let files = Files { area, cfg, shape, frame_bytes: shape.frame_bytes() as usize, open: None };
+        Ok(Self { frames, files })
     }
 
     /// Runs until `should_stop` returns true, then writes what is left and exits.
     pub fn run(&mut self, mut should_stop: impl FnMut() -> bool) -> Result<(), WriterError> {
+        let area = self.files.area;
         // Who runs the stage, for `ringdaq inspect` (the supervisor clears it when this process dies).
-        self.area.stage(Stage::Writer).pid.store(std::process::id(), Ordering::Release);
+        area.stage(Stage::Writer).pid.store(std::process::id(), Ordering::Release);
         let r = loop {
             if should_stop() {
                 break self.drain();
             }
             // Frames wake the writer at once; the timeout only paces commands and housekeeping when idle.
             match self.frames.next(Some(Duration::from_millis(250))) {
-                Ok(slot) => self.handle(slot),
+                Ok(slot) => {
+                    let seq = slot.seq();
+                    self.files.handle(&slot);
+                    self.commit(seq);
+                }
                 // Beating while idle keeps the allocation totals in the stage record current.
-                Err(RingError::Timeout) => self.area.stage(Stage::Writer).beat(),
+                Err(RingError::Timeout) => area.stage(Stage::Writer).beat(),
                 Err(e) => break Err(e.into()),
             }
-            self.housekeeping();
+            self.files.housekeeping(self.frames.committed());
         };
-        self.area.stage(Stage::Writer).pid.store(0, Ordering::Release);
+        area.stage(Stage::Writer).pid.store(0, Ordering::Release);
         r
     }
 
     /// Writes every frame already published and finishes what can be finished.
     pub fn drain(&mut self) -> Result<(), WriterError> {
         while let Some(slot) = self.frames.try_next()? {
-            self.handle(slot);
+            let seq = slot.seq();
+            self.files.handle(&slot);
+            self.commit(seq);
         }
-        self.housekeeping();
+        self.files.housekeeping(self.frames.committed());
         Ok(())
     }
 
-    /// Writes one frame if it belongs to an acquisition, then commits it.
-    pub fn handle(&mut self, slot: ReadSlot<'r>) {
-        let (h, pixels) = read_slot(&slot, self.frame_bytes);
-        if h.acquisition_id != 0 && h.index != NO_INDEX {
-            self.write_frame(&h, pixels);
+    /// Commits frame `seq` (written, or not the writer's), then finishes what that completes.
+    fn commit(&mut self, seq: u64) {
+        self.frames.commit(seq + 1);
+        self.files.area.stage(Stage::Writer).beat();
+        self.files.housekeeping(self.frames.committed());
+    }
+}
+
+impl Files<'_> {
+    /// Writes one frame if it belongs to an acquisition.
+    fn handle(&mut self, slot: &ReadSlot<'_>) {
+        match read_slot(slot, self.frame_bytes) {
+            Some((h, pixels)) if h.acquisition_id != 0 && h.index != NO_INDEX => self.write_frame(&h, pixels),
+            Some(_) => {}
+            None => tracing::error!(seq = slot.seq(), "frame slot unreadable; skipped"),
         }
-        self.frames.commit(slot.seq() + 1);
-        self.area.stage(Stage::Writer).beat();
-        self.housekeeping();
     }
 
     fn write_frame(&mut self, h: &FrameHeader, pixels: &[u8]) {
@@ -98,7 +121,7 @@ impl<'r> Writer<'r> {
         if rec.id.load(Ordering::Acquire) != h.acquisition_id {
             return; // the record was reused: an acquisition long gone
         }
-        if rec.state.load(Ordering::Acquire) == acq_state::FAILED {
+        if rec.state() == AcquisitionState::Failed {
             return;
         }
         if self.open.as_ref().is_none_or(|o| o.id != h.acquisition_id) {
@@ -172,20 +195,20 @@ impl<'r> Writer<'r> {
         }
         tracing::error!(acquisition = rec.id.load(Ordering::Relaxed), error = msg, "acquisition failed");
         // SAFETY: the writer is the only process that writes an acquisition's error.
-        unsafe { rec.set_error(&msg) };
+        unsafe { rec.fail(&msg) };
         self.area.writer.failed.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Finishes the open acquisition if all its frames are written, and acquisitions that got no frame at all.
-    fn housekeeping(&mut self) {
+    /// Finishes the open acquisition if all its frames are written (`committed`: the writer's cursor), and
+    /// acquisitions that got no frame at all.
+    fn housekeeping(&mut self, committed: u64) {
         if let Some(o) = &self.open {
             let rec = self.area.acquisition(o.id);
             // Done once the writer's own cursor has passed the acquisition's last frame (its frames are
             // consecutive in the frame ring): a count of writes would be fooled by a frame rewritten after a restart.
             let first = rec.first_seq.load(Ordering::Acquire);
             let n = rec.assigned.load(Ordering::Acquire);
-            if rec.state.load(Ordering::Acquire) == acq_state::ASSIGNED
-                && (n == 0 || self.frames.committed() >= first.saturating_add(n))
+            if rec.state() == AcquisitionState::Assigned && (n == 0 || committed >= first.saturating_add(n))
             {
                 self.finish_open();
             }
@@ -193,7 +216,7 @@ impl<'r> Writer<'r> {
         for rec in &self.area.acquisitions {
             let id = rec.id.load(Ordering::Acquire);
             if id != 0
-                && rec.state.load(Ordering::Acquire) == acq_state::ASSIGNED
+                && rec.state() == AcquisitionState::Assigned
                 && rec.assigned.load(Ordering::Acquire) == 0
                 && self.open.as_ref().is_none_or(|o| o.id != id)
             {
@@ -214,7 +237,7 @@ impl<'r> Writer<'r> {
         let rec = self.area.acquisition(o.id);
         match self.finalize(&mut o, rec) {
             Ok(()) => {
-                rec.state.store(acq_state::DONE, Ordering::Release);
+                rec.set_state(AcquisitionState::Done);
                 self.area.writer.done.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(acquisition = o.id, path = %o.out.path().display(), "acquisition done");
             }

@@ -205,7 +205,7 @@ fn child(path: &std::path::Path) -> anyhow::Result<()> {
             conn.send(&vec![0u64])?;
             for i in 0..n {
                 let r = c.next(None)?;
-                let v = u64::from_le_bytes(r.bytes()[..8].try_into()?);
+                let v = u64::from_le_bytes(r.bytes().context("a gating consumer's slot is stable")?[..8].try_into()?);
                 let t = now_ns();
                 first.get_or_insert_with(Instant::now);
                 if mode == LATENCY {
