@@ -65,7 +65,9 @@ pub fn geometry(f: &dyn DetectorFormat) -> Result<(), Nonconformance> {
 pub fn random_frame(f: &dyn DetectorFormat, seed: u64) -> Vec<u16> {
     let mask = f.pixel_mask();
     let bound = mask.max(1);
-    (0..f.frame_pixels() as u64).map(|i| (splitmix64(seed ^ i.wrapping_mul(0x9E37_79B9)) as u16 & mask) % bound).collect()
+    (0..f.frame_pixels() as u64)
+        .map(|i| (splitmix64(seed ^ i.wrapping_mul(0x9E37_79B9)) as u16 & mask) % bound)
+        .collect()
 }
 
 /// Every block's datagram of `frame` with frame id `frame_id`, indexed by block (sync set on odd blocks).

@@ -327,8 +327,10 @@ impl Simulator {
             let payload = self.payloads.get(o.frame_id, o.block);
             let hb = self.f.header_bytes();
             iov[i][0] = libc::iovec { iov_base: o.header.as_ptr() as *mut _, iov_len: o.len.min(hb) };
-            iov[i][1] =
-                libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: o.len.saturating_sub(hb).min(payload.len()) };
+            iov[i][1] = libc::iovec {
+                iov_base: payload.as_ptr() as *mut _,
+                iov_len: o.len.saturating_sub(hb).min(payload.len()),
+            };
             let h = &mut msgs[i].msg_hdr;
             h.msg_name = (&self.targets[o.stream] as *const libc::sockaddr_storage).cast_mut().cast();
             h.msg_namelen = self.target_len;

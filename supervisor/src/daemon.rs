@@ -17,6 +17,7 @@ use shm_protocol::messages::{
 use shm_protocol::pipeline::{self, BLOCK_RING, FRAME_RING, PipelineArea, PipelineSizes, Stage, acq_state, sync_mode};
 
 use crate::config::{self, Config};
+use crate::geometry::region_geometry;
 use crate::stages;
 
 /// What the supervisor knows about one stage.
@@ -166,6 +167,7 @@ impl Supervisor {
             frame_slots: cfg.rings.frame_slots,
             frame_cursors: cfg.rings.frame_cursors,
             fill_value: cfg.rings.fill_value,
+            invalid_reasons: cfg.mode.invalid_reasons(),
         };
         let bytes = sizes.region_spec();
         let total = shm_protocol::layout::compute_layout(&bytes)?.region_size;
@@ -184,7 +186,7 @@ impl Supervisor {
             region_mb = total / (1 << 20),
             control = %control_path.display(),
             mode = %cfg.mode,
-            ports = format!("{}:{}-{}", cfg.bind, cfg.port_base, cfg.port_base + 7),
+            ports = format!("{}:{}-{}", cfg.bind, cfg.port_base, usize::from(cfg.port_base) + cfg.mode.streams() - 1),
             "pipeline created"
         );
         let sup = Arc::new(Self {
@@ -1031,21 +1033,6 @@ impl Supervisor {
             frame_ring_used: used(FRAME_RING),
             acquisitions,
         }
-    }
-}
-
-/// The region header's description of detector mode `mode`: decoded u16 frames, one block per datagram.
-pub fn region_geometry(mode: detector::Mode) -> shm_protocol::layout::Geometry {
-    let g = mode.geometry();
-    shm_protocol::layout::Geometry {
-        mode: mode.id(),
-        frame_rows: g.frame_rows() as u32,
-        frame_cols: g.frame_cols() as u32,
-        bytes_per_pixel: 2,
-        blocks_per_frame: g.blocks_per_frame() as u32,
-        max_datagram: g.block_bytes as u32,
-        sectors: detector::SECTORS as u32,
-        _reserved: 0,
     }
 }
 

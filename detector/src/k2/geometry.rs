@@ -109,10 +109,10 @@ impl Geometry {
         if sectors == 0 || sector_width == 0 || sector_height == 0 || block_width == 0 || block_height == 0 {
             return Err(GeometryError::Zero);
         }
-        if sector_width % block_width != 0 || sector_height % block_height != 0 {
+        if !sector_width.is_multiple_of(block_width) || !sector_height.is_multiple_of(block_height) {
             return Err(GeometryError::Tiling { sector_width, sector_height, block_width, block_height });
         }
-        if matches!(encoding, PixelEncoding::Packed12) && block_width % 2 != 0 {
+        if matches!(encoding, PixelEncoding::Packed12) && !block_width.is_multiple_of(2) {
             return Err(GeometryError::OddWidth);
         }
         if sector_width > u16::MAX as usize || sector_height > u16::MAX as usize || block_bytes > u32::MAX as usize {
@@ -277,9 +277,12 @@ mod tests {
         assert_eq!(Geometry::new(8, 0x5758, 256, 1860, 16, 930, Packed12), Ok(IS_GEOMETRY));
         assert_eq!(Geometry::new(0, 0x5758, 256, 1860, 16, 930, Packed12), Err(GeometryError::Zero));
         assert!(matches!(Geometry::new(8, 0x5758, 256, 1860, 24, 930, Packed12), Err(GeometryError::Tiling { .. })));
-        assert!(matches!(Geometry::new(8, 0x5757, 256, 1860, 16, 930, Packed12), Err(GeometryError::BlockBytes { .. })));
+        assert!(matches!(
+            Geometry::new(8, 0x5757, 256, 1860, 16, 930, Packed12),
+            Err(GeometryError::BlockBytes { .. })
+        ));
         assert!(matches!(Geometry::new(8, 0x5758, 256, 1860, 16, 930, U16Be), Err(GeometryError::BlockBytes { .. })));
-        assert_eq!(Geometry::new(8, 40 + 3 * 930 / 2 * 1, 255, 1860, 1, 930, Packed12), Err(GeometryError::OddWidth));
+        assert_eq!(Geometry::new(8, 40 + 3 * 930 / 2, 255, 1860, 1, 930, Packed12), Err(GeometryError::OddWidth));
         assert_eq!(Geometry::new(8, 40 + 2 * 2 * 2, 70_000, 2, 2, 2, U16Be), Err(GeometryError::TooLarge));
         assert_eq!(Geometry::new(64, 40 + 2 * 2 * 3, 16, 2, 2, 2, Packed12), Err(GeometryError::TooLarge));
     }

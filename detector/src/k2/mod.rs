@@ -25,8 +25,7 @@ const fn checked(g: Result<Geometry, geometry::GeometryError>) -> Geometry {
 /// K2 IS: 12-bit pixels packed two in three bytes; 2048 × 1860 frames at 400 frames/s.
 pub const IS_GEOMETRY: Geometry = checked(Geometry::new(SECTORS, 0x5758, 256, 1860, 16, 930, PixelEncoding::Packed12));
 /// Summit: big-endian u16 pixels; 4096 × 3840 frames.
-pub const SUMMIT_GEOMETRY: Geometry =
-    checked(Geometry::new(SECTORS, 0xC028, 512, 3840, 32, 768, PixelEncoding::U16Be));
+pub const SUMMIT_GEOMETRY: Geometry = checked(Geometry::new(SECTORS, 0xC028, 512, 3840, 32, 768, PixelEncoding::U16Be));
 
 /// A K2 mode as a detector format.
 #[derive(Debug)]
@@ -37,12 +36,8 @@ pub struct K2 {
     g: Geometry,
 }
 
-const IS_FORMAT: K2 = K2 {
-    name: "is",
-    id: 1,
-    description: "Gatan K2 IS: 8 sectors, 12-bit packed pixels, 2048 × 1860",
-    g: IS_GEOMETRY,
-};
+const IS_FORMAT: K2 =
+    K2 { name: "is", id: 1, description: "Gatan K2 IS: 8 sectors, 12-bit packed pixels, 2048 × 1860", g: IS_GEOMETRY };
 const SUMMIT_FORMAT: K2 = K2 {
     name: "summit",
     id: 2,
@@ -127,11 +122,9 @@ impl DetectorFormat for K2 {
         Decoder::detect().decode_frame_at(&self.g, blocks, HEADER_BYTES, frame, fill).map_err(|e| match e {
             PlaceError::Blocks { found, expected } => FormatError::Blocks { found, expected },
             PlaceError::Frame { found, expected } => FormatError::Size { what: "frame", found, expected },
-            PlaceError::Payload { found, expected } => FormatError::Size {
-                what: "datagram",
-                found: found + HEADER_BYTES,
-                expected: expected + HEADER_BYTES,
-            },
+            PlaceError::Payload { found, expected } => {
+                FormatError::Size { what: "datagram", found: found + HEADER_BYTES, expected: expected + HEADER_BYTES }
+            }
             PlaceError::Sector(s) => FormatError::Block { block: s, blocks: self.g.sectors() },
             PlaceError::Position => FormatError::Block { block: 0, blocks: self.g.blocks_per_frame() },
         })
@@ -157,8 +150,7 @@ impl DetectorFormat for K2 {
         if meta.block >= g.blocks_per_frame() {
             return Err(FormatError::Block { block: meta.block, blocks: g.blocks_per_frame() });
         }
-        let Some(out) = out.get_mut(..HEADER_BYTES).and_then(|o| <&mut [u8; HEADER_BYTES]>::try_from(o).ok())
-        else {
+        let Some(out) = out.get_mut(..HEADER_BYTES).and_then(|o| <&mut [u8; HEADER_BYTES]>::try_from(o).ok()) else {
             return Err(FormatError::Size { what: "header buffer", found: out.len(), expected: HEADER_BYTES });
         };
         let per = g.blocks_per_sector();
@@ -211,8 +203,8 @@ impl DetectorFormat for K2 {
             return Err(FormatError::Size { what: "header", found: header.len(), expected: HEADER_BYTES });
         }
         match reason {
-            0 => *len = HEADER_BYTES / 4,                          // truncated: shorter than a header
-            1 => header[3] ^= 0x5A,                                // sync word
+            0 => *len = HEADER_BYTES / 4, // truncated: shorter than a header
+            1 => header[3] ^= 0x5A,       // sync word
             2 => header[36..40].copy_from_slice(&1u32.to_be_bytes()), // block_size
             3 => *len = HEADER_BYTES + self.g.payload_bytes() / 2, // a payload cut short
             4 => header[20..22].copy_from_slice(&(self.g.sector_width() as u16 + 1).to_be_bytes()), // sector width
