@@ -712,3 +712,41 @@ pub fn now_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(invalid_reasons: &'static [&'static str]) -> PipelineSizes {
+        PipelineSizes {
+            geometry: Geometry { frame_rows: 4, frame_cols: 8, max_datagram: 64, ..Default::default() },
+            block_slots: 4,
+            datagrams_per_slot: 2,
+            frame_slots: 2,
+            frame_cursors: 1,
+            fill_value: 0,
+            invalid_reasons,
+        }
+    }
+
+    #[test]
+    fn the_region_names_its_invalid_counters() {
+        let region = sizes(&["bad", "worse"]).create_region().unwrap();
+        let area = pipeline_area(&region).unwrap();
+        assert_eq!(area.invalid_reasons(), ["bad", "worse", "oversized", "out_of_window"]);
+        area.assembler.invalid[pipeline_reason_index(2, 1)].fetch_add(3, Ordering::Relaxed);
+        let c = area.counters();
+        assert_eq!((c["assembler.invalid.bad"], c["assembler.invalid.out_of_window"]), (0, 3));
+        assert_eq!(c.keys().filter(|k| k.starts_with("assembler.invalid.")).count(), 4);
+    }
+
+    #[test]
+    fn too_many_or_too_long_reason_names_are_refused() {
+        const MANY: [&str; MAX_INVALID_REASONS - 1] = ["r"; MAX_INVALID_REASONS - 1];
+        const FIT: [&str; MAX_INVALID_REASONS - 2] = ["r"; MAX_INVALID_REASONS - 2];
+        assert!(sizes(&MANY).create_region().is_err());
+        assert!(sizes(&FIT).create_region().is_ok());
+        assert!(sizes(&["a_name_longer_than_thirty_two_bytes"]).create_region().is_err());
+        assert!(sizes(&[""]).create_region().is_err());
+    }
+}
