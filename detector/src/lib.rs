@@ -1,6 +1,6 @@
 //! Detector wire formats, pixel decoding, and a simulator.
 //!
-//! The pipeline knows a detector only through [`DetectorFormat`] ([`format`]): its geometry, how to classify a
+//! The pipeline knows a detector only through [`DetectorFormat`] ([`mod@format`]): its geometry, how to classify a
 //! datagram (frame, block, sync flag, or a typed invalid reason), how to decode a frame from its datagrams and
 //! how to encode them for the simulator. [`registry`] lists the formats; [`conformance`] is the suite every
 //! format passes. The first family is the Gatan K2 ([`k2`]: IS and Summit modes). [`pattern`] holds the

@@ -332,7 +332,7 @@ mod avx2 {
         const AHEAD: usize = 16; // rows of each source stream prefetched ahead
         let cols = g.frame_cols();
         let h = g.block_height();
-        // SAFETY (whole body): row r of block i reads bytes r*24 .. r*24+24 of a block of h*24 bytes, and writes
+        // SAFETY: (whole body) row r of block i reads bytes r*24 .. r*24+24 of a block of h*24 bytes, and writes
         // pixels r*cols + 16 i .. +16 of rows, which holds h*cols pixels. Prefetches are hints and never fault.
         unsafe {
             let shuf = _mm256_loadu_si256(SHUF12.as_ptr().cast());
@@ -419,7 +419,7 @@ mod avx2 {
     pub(super) unsafe fn place(g: &Geometry, payload: &[u8], frame: &mut [u16], origin: usize) {
         let cols = g.frame_cols();
         let src = payload.as_ptr();
-        // SAFETY (whole body): every pointer below stays within the ranges the caller guarantees: row r reads
+        // SAFETY: (whole body) every pointer below stays within the ranges the caller guarantees: row r reads
         // `row_bytes` bytes at src + r*row_bytes and writes `block_width` pixels at origin + r*cols.
         unsafe {
             let dst = frame.as_mut_ptr().add(origin);
