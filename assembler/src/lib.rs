@@ -1,10 +1,12 @@
 //! The assembly stage: raw datagrams from the block ring → validated, decoded frames in the frame ring.
 //!
-//! Every datagram is validated ([`detector::BlockHeader::parse`]); invalid ones are counted by reason and
-//! dropped. Valid blocks are not copied: a frame in flight records where its blocks lie in the block ring, and
-//! the block ring is committed only past blocks of published frames. When a frame is complete (or given up on)
-//! it is decoded in one pass, row by row, from the block ring straight into a frame-ring slot
-//! ([`detector::Decoder::decode_frame`]) and published.
+//! The detector is known only through its format ([`detector::DetectorFormat`], named by the region header's
+//! mode id in the [`detector::registry`]). Every datagram is classified
+//! ([`detector::DetectorFormat::classify`]); invalid ones are counted by reason (the format's reasons, then the
+//! pipeline's `oversized` and `out_of_window`) and dropped. Valid blocks are not copied: a frame in flight records
+//! where its blocks lie in the block ring, and the block ring is committed only past blocks of published frames.
+//! When a frame is complete (or given up on) it is decoded in one pass from its datagrams in the block ring
+//! straight into a frame-ring slot ([`detector::DetectorFormat::decode_frame`]) and published.
 //!
 //! Frames are published in frame-id order. A frame missing blocks is published as incomplete, its missing
 //! pixels set to the region's fill value, when a frame [`AssemblerConfig::window`] ids newer starts to arrive,
@@ -19,11 +21,11 @@ pub mod window;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use detector::{BlockHeader, Decoder, Geometry, HeaderError, Mode};
+use detector::{Format, PixelType};
 use shm_protocol::pipeline::{
     self, ASSEMBLER_CURSOR, BLOCK_RING, BlockSlotHeader, DATAGRAM_TRUNCATED, DatagramRecord, FRAME_COMPLETE,
-    FRAME_INCOMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FRAME_SYNC, FrameHeader, NO_INDEX, PipelineArea, PipelineParams,
-    Stage,
+    FRAME_INCOMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FRAME_SYNC, FrameHeader, MAX_BLOCKS_PER_FRAME,
+    MAX_INVALID_REASONS, NO_INDEX, PipelineArea, PipelineParams, Stage,
 };
 use shm_protocol::{Consumer, Producer, ReadSlot, Region, Ring, RingError};
 
@@ -76,14 +78,6 @@ const TICK: Duration = Duration::from_millis(10);
 /// should cost next to nothing). Commands (`ringdaq stop`, shutdown) wait at most this long.
 const IDLE_TICK: Duration = Duration::from_millis(250);
 
-/// Index in [`pipeline::INVALID_REASONS`] of a header error.
-fn reason_index(e: &HeaderError) -> usize {
-    let name = e.reason();
-    pipeline::INVALID_REASONS.iter().position(|r| *r == name).unwrap_or(0)
-}
-const OVERSIZED: usize = 6;
-const OUT_OF_WINDOW: usize = 7;
-
 /// A valid block as it arrived: which frame and block, where its datagram lies, when, and its sync flag.
 #[derive(Debug, Clone, Copy)]
 struct Arrival {
@@ -104,8 +98,11 @@ struct Candidate {
 
 /// The assembly loop over one region.
 pub struct Assembler<'r> {
-    g: Geometry,
-    decoder: Decoder,
+    format: Format,
+    /// Counter index of the pipeline's `oversized` reason (after the format's reasons).
+    oversized: usize,
+    /// Counter index of the pipeline's `out_of_window` reason.
+    out_of_window: usize,
     cfg: AssemblerConfig,
     area: &'r PipelineArea,
     params: PipelineParams,
@@ -123,8 +120,8 @@ pub struct Assembler<'r> {
     /// Block-ring sequences below this were there at start-up: blocks re-read from them may belong to frames the
     /// previous instance published. Blocks received later are news (a new stream may reuse those frame ids).
     resumed_through: u64,
-    /// Scratch: payload per block index of the frame being decoded.
-    payloads: Vec<Option<&'r [u8]>>,
+    /// Scratch: datagram per block index of the frame being decoded.
+    datagrams: Vec<Option<&'r [u8]>>,
     /// Blocks of recently published frames.
     history: window::History,
     /// Newest receive time seen (the data clock).
@@ -146,16 +143,30 @@ impl<'r> Assembler<'r> {
     pub fn new(region: &'r Region, cfg: AssemblerConfig) -> Result<Self, AssemblerError> {
         let area = pipeline::pipeline_area(region)?;
         let geo = region.header().geometry;
-        let mode = Mode::from_id(geo.mode).ok_or_else(|| AssemblerError::Geometry(format!("mode id {}", geo.mode)))?;
-        let g = mode.geometry();
-        if geo.frame_rows as usize != g.frame_rows() || geo.frame_cols as usize != g.frame_cols() {
+        let format = detector::registry::by_id(geo.mode)
+            .ok_or_else(|| AssemblerError::Geometry(format!("mode id {}", geo.mode)))?;
+        if geo.frame_rows as usize != format.rows() || geo.frame_cols as usize != format.cols() {
             return Err(AssemblerError::Geometry(format!(
-                "{}x{} frames for mode {mode}",
+                "{}x{} frames for mode {format}",
                 geo.frame_rows, geo.frame_cols
             )));
         }
+        // The frame slot's pixels are u16 (written below through a u16 slice), and the frame header's bitmap has
+        // a bit per block.
+        if format.pixel_type() != PixelType::U16 || format.blocks_per_frame() > MAX_BLOCKS_PER_FRAME {
+            return Err(AssemblerError::Geometry(format!("mode {format}: pixels or blocks beyond the frame ring's")));
+        }
+        let reasons = pipeline::invalid_reason_names(format.invalid_reasons());
+        if reasons.len() > MAX_INVALID_REASONS || area.invalid_reasons() != reasons {
+            return Err(AssemblerError::Geometry(format!(
+                "invalid reasons {:?} recorded in the region, mode {format} counts {reasons:?}",
+                area.invalid_reasons()
+            )));
+        }
+        let n = format.invalid_reasons().len();
+        let (oversized, out_of_window) = (pipeline::pipeline_reason_index(n, 0), pipeline::pipeline_reason_index(n, 1));
         let frame_ring = region.ring(FRAME_RING)?;
-        if frame_ring.slot_size() < FRAME_PIXELS_OFFSET + g.frame_bytes() {
+        if frame_ring.slot_size() < FRAME_PIXELS_OFFSET + format.frame_bytes() {
             return Err(AssemblerError::Geometry("frame slots smaller than a frame".into()));
         }
         let block_ring = region.ring(BLOCK_RING)?;
@@ -172,12 +183,13 @@ impl<'r> Assembler<'r> {
                 let last: FrameHeader = unsafe { std::ptr::read_unaligned(frame_ring.slot_ptr(p - 1).cast()) };
                 acquisition::reconcile(area, &last);
                 tracing::info!(frame_id = last.frame_id.wrapping_add(1), "resuming after the last published frame");
-                Some(Window::new(last.frame_id.wrapping_add(1), g.blocks_per_frame(), cfg.window))
+                Some(Window::new(last.frame_id.wrapping_add(1), format.blocks_per_frame(), cfg.window))
             }
         };
         Ok(Self {
-            g,
-            decoder: Decoder::detect(),
+            format,
+            oversized,
+            out_of_window,
             cfg,
             area,
             params,
@@ -189,8 +201,8 @@ impl<'r> Assembler<'r> {
             resumed_through: block_ring.published(),
             window,
             candidates: Vec::with_capacity(MAX_CANDIDATES),
-            payloads: vec![None; g.blocks_per_frame()],
-            history: window::History::new(LATE_FRAMES as usize, g.blocks_per_frame()),
+            datagrams: vec![None; format.blocks_per_frame()],
+            history: window::History::new(LATE_FRAMES as usize, format.blocks_per_frame()),
             data_now: 0,
             last_input: std::time::Instant::now(),
             receiver_seen: (0, 0, std::time::Instant::now()),
@@ -200,7 +212,7 @@ impl<'r> Assembler<'r> {
 
     /// Runs until `should_stop` returns true (checked every few ms), then drains what was received and exits.
     pub fn run(&mut self, mut should_stop: impl FnMut() -> bool) -> Result<(), AssemblerError> {
-        tracing::info!(decoder = ?self.decoder.implementation(), "assembling");
+        tracing::info!(mode = %self.format, decoder = self.format.decoder(), "assembling");
         // Who runs the stage, for `ringdaq inspect` (the supervisor clears it when this process dies).
         self.area.stage(Stage::Assembler).pid.store(std::process::id(), Ordering::Release);
         let r = loop {
@@ -265,28 +277,22 @@ impl<'r> Assembler<'r> {
             let len = (rec.len as usize).min(stride);
             let dgram = &bytes[data_off + i * stride..][..len];
             if rec.flags & DATAGRAM_TRUNCATED != 0 {
-                self.invalid(OVERSIZED);
+                self.invalid(self.oversized);
                 continue;
             }
-            let h = match BlockHeader::parse(dgram, &self.g) {
-                Ok(h) => h,
-                Err(e) => {
-                    self.invalid(reason_index(&e));
+            let b = match self.format.classify(usize::from(rec.sector), dgram) {
+                Ok(b) => b,
+                Err(reason) => {
+                    self.invalid(reason.index());
                     continue;
                 }
             };
-            let sector = usize::from(rec.sector);
-            if sector >= detector::SECTORS {
-                self.invalid(reason_index(&HeaderError::Geometry { width: 0, height: 0 }));
-                continue;
-            }
-            let block = self.g.block_index(sector, usize::from(h.x_start), usize::from(h.y_start));
             self.file_block(Arrival {
-                frame_id: h.frame_id,
-                block,
-                at: BlockRef { seq, index: i as u32 },
+                frame_id: b.frame_id,
+                block: b.index,
+                at: BlockRef { seq, index: i as u32, len: len as u32 },
                 recv_ns: rec.recv_ns,
-                sync: h.sync(),
+                sync: b.sync,
             })?;
         }
         self.area.stage(Stage::Assembler).beat();
@@ -297,7 +303,10 @@ impl<'r> Assembler<'r> {
     }
 
     fn invalid(&self, reason: usize) {
-        self.area.assembler.invalid[reason].fetch_add(1, Ordering::Relaxed);
+        // A format's reason index is below its reason count, checked against MAX_INVALID_REASONS in `new`.
+        if let Some(c) = self.area.assembler.invalid.get(reason) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Puts a valid block into its frame (or counts it as duplicate or late, or holds it as reset evidence).
@@ -358,7 +367,7 @@ impl<'r> Assembler<'r> {
     fn file_outside(&mut self, a: Arrival) -> Result<(), AssemblerError> {
         let Arrival { frame_id, block, at: r, recv_ns: ns, sync } = a;
         let base = self.window.as_ref().map_or(frame_id, |w| w.base);
-        let blocks = self.g.blocks_per_frame();
+        let blocks = self.format.blocks_per_frame();
         let w = self.cfg.window as i64;
         let k = match self.candidates.iter().position(|c| (0..w).contains(&c.window.offset(frame_id))) {
             Some(k) => k,
@@ -422,7 +431,7 @@ impl<'r> Assembler<'r> {
                 let counter = match self.history.had(f.frame_id, block) {
                     Some(true) => &a.duplicates,
                     Some(false) => &a.late,
-                    None => &a.invalid[OUT_OF_WINDOW],
+                    None => &a.invalid[self.out_of_window],
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
@@ -564,27 +573,25 @@ impl<'r> Assembler<'r> {
             self.logged_acquisition = acquisition_id;
             shm_protocol::logging::set_acquisition(acquisition_id);
         }
-        let payload = self.g.payload_bytes();
-        let hdr_bytes = detector::mode::HEADER_BYTES;
         let stride = self.params.datagram_stride as usize;
         let data_off = self.params.datagram_offset as usize;
-        for (p, r) in self.payloads.iter_mut().zip(&f.refs) {
+        for (p, r) in self.datagrams.iter_mut().zip(&f.refs) {
             *p = r.map(|r| {
-                let at = data_off + r.index as usize * stride + hdr_bytes;
+                let at = data_off + r.index as usize * stride;
                 // SAFETY: block-ring slot `r.seq` is not committed (commit stops at the lowest sequence a frame in
-                // flight references), so the receiver cannot rewrite it; the datagram was validated to be
-                // `block_bytes` long, so header + payload lie within its `stride` bytes inside the slot.
-                unsafe { std::slice::from_raw_parts(self.block_ring.slot_ptr(r.seq).add(at), payload) }
+                // flight references), so the receiver cannot rewrite it; the datagram's `len` was clamped to the
+                // `stride` bytes it has inside the slot when it was read (`process_slot`).
+                unsafe { std::slice::from_raw_parts(self.block_ring.slot_ptr(r.seq).add(at), r.len as usize) }
             });
         }
         let base = slot.as_mut_ptr();
         // SAFETY: the slot is ours until published; its pixels start at FRAME_PIXELS_OFFSET (page aligned, so
         // aligned for u16) and hold frame_pixels u16 (checked against slot_size in `new`).
         let pixels = unsafe {
-            std::slice::from_raw_parts_mut(base.add(FRAME_PIXELS_OFFSET).cast::<u16>(), self.g.frame_pixels())
+            std::slice::from_raw_parts_mut(base.add(FRAME_PIXELS_OFFSET).cast::<u16>(), self.format.frame_pixels())
         };
         let fill = self.params.fill_value as u16;
-        if let Err(e) = self.decoder.decode_frame(&self.g, &self.payloads, pixels, fill) {
+        if let Err(e) = self.format.decode_frame(&self.datagrams, pixels, fill) {
             // Cannot happen for validated blocks; keep going with a filled frame rather than stop the pipeline.
             tracing::error!(error = %e, "decode failed");
             pixels.fill(fill);
@@ -602,7 +609,7 @@ impl<'r> Assembler<'r> {
             index,
             frame_id: f.frame_id,
             status: if complete { FRAME_COMPLETE } else { FRAME_INCOMPLETE },
-            blocks_expected: self.g.blocks_per_frame() as u32,
+            blocks_expected: self.format.blocks_per_frame() as u32,
             blocks_received: f.received,
             flags: if f.sync { FRAME_SYNC } else { 0 },
             _reserved: 0,

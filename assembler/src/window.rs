@@ -3,13 +3,15 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-/// Where a block's datagram lies: block-ring sequence and datagram index in that slot.
+/// Where a block's datagram lies: block-ring sequence, datagram index in that slot, and its length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockRef {
     /// Block-ring sequence of the slot.
     pub seq: u64,
     /// Index of the datagram in the slot.
     pub index: u32,
+    /// Length of the datagram (at most the slot's datagram stride).
+    pub len: u32,
 }
 
 /// A frame being assembled.
@@ -242,8 +244,8 @@ mod tests {
         let mut w = Window::new(u32::MAX - 1, 4, 2);
         assert_eq!(w.offset(0), 2, "wraps");
         assert_eq!(w.offset(u32::MAX - 3), -2);
-        assert!(w.entry(2, 10).add(1, BlockRef { seq: 5, index: 0 }, 10, false));
-        assert!(!w.entry(2, 11).add(1, BlockRef { seq: 6, index: 0 }, 11, false), "duplicate");
+        assert!(w.entry(2, 10).add(1, BlockRef { seq: 5, index: 0, len: 0 }, 10, false));
+        assert!(!w.entry(2, 11).add(1, BlockRef { seq: 6, index: 0, len: 0 }, 11, false), "duplicate");
         assert_eq!(w.len(), 3);
         assert_eq!(w.min_seq(), 5);
         let f = w.pop_front();

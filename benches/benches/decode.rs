@@ -7,27 +7,28 @@
 //! rotates over a frame ring's worth of frames and so runs at memory speed, as the pipeline does.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use detector::mode::{Mode, SECTORS};
-use detector::{BlockHeader, Decoder};
+use detector::k2;
+use detector::k2::decode::Decoder;
+use detector::k2::geometry::{Geometry, PixelEncoding, SECTORS};
+use detector::k2::header::BlockHeader;
 use std::hint::black_box;
 
 /// Encoded blocks of one frame in camera order: (sector, header, payload).
-fn camera_frame(mode: Mode) -> Vec<(usize, BlockHeader, Vec<u8>)> {
-    let g = mode.geometry();
-    let frame = detector::pattern::expected_frame(&g, 3);
+fn camera_frame(mode: detector::Format, g: Geometry) -> Vec<(usize, BlockHeader, Vec<u8>)> {
+    let frame = detector::pattern::expected_frame(&*mode, 3);
     let mut out = Vec::new();
     for b in 0..g.blocks_per_sector() {
         let (x, y) = g.block_position(b);
         for s in 0..SECTORS {
-            let mut px = Vec::with_capacity(g.block_width * g.block_height);
-            for r in 0..g.block_height {
-                let at = (y + r) * g.frame_cols() + s * g.sector_width + x;
-                px.extend_from_slice(&frame[at..at + g.block_width]);
+            let mut px = Vec::with_capacity(g.block_width() * g.block_height());
+            for r in 0..g.block_height() {
+                let at = (y + r) * g.frame_cols() + s * g.sector_width() + x;
+                px.extend_from_slice(&frame[at..at + g.block_width()]);
             }
             let mut payload = vec![0u8; g.payload_bytes()];
-            match mode {
-                Mode::Is => detector::decode::pack12(&px, &mut payload),
-                Mode::Summit => detector::decode::encode_u16be(&px, &mut payload),
+            match g.encoding() {
+                PixelEncoding::Packed12 => detector::k2::decode::pack12(&px, &mut payload),
+                PixelEncoding::U16Be => detector::k2::decode::encode_u16be(&px, &mut payload),
             }
             out.push((s, BlockHeader::for_block(&g, 3, 0, x, y, 0), payload));
         }
@@ -36,9 +37,8 @@ fn camera_frame(mode: Mode) -> Vec<(usize, BlockHeader, Vec<u8>)> {
 }
 
 fn bench(c: &mut Criterion) {
-    for mode in [Mode::Is, Mode::Summit] {
-        let g = mode.geometry();
-        let blocks = camera_frame(mode);
+    for (mode, g) in [(k2::IS, k2::IS_GEOMETRY), (k2::SUMMIT, k2::SUMMIT_GEOMETRY)] {
+        let blocks = camera_frame(mode, g);
         let mut frame = ringdaq_benches::PageBuffer::new(g.frame_bytes());
         let src = ringdaq_benches::PageBuffer::new(g.frame_bytes());
         let mut grp = c.benchmark_group(format!("{mode}/frame"));
@@ -76,7 +76,7 @@ fn bench(c: &mut Criterion) {
         }
         grp.finish();
 
-        let block_px = g.block_width * g.block_height;
+        let block_px = g.block_width() * g.block_height();
         let mut grp = c.benchmark_group(format!("{mode}/block"));
         grp.throughput(Throughput::Bytes(block_px as u64 * 2));
         let small_src = vec![0u16; block_px];

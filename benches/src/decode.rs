@@ -8,8 +8,10 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use detector::mode::{HEADER_BYTES, Mode, SECTORS};
-use detector::{BlockHeader, Decoder};
+use detector::k2;
+use detector::k2::decode::Decoder;
+use detector::k2::geometry::{HEADER_BYTES, SECTORS};
+use detector::k2::header::BlockHeader;
 
 /// Output GB/s of each implementation, median over the passes.
 #[derive(Debug, Clone, Copy)]
@@ -27,30 +29,30 @@ pub struct DecodeFigures {
 
 /// Measures over `frames` frames in rotation, `passes` passes each.
 pub fn measure(frames: usize, passes: usize) -> anyhow::Result<DecodeFigures> {
-    let g = Mode::Is.geometry();
+    let g = k2::IS_GEOMETRY;
     let decoder = Decoder::detect();
-    let stride = (g.block_bytes + 64).div_ceil(64) * 64; // as PipelineSizes::datagram_stride lays datagrams out
+    let stride = (g.block_bytes() + 64).div_ceil(64) * 64; // as PipelineSizes::datagram_stride lays datagrams out
     let per_frame = g.blocks_per_frame();
-    let expected = detector::pattern::expected_frame(&g, 3);
+    let expected = detector::pattern::expected_frame(&*k2::IS, 3);
     // One frame's datagrams in camera order (block by block, each in all 8 sectors), repeated for every frame.
     let mut one = vec![0u8; per_frame * stride];
     // Per datagram in camera order: its sector, its header and its block index in the frame.
     let mut order: Vec<(usize, BlockHeader, usize)> = Vec::with_capacity(per_frame);
-    let mut px = vec![0u16; g.block_width * g.block_height];
+    let mut px = vec![0u16; g.block_width() * g.block_height()];
     for b in 0..g.blocks_per_sector() {
         let (x, y) = g.block_position(b);
         for s in 0..SECTORS {
             let n = order.len();
-            let dgram = &mut one[n * stride..][..g.block_bytes];
+            let dgram = &mut one[n * stride..][..g.block_bytes()];
             let h = BlockHeader::for_block(&g, 3, 0, x, y, 0);
             let mut hdr = [0u8; HEADER_BYTES];
             h.encode(&mut hdr);
             dgram[..HEADER_BYTES].copy_from_slice(&hdr);
-            for r in 0..g.block_height {
-                let at = (y + r) * g.frame_cols() + s * g.sector_width + x;
-                px[r * g.block_width..][..g.block_width].copy_from_slice(&expected[at..at + g.block_width]);
+            for r in 0..g.block_height() {
+                let at = (y + r) * g.frame_cols() + s * g.sector_width() + x;
+                px[r * g.block_width()..][..g.block_width()].copy_from_slice(&expected[at..at + g.block_width()]);
             }
-            detector::decode::pack12(&px, &mut dgram[HEADER_BYTES..]);
+            detector::k2::decode::pack12(&px, &mut dgram[HEADER_BYTES..]);
             order.push((s, h, g.block_index(s, x, y)));
         }
     }

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use detector::Mode;
+use detector::k2;
 use detector::sim::{SimConfig, SimReport, Simulator};
 
 use crate::pipeline::Pipeline;
@@ -100,7 +100,7 @@ pub fn pipeline_trial(p: &mut Pipeline, fps: f64, frames: u64) -> anyhow::Result
     let cpu = || -> anyhow::Result<(u64, u64)> { Ok((crate::procfs::cpu_ns(rx)?, crate::procfs::cpu_ns(asm)?)) };
     let before = p.status()?;
     let cpu0 = cpu()?;
-    let cfg = SimConfig { port_base: p.port_base, frames, fps: Some(fps), mode: Mode::Is, ..Default::default() };
+    let cfg = SimConfig { port_base: p.port_base, frames, fps: Some(fps), mode: k2::IS, ..Default::default() };
     let r = Simulator::new(cfg)?.run(&AtomicBool::new(false))?;
     let after = p.drain(Duration::from_millis(400), Duration::from_secs(30))?;
     let cpu1 = cpu()?;
@@ -141,13 +141,13 @@ impl BareSockets {
     /// A trial of the bare loop: receives with `recvmmsg` (64 datagrams a call) from all eight sockets, polling
     /// when they are empty, while the simulator sends `frames` frames at `fps`.
     pub fn trial(&self, fps: f64, frames: u64) -> anyhow::Result<Trial> {
-        let g = Mode::Is.geometry();
+        let g = k2::IS_GEOMETRY;
         let got = AtomicU64::new(0);
         let done = AtomicBool::new(false);
-        let cfg = SimConfig { port_base: self.port_base, frames, fps: Some(fps), mode: Mode::Is, ..Default::default() };
+        let cfg = SimConfig { port_base: self.port_base, frames, fps: Some(fps), mode: k2::IS, ..Default::default() };
         let sim = Simulator::new(cfg)?;
         let (r, cpu): (SimReport, f64) = std::thread::scope(|s| -> anyhow::Result<(SimReport, f64)> {
-            let rx = s.spawn(|| self.receive(&got, &done, g.block_bytes + 64));
+            let rx = s.spawn(|| self.receive(&got, &done, g.block_bytes() + 64));
             let r = sim.run(&AtomicBool::new(false));
             done.store(true, Ordering::Relaxed);
             let cpu = rx.join().map_err(|_| anyhow::anyhow!("bare receiver panicked"))?;

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use detector::Mode;
+use detector::k2;
 use detector::sim::{SimConfig, Simulator};
 use shm_protocol::consumer::{ConsumerError, Delivery, Subscription};
 
@@ -14,7 +14,7 @@ use crate::pipeline::Pipeline;
 /// after its wait returned), one per frame the consumer saw, for `frames` frames sent at `fps`.
 pub fn consumer_wake_us(p: &mut Pipeline, fps: f64, frames: u64) -> anyhow::Result<Vec<f64>> {
     let mut sub = Subscription::connect(&p.runtime_dir(), Delivery::Lossy)?;
-    let cfg = SimConfig { port_base: p.port_base, frames, fps: Some(fps), mode: Mode::Is, ..Default::default() };
+    let cfg = SimConfig { port_base: p.port_base, frames, fps: Some(fps), mode: k2::IS, ..Default::default() };
     let sim = Simulator::new(cfg)?;
     std::thread::scope(|s| -> anyhow::Result<Vec<f64>> {
         let consumer = s.spawn(move || -> anyhow::Result<Vec<f64>> {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use detector::Mode;
+use detector::k2;
 use detector::sim::{SimConfig, Simulator};
 use shm_protocol::messages::{Reply, Request, StatusReport, SyncMode};
 
@@ -56,7 +56,7 @@ pub fn measure(
     let stop = AtomicBool::new(false);
     // Long enough for the soak and the acquisition; stopped when both are done.
     let frames = (fps * (warm_s + soak_s + 60.0)) as u64 + acquire;
-    let cfg = SimConfig { port_base: p.port_base, frames, fps: Some(fps), mode: Mode::Is, ..Default::default() };
+    let cfg = SimConfig { port_base: p.port_base, frames, fps: Some(fps), mode: k2::IS, ..Default::default() };
     let sim = Simulator::new(cfg)?;
     std::thread::scope(|s| -> anyhow::Result<()> {
         let sender = s.spawn(|| sim.run(&stop));

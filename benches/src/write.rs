@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use assembler::acquisition::{self, Assignment};
-use detector::Mode;
+use detector::k2;
 use shm_protocol::pipeline::{
     self, FRAME_COMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader, MAX_BLOCKS_PER_FRAME, PipelineSizes, acq_state,
     sync_mode,
@@ -23,20 +23,21 @@ use shm_protocol::pipeline::{
 pub fn writer_seconds(dir: &Path, frames: u64) -> anyhow::Result<f64> {
     let rings = supervisor::config::Config::default().rings;
     let sizes = PipelineSizes {
-        geometry: supervisor::daemon::region_geometry(Mode::Is),
+        geometry: supervisor::geometry::region_geometry(k2::IS),
         block_slots: 2,
         datagrams_per_slot: rings.datagrams_per_slot,
         frame_slots: rings.frame_slots,
         frame_cursors: rings.frame_cursors,
         fill_value: rings.fill_value,
+        invalid_reasons: k2::IS.invalid_reasons(),
     };
     let region = sizes.create_region()?;
     let area = pipeline::pipeline_area(&region)?;
-    let g = Mode::Is.geometry();
+    let g = k2::IS_GEOMETRY;
     let ring = region.ring(FRAME_RING)?;
     let mut producer = ring.producer()?;
     // Every slot holds a real frame's pixels once; the header is what changes from frame to frame.
-    let pixels = detector::pattern::expected_frame(&g, 7);
+    let pixels = detector::pattern::expected_frame(&*k2::IS, 7);
     for seq in 0..u64::from(sizes.frame_slots) {
         let p = ring.slot_ptr(seq);
         // SAFETY: nothing reads the ring yet (no frame is published); the slot holds FRAME_PIXELS_OFFSET +

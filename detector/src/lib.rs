@@ -1,18 +1,18 @@
 //! Detector wire formats, pixel decoding, and a simulator.
 //!
-//! The first detector is the Gatan K2 IS (and its Summit mode): each of eight sectors sends UDP datagrams, one
-//! block of pixels each, to its own port. [`header`] parses and validates the 40-byte block header, [`decode`]
-//! turns payloads into u16 pixels placed in a frame, [`mode`] holds the geometry, [`pattern`] the simulator's
-//! pixel formula and [`sim`] the simulator.
+//! The pipeline knows a detector only through [`DetectorFormat`] ([`mod@format`]): its geometry, how to classify a
+//! datagram (frame, block, sync flag, or a typed invalid reason), how to decode a frame from its datagrams and
+//! how to encode them for the simulator. [`registry`] lists the formats; [`conformance`] is the suite every
+//! format passes. The first family is the Gatan K2 ([`k2`]: IS and Summit modes). [`pattern`] holds the
+//! simulator's pixel formula and [`sim`] the simulator.
 
 #![deny(missing_docs)]
 
-pub mod decode;
-pub mod header;
-pub mod mode;
+pub mod conformance;
+pub mod format;
+pub mod k2;
 pub mod pattern;
+pub mod registry;
 pub mod sim;
 
-pub use decode::{Decoder, PlaceError};
-pub use header::{BlockHeader, HeaderError};
-pub use mode::{Geometry, Mode, SECTORS};
+pub use format::{BlockInfo, BlockMeta, DetectorFormat, Format, FormatError, InvalidReason, PixelType};

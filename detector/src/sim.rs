@@ -1,9 +1,10 @@
 //! A detector simulator that sends real-format datagrams, as the camera does, with optional fault injection.
 //!
-//! Sector `s` sends to `target:port_base + s`. Within a frame the eight sectors are interleaved block by block
-//! (block 0 of sectors 0..8, then block 1, ...), each sector's blocks in the camera's order (x descending, then
-//! the next band of rows). Pixel values follow [`crate::pattern`]. Payloads are encoded once per pattern period
-//! and sent zero-copy with `sendmmsg`, so one core can keep up with the camera's 400 frames/s.
+//! Stream `s` sends to `target:port_base + s`. Within a frame, datagrams go in the format's
+//! [`send_order`](crate::format::DetectorFormat::send_order) (for a K2: the eight sectors interleaved block by block, each
+//! sector's blocks in the camera's order). Pixel values follow [`crate::pattern`]. Payloads are encoded once per
+//! pattern period and sent zero-copy with `sendmmsg`, so one core can keep up with the camera's 400 frames/s.
+//! The simulator knows the detector only through [`DetectorFormat`](crate::format::DetectorFormat).
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -13,24 +14,22 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::decode::{encode_u16be, pack12};
-use crate::header::{BlockHeader, FLAG_SYNC};
-use crate::mode::{Geometry, HEADER_BYTES, Mode, PixelEncoding, SECTORS};
-use crate::pattern::{PATTERN_PERIOD, pixel};
+use crate::format::{BlockMeta, Format};
+use crate::pattern::{PATTERN_PERIOD, expected_frame};
 
 /// What to send and which faults to inject.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
-    /// Destination address (sector `s` goes to port `port_base + s`).
+    /// Destination address (stream `s` goes to port `port_base + s`).
     pub target: std::net::IpAddr,
-    /// Port of sector 0.
+    /// Port of stream 0.
     pub port_base: u16,
     /// Frames to send; 0 sends until stopped.
     pub frames: u64,
     /// Frames per second; `None` sends as fast as possible.
     pub fps: Option<f64>,
-    /// Detector mode.
-    pub mode: Mode,
+    /// Detector format (the configuration's `mode`).
+    pub mode: Format,
     /// frame_id of the first frame.
     pub first_frame_id: u32,
     /// Frame index (0-based, in send order) from which the shutter/sync flag is set.
@@ -41,7 +40,8 @@ pub struct SimConfig {
     pub duplicate: f64,
     /// Shuffle the send order within windows of this many datagrams (0 or 1: no reordering).
     pub reorder: usize,
-    /// Probability of replacing a datagram by an invalid one (bad sync word, truncated, bad position).
+    /// Probability of replacing a datagram by an invalid one (for a K2: bad sync word, truncated, bad position;
+    /// the format's [`sim_faults`](crate::format::DetectorFormat::sim_faults)).
     pub corrupt: f64,
     /// Frame index at which frame_id resets to `first_frame_id` (a new acquisition on the camera).
     pub reset_at: Option<u64>,
@@ -56,7 +56,7 @@ impl Default for SimConfig {
             port_base: 2001,
             frames: 100,
             fps: None,
-            mode: Mode::Is,
+            mode: Format::default(),
             first_frame_id: 0,
             sync_at: None,
             drop: 0.0,
@@ -114,53 +114,44 @@ pub enum SimError {
     Config(String),
 }
 
-/// Encoded payloads of one pattern period: `[variant][sector][block]`.
+/// Encoded payloads of one pattern period: `[variant][block]`.
 struct Payloads {
-    g: Geometry,
+    blocks: usize,
     data: Vec<Vec<u8>>,
 }
 
 impl Payloads {
-    fn new(g: Geometry, variants: u32) -> Self {
-        let per_sector = g.blocks_per_sector();
-        let mut data = Vec::with_capacity(variants as usize * SECTORS * per_sector);
-        let mut px = vec![0u16; g.block_width * g.block_height];
+    fn new(f: Format, variants: u32) -> Result<Self, SimError> {
+        let blocks = f.blocks_per_frame();
+        let mut data = Vec::with_capacity(variants as usize * blocks);
         for v in 0..variants {
-            for s in 0..SECTORS {
-                for b in 0..per_sector {
-                    let (x, y) = g.block_position(b);
-                    for r in 0..g.block_height {
-                        for c in 0..g.block_width {
-                            px[r * g.block_width + c] = pixel(&g, v, y + r, s * g.sector_width + x + c);
-                        }
-                    }
-                    let mut out = vec![0u8; g.payload_bytes()];
-                    match g.encoding {
-                        PixelEncoding::Packed12 => pack12(&px, &mut out),
-                        PixelEncoding::U16Be => encode_u16be(&px, &mut out),
-                    }
-                    data.push(out);
-                }
+            let frame = expected_frame(&*f, v);
+            for b in 0..blocks {
+                let mut out = vec![0u8; f.payload_bytes(b)];
+                f.encode_payload(b, &frame, &mut out).map_err(|e| SimError::Config(format!("encoding: {e}")))?;
+                data.push(out);
             }
         }
-        Self { g, data }
+        Ok(Self { blocks, data })
     }
 
-    fn get(&self, frame_id: u32, sector: usize, block: usize) -> &[u8] {
-        let per = self.g.blocks_per_sector();
-        let v = (frame_id % PATTERN_PERIOD) as usize % (self.data.len() / (SECTORS * per));
-        &self.data[(v * SECTORS + sector) * per + block]
+    fn get(&self, frame_id: u32, block: usize) -> &[u8] {
+        let v = (frame_id % PATTERN_PERIOD) as usize % (self.data.len() / self.blocks);
+        &self.data[v * self.blocks + block]
     }
 }
 
-/// One datagram to send: a header and a payload slice (possibly shortened for a truncation fault).
+/// Most header bytes a format may have for the simulator (a K2 header is 40).
+const MAX_HEADER: usize = 64;
+
+/// One datagram to send: a header and a payload slice, `len` bytes in all (shorter for a truncation fault).
 #[derive(Clone, Copy)]
 struct Outgoing {
-    sector: usize,
-    header: [u8; HEADER_BYTES],
+    stream: usize,
+    header: [u8; MAX_HEADER],
     frame_id: u32,
     block: usize,
-    payload_len: usize,
+    len: usize,
 }
 
 /// A small deterministic generator (xorshift64*) for fault decisions.
@@ -182,7 +173,7 @@ impl Rng {
 /// The simulator: set up once, then [`Simulator::run`].
 pub struct Simulator {
     cfg: SimConfig,
-    g: Geometry,
+    f: Format,
     payloads: Payloads,
     socket: UdpSocket,
     targets: Vec<libc::sockaddr_storage>,
@@ -211,12 +202,16 @@ impl Simulator {
         {
             return Err(SimError::Config(format!("--fps {f} must be positive")));
         }
-        if usize::from(cfg.port_base) + SECTORS > 65536 {
-            return Err(SimError::Config(format!("--port-base {} leaves no room for {SECTORS} ports", cfg.port_base)));
+        let f = cfg.mode;
+        let streams = f.streams();
+        if usize::from(cfg.port_base) + streams > 65536 {
+            return Err(SimError::Config(format!("--port-base {} leaves no room for {streams} ports", cfg.port_base)));
         }
-        let g = cfg.mode.geometry();
+        if f.header_bytes() > MAX_HEADER {
+            return Err(SimError::Config(format!("{f}: headers of {} bytes", f.header_bytes())));
+        }
         // Frame ids run from any start and wrap around the period, so every variant is encoded up front.
-        let payloads = Payloads::new(g, PATTERN_PERIOD);
+        let payloads = Payloads::new(f, PATTERN_PERIOD)?;
         let bind: SocketAddr = match cfg.target {
             std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
             std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -224,54 +219,57 @@ impl Simulator {
         let socket =
             UdpSocket::bind(bind).map_err(|source| SimError::Io { what: "binding the sending socket", source })?;
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, 8 << 20);
-        let mut targets = Vec::with_capacity(SECTORS);
+        let mut targets = Vec::with_capacity(streams);
         let mut target_len = 0;
-        for s in 0..SECTORS {
+        for s in 0..streams {
             let (st, len) = sockaddr(SocketAddr::new(cfg.target, cfg.port_base + s as u16));
             targets.push(st);
             target_len = len;
         }
-        Ok(Self { cfg, g, payloads, socket, targets, target_len })
+        Ok(Self { cfg, f, payloads, socket, targets, target_len })
     }
 
     /// Sends the configured frames (or until `stop` is set) and reports what was sent.
     pub fn run(&self, stop: &AtomicBool) -> Result<SimReport, SimError> {
         let cfg = &self.cfg;
-        let g = &self.g;
+        let f = self.f;
         let mut rng = Rng(cfg.seed | 1);
         let mut report = SimReport::default();
         let mut pending: Vec<Outgoing> = Vec::with_capacity(cfg.reorder.max(BATCH) * 2);
-        let per_sector = g.blocks_per_sector();
+        let blocks = f.blocks_per_frame();
+        // Pacing checks the clock once per round of the streams (for a K2, one block of each sector).
+        let round = f.streams();
+        let hb = f.header_bytes();
+        let faults = f.sim_faults();
         let start = Instant::now();
         let frame_period = cfg.fps.map(|f| Duration::from_secs_f64(1.0 / f));
         let mut frame_id = cfg.first_frame_id;
-        let mut block_count: u32 = 0;
         let mut index = 0u64;
         while (cfg.frames == 0 || index < cfg.frames) && !stop.load(Ordering::Relaxed) {
             if cfg.reset_at == Some(index) {
                 frame_id = cfg.first_frame_id;
             }
-            let flags = if cfg.sync_at.is_some_and(|s| index >= s) { FLAG_SYNC } else { 0 };
+            let sync = cfg.sync_at.is_some_and(|s| index >= s);
             let mut lost = 0u32;
-            for b in 0..per_sector {
-                let (x, y) = g.block_position(b);
-                for sector in 0..SECTORS {
-                    let h = BlockHeader::for_block(g, frame_id, block_count.wrapping_add(b as u32), x, y, flags);
-                    let mut out = Outgoing {
-                        sector,
-                        header: [0; HEADER_BYTES],
-                        frame_id,
-                        block: b,
-                        payload_len: g.payload_bytes(),
-                    };
-                    h.encode(&mut out.header);
-                    if rng.chance(cfg.drop) {
-                        report.dropped += 1;
-                        lost += 1;
-                        continue;
-                    }
-                    if rng.chance(cfg.corrupt) {
-                        corrupt(&mut out, &mut rng);
+            for i in 0..blocks {
+                let block = f.send_order(i);
+                let meta = BlockMeta { frame_id, block, frame_seq: index, sync };
+                let mut out = Outgoing {
+                    stream: f.stream_of(block),
+                    header: [0; MAX_HEADER],
+                    frame_id,
+                    block,
+                    len: hb + f.payload_bytes(block),
+                };
+                f.encode_header(&meta, &mut out.header[..hb]).map_err(|e| SimError::Config(e.to_string()))?;
+                if rng.chance(cfg.drop) {
+                    report.dropped += 1;
+                    lost += 1;
+                } else {
+                    if rng.chance(cfg.corrupt) && !faults.is_empty() {
+                        let reason = faults[(rng.next() % faults.len() as u64) as usize];
+                        f.corrupt(reason, &mut out.header[..hb], &mut out.len)
+                            .map_err(|e| SimError::Config(e.to_string()))?;
                         report.corrupted += 1;
                         lost += 1;
                     } else if rng.chance(cfg.duplicate) {
@@ -280,11 +278,11 @@ impl Simulator {
                     }
                     pending.push(out);
                 }
-                // Pace per band of blocks: the deadline of the blocks after this band.
-                if pending.len() >= cfg.reorder.max(BATCH) {
+                // Pace per round of the streams: the deadline of the datagrams after this round.
+                if (i + 1) % round == 0 && pending.len() >= cfg.reorder.max(BATCH) {
                     self.flush(&mut pending, &mut rng, &mut report)?;
                     if let Some(p) = frame_period {
-                        let due = start + p.mul_f64(index as f64 + (b + 1) as f64 / per_sector as f64);
+                        let due = start + p.mul_f64(index as f64 + (i + 1) as f64 / blocks as f64);
                         let now = Instant::now();
                         if due > now {
                             std::thread::sleep(due - now);
@@ -295,7 +293,6 @@ impl Simulator {
             if lost > 0 {
                 report.lossy_frames.insert(index, (frame_id, lost));
             }
-            block_count = block_count.wrapping_add(per_sector as u32);
             frame_id = frame_id.wrapping_add(1);
             index += 1;
         }
@@ -327,11 +324,15 @@ impl Simulator {
         // SAFETY: mmsghdr is a plain C struct for which all-zero is a valid value.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         for (i, o) in batch.iter().enumerate() {
-            let payload = self.payloads.get(o.frame_id, o.sector, o.block);
-            iov[i][0] = libc::iovec { iov_base: o.header.as_ptr() as *mut _, iov_len: HEADER_BYTES };
-            iov[i][1] = libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: o.payload_len.min(payload.len()) };
+            let payload = self.payloads.get(o.frame_id, o.block);
+            let hb = self.f.header_bytes();
+            iov[i][0] = libc::iovec { iov_base: o.header.as_ptr() as *mut _, iov_len: o.len.min(hb) };
+            iov[i][1] = libc::iovec {
+                iov_base: payload.as_ptr() as *mut _,
+                iov_len: o.len.saturating_sub(hb).min(payload.len()),
+            };
             let h = &mut msgs[i].msg_hdr;
-            h.msg_name = (&self.targets[o.sector] as *const libc::sockaddr_storage).cast_mut().cast();
+            h.msg_name = (&self.targets[o.stream] as *const libc::sockaddr_storage).cast_mut().cast();
             h.msg_namelen = self.target_len;
             h.msg_iov = iov[i].as_mut_ptr();
             h.msg_iovlen = 2;
@@ -361,15 +362,6 @@ impl Simulator {
         }
         report.datagrams += batch.len() as u64;
         Ok(())
-    }
-}
-
-/// Makes a datagram invalid in one of the ways a faulty network or device does.
-fn corrupt(o: &mut Outgoing, rng: &mut Rng) {
-    match rng.next() % 3 {
-        0 => o.header[3] ^= 0x5A,                                   // sync word
-        1 => o.payload_len /= 2,                                    // truncated
-        _ => o.header[28..30].copy_from_slice(&7u16.to_be_bytes()), // x_start off the block grid
     }
 }
 

@@ -256,6 +256,7 @@ impl<'r> Receiver<'r> {
         // before the sequence, so a matching sequence never comes with a previous lap's count).
         // SAFETY: as above.
         let mut filled = if interrupted && unsafe { slot_seq.read_volatile() } == seq {
+            // SAFETY: as above.
             (unsafe { count.read_volatile() }) as usize
         } else {
             0

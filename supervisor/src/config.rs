@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use detector::Mode;
+use detector::Format;
 use serde::{Deserialize, Serialize};
 
 /// Everything `ringdaq run` can be told.
@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 pub struct Config {
     /// Address the detector sockets bind to.
     pub bind: IpAddr,
-    /// UDP port of sector 0; sector s listens on port_base + s.
+    /// UDP port of stream (sector) 0; stream s listens on port_base + s.
     pub port_base: u16,
-    /// Detector mode.
-    pub mode: Mode,
+    /// Detector format, by its registry name (`"is"`, `"summit"`).
+    pub mode: Format,
     /// Multicast group to join on every socket (the real K2 sends to 225.1.1.1).
     pub multicast_group: Option<std::net::Ipv4Addr>,
     /// Interface address for the multicast join.
@@ -91,7 +91,7 @@ impl Default for Config {
         Self {
             bind: std::net::Ipv4Addr::LOCALHOST.into(),
             port_base: 2001,
-            mode: Mode::Is,
+            mode: Format::default(),
             multicast_group: None,
             multicast_interface: std::net::Ipv4Addr::UNSPECIFIED,
             recv_buffer_bytes: 64 << 20,
@@ -144,13 +144,24 @@ impl Config {
         anyhow::ensure!((1..=1024).contains(&r.datagrams_per_slot), "rings.datagrams_per_slot must be 1..=1024");
         anyhow::ensure!((1..=64).contains(&r.frame_cursors), "rings.frame_cursors must be 1..=64");
         anyhow::ensure!(self.assembler.window >= 1, "assembler.window must be at least 1");
+        let f = self.mode;
         anyhow::ensure!(
-            usize::from(self.port_base) + detector::SECTORS <= 65536,
-            "port_base leaves no room for 8 ports"
+            usize::from(self.port_base) + f.streams() <= 65536,
+            "port_base leaves no room for {} ports",
+            f.streams()
         );
-        let g = self.mode.geometry();
+        anyhow::ensure!(
+            f.blocks_per_frame() <= shm_protocol::pipeline::MAX_BLOCKS_PER_FRAME,
+            "mode {f} has {} blocks per frame, more than a frame header records",
+            f.blocks_per_frame()
+        );
+        anyhow::ensure!(
+            shm_protocol::pipeline::invalid_reason_names(f.invalid_reasons()).len()
+                <= shm_protocol::pipeline::MAX_INVALID_REASONS,
+            "mode {f} has more invalid reasons than the region counts"
+        );
         let held = u64::from(r.block_slots) * u64::from(r.datagrams_per_slot);
-        let need = (self.assembler.window as u64 + 1) * g.blocks_per_frame() as u64;
+        let need = (self.assembler.window as u64 + 1) * f.blocks_per_frame() as u64;
         anyhow::ensure!(
             held >= need,
             "the block ring holds {held} datagrams, fewer than the {need} that {} frames in flight need; \
@@ -197,6 +208,18 @@ mod tests {
         let d = Config { multicast_group: c.multicast_group, bind: c.bind, ..Config::default() };
         assert_eq!(c, d);
         assert_eq!(c.multicast_group, Some(std::net::Ipv4Addr::new(225, 1, 1, 1)));
+    }
+
+    #[test]
+    fn modes_are_named_as_before() {
+        let c: Config = toml::from_str("mode = \"summit\"").unwrap();
+        assert_eq!(c.mode, detector::k2::SUMMIT);
+        assert!(toml::from_str::<Config>("mode = \"Summit\"").is_err());
+        assert!(toml::from_str::<Config>("mode = \"k3\"").is_err());
+        assert_eq!(
+            toml::to_string(&Config::default()).unwrap().lines().find(|l| l.starts_with("mode")),
+            Some("mode = \"is\"")
+        );
     }
 
     #[test]

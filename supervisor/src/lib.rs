@@ -5,6 +5,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod geometry;
 pub mod inspect_cmd;
 pub mod metrics;
 pub mod record_cmd;

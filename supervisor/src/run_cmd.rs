@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use detector::Mode;
+use detector::Format;
 use detector::sim::{SimConfig, SimReport, Simulator};
 use shm_protocol::messages::SyncMode;
 
@@ -27,9 +27,9 @@ pub struct RunArgs {
     /// UDP port of sector 0.
     #[arg(long)]
     pub port_base: Option<u16>,
-    /// Detector mode.
+    /// Detector mode (format): "is" or "summit".
     #[arg(long)]
-    pub mode: Option<Mode>,
+    pub mode: Option<Format>,
     /// Run the built-in simulator against this pipeline.
     #[arg(long)]
     pub simulate: bool,

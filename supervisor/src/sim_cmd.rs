@@ -3,13 +3,13 @@
 use std::sync::atomic::AtomicBool;
 
 use clap::Args;
-use detector::Mode;
+use detector::Format;
 use detector::sim::{SimConfig, Simulator};
 
 /// Options of `ringdaq sim`.
 #[derive(Debug, Clone, Args)]
 pub struct SimArgs {
-    /// Address to send to (sector s goes to port PORT_BASE + s).
+    /// Address to send to (stream s goes to port PORT_BASE + s).
     #[arg(long, default_value = "127.0.0.1")]
     pub target: std::net::IpAddr,
     /// UDP port of sector 0.
@@ -21,9 +21,9 @@ pub struct SimArgs {
     /// Frames per second (default: as fast as possible).
     #[arg(long)]
     pub fps: Option<f64>,
-    /// Detector mode.
+    /// Detector mode (format): "is" or "summit".
     #[arg(long, default_value = "is")]
-    pub mode: Mode,
+    pub mode: Format,
     /// frame_id of the first frame.
     #[arg(long, default_value_t = 0)]
     pub first_frame_id: u32,

@@ -8,11 +8,12 @@ use anyhow::Context;
 
 use crate::config::Config;
 
-/// Binds one socket per sector at `bind:port_base + s`, with large receive buffers and, if configured, the
-/// multicast group joined.
+/// Binds one socket per stream (sector) of the detector format at `bind:port_base + s`, with large receive
+/// buffers and, if configured, the multicast group joined.
 pub fn bind_sector_sockets(cfg: &Config) -> anyhow::Result<Vec<OwnedFd>> {
-    let mut out = Vec::with_capacity(detector::SECTORS);
-    for s in 0..detector::SECTORS {
+    let streams = cfg.mode.streams();
+    let mut out = Vec::with_capacity(streams);
+    for s in 0..streams {
         let port = cfg.port_base + s as u16;
         let bind_ip: IpAddr = match (cfg.multicast_group, cfg.bind) {
             // Bind multicast receivers to the group (or any) so that only its traffic arrives.

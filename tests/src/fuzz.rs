@@ -6,29 +6,29 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use detector::{BlockHeader, Mode};
+use detector::k2;
+use detector::k2::geometry::HEADER_BYTES;
+use detector::k2::header::BlockHeader;
 use shm_protocol::Region;
 use shm_protocol::control::Connection;
 use shm_protocol::messages::{Reply, Request, StageCommand};
 use shm_protocol::pipeline::{self, BLOCK_RING, BlockSlotHeader, DatagramRecord, FRAME_RING, PipelineSizes};
 
-/// Datagram parsing: the header parser for both modes; for a datagram it accepts, the pixel decoding of its
-/// payload into a whole frame at the position the header gives.
+/// Datagram parsing: every registered format's classification on every stream (and one past them); for a
+/// datagram a format accepts, the decoding of a whole frame from it at the block it names.
 pub fn datagram(data: &[u8]) {
-    for mode in [Mode::Is, Mode::Summit] {
-        let g = mode.geometry();
-        let Ok(h) = BlockHeader::parse(data, &g) else { continue };
-        // An accepted header describes a block inside the frame, and the datagram carries its payload.
-        let payload = &data[detector::mode::HEADER_BYTES..][..g.payload_bytes()];
-        let mut payloads: Vec<Option<&[u8]>> = vec![None; g.blocks_per_frame()];
-        let mut frame = vec![0u16; g.frame_pixels()];
-        for sector in 0..detector::SECTORS {
-            let i = g.block_index(sector, usize::from(h.x_start), usize::from(h.y_start));
-            assert!(i < payloads.len(), "block index {i} out of the frame");
-            payloads[i] = Some(payload);
+    for f in detector::registry::FORMATS {
+        let mut blocks: Vec<Option<&[u8]>> = vec![None; f.blocks_per_frame()];
+        for stream in 0..=f.streams() {
+            let Ok(b) = f.classify(stream, data) else { continue };
+            // An accepted datagram is a block inside the frame.
+            assert!(b.index < blocks.len(), "block index {} out of the frame", b.index);
+            blocks[b.index] = Some(data);
         }
-        let decoder = detector::Decoder::detect();
-        decoder.decode_frame(&g, &payloads, &mut frame, 0).expect("decoding validated blocks");
+        if blocks.iter().any(Option::is_some) {
+            let mut frame = vec![0u16; f.frame_pixels()];
+            f.decode_frame(&blocks, &mut frame, 0).expect("decoding validated blocks");
+        }
     }
 }
 
@@ -57,12 +57,13 @@ pub fn control(data: &[u8]) {
 /// many times over while a drainer thread empties it.
 fn assembly_sizes() -> PipelineSizes {
     PipelineSizes {
-        geometry: supervisor::daemon::region_geometry(Mode::Is),
+        geometry: supervisor::geometry::region_geometry(k2::IS),
         block_slots: 64,
         datagrams_per_slot: 4,
         frame_slots: 4,
         frame_cursors: 1,
         fill_value: 0,
+        invalid_reasons: k2::IS.invalid_reasons(),
     }
 }
 
@@ -105,18 +106,18 @@ pub fn assembly(data: &[u8]) {
 
 /// The datagram of one assembly record, its sector, and the data-clock step before it.
 fn datagram_of(r: &[u8], out: &mut Vec<u8>) -> (u16, u64) {
-    let g = Mode::Is.geometry();
+    let g = k2::IS_GEOMETRY;
     let flags = r[0];
     let frame_id = u32::from_le_bytes([r[1], r[2], r[3], r[4]]);
     let block = usize::from(u16::from_le_bytes([r[5], r[6]])) % g.blocks_per_frame();
     let own_sector = block / g.blocks_per_sector();
     let (x, y) = g.block_position(block % g.blocks_per_sector());
     out.clear();
-    out.resize(g.block_bytes, 0);
-    let mut h = [0u8; detector::mode::HEADER_BYTES];
+    out.resize(g.block_bytes(), 0);
+    let mut h = [0u8; HEADER_BYTES];
     BlockHeader::for_block(&g, frame_id, 0, x, y, flags & 1).encode(&mut h);
-    out[..detector::mode::HEADER_BYTES].copy_from_slice(&h);
-    for (k, b) in out[detector::mode::HEADER_BYTES..].iter_mut().enumerate() {
+    out[..HEADER_BYTES].copy_from_slice(&h);
+    for (k, b) in out[HEADER_BYTES..].iter_mut().enumerate() {
         *b = (k as u32).wrapping_mul(31).wrapping_add(frame_id) as u8;
     }
     if flags & 2 != 0 {
@@ -124,7 +125,7 @@ fn datagram_of(r: &[u8], out: &mut Vec<u8>) -> (u16, u64) {
         for (k, b) in out.iter_mut().take(40).enumerate() {
             *b ^= r[k % ASSEMBLY_RECORD].rotate_left(k as u32);
         }
-        out.truncate(usize::from(r[7]) * 128 % (g.block_bytes + 200));
+        out.truncate(usize::from(r[7]) * 128 % (g.block_bytes() + 200));
     }
     let sector = if flags & 4 != 0 { u16::from(r[7] % 8) } else { own_sector as u16 };
     let step = if flags & 8 != 0 { 200_000_000 } else { 10_000 };
@@ -181,7 +182,7 @@ fn feed(region: &Region, sizes: &PipelineSizes, data: &[u8]) {
 /// Seed inputs for the assembly target: `frames` whole frames from `first_frame_id`, blocks in camera order
 /// (or interleaved across frames when `interleave`), the first frame's blocks flagged sync.
 pub fn assembly_seed(frames: u32, first_frame_id: u32, interleave: bool) -> Vec<u8> {
-    let g = Mode::Is.geometry();
+    let g = k2::IS_GEOMETRY;
     let record = |f: u32, b: usize| {
         let mut r = [0u8; ASSEMBLY_RECORD];
         r[0] = u8::from(f == 0);

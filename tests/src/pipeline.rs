@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use detector::Mode;
 use detector::sim::{SimConfig, SimReport, Simulator};
+use detector::{Format, k2};
 use shm_protocol::messages::{AcquisitionStatus, Reply, Request, StatusReport, SyncMode};
 
 use crate::{ChildGuard, TempDir, bin_path, free_udp_port_base, wait_for};
@@ -170,7 +170,7 @@ impl Pipeline {
 
     /// A simulator configuration aimed at this pipeline.
     pub fn sim_config(&self, frames: u64, fps: f64) -> SimConfig {
-        SimConfig { port_base: self.port_base, frames, fps: Some(fps), mode: Mode::Is, ..SimConfig::default() }
+        SimConfig { port_base: self.port_base, frames, fps: Some(fps), mode: k2::IS, ..SimConfig::default() }
     }
 
     /// Runs the simulator to the end (in this process).
@@ -230,15 +230,14 @@ impl Acquired {
 }
 
 /// The simulator's frames for each pattern variant, computed once.
-pub fn expected_frames(mode: Mode) -> Vec<Vec<u16>> {
-    let g = mode.geometry();
-    (0..detector::pattern::PATTERN_PERIOD).map(|v| detector::pattern::expected_frame(&g, v)).collect()
+pub fn expected_frames(mode: Format) -> Vec<Vec<u16>> {
+    (0..detector::pattern::PATTERN_PERIOD).map(|v| detector::pattern::expected_frame(&*mode, v)).collect()
 }
 
 /// Checks an acquisition's file without holding it in memory (thousands of frames are gigabytes): its header
 /// says (frames, rows, cols) of `<u2`, every frame is at its index in frame-id order from `first_frame_id`,
 /// complete, and pixel-equal to the simulator's frame. Returns the sidecar.
-pub fn verify_large_acquisition(path: &Path, mode: Mode, frames: u64, first_frame_id: u32) -> writer::Sidecar {
+pub fn verify_large_acquisition(path: &Path, mode: Format, frames: u64, first_frame_id: u32) -> writer::Sidecar {
     use std::io::Read;
     let side = writer::sidecar_path(path);
     let sidecar: writer::Sidecar =
@@ -259,11 +258,10 @@ pub fn verify_large_acquisition(path: &Path, mode: Mode, frames: u64, first_fram
     header.resize(header_len, 0);
     f.read_exact(&mut header[10..]).expect("npy header");
     let npy = npyz::NpyFile::new(&header[..]).expect("npy header parses");
-    let g = mode.geometry();
-    assert_eq!(npy.shape(), &[frames, g.frame_rows() as u64, g.frame_cols() as u64], "shape");
+    assert_eq!(npy.shape(), &[frames, mode.rows() as u64, mode.cols() as u64], "shape");
     assert_eq!(npy.dtype(), npyz::DType::Plain("<u2".parse().expect("dtype")), "dtype");
     let expected = expected_frames(mode);
-    let mut buf = vec![0u8; g.frame_pixels() * 2];
+    let mut buf = vec![0u8; mode.frame_bytes()];
     for i in 0..frames {
         f.read_exact(&mut buf).unwrap_or_else(|e| panic!("frame {i}: {e}"));
         let v = (first_frame_id.wrapping_add(i as u32) % detector::pattern::PATTERN_PERIOD) as usize;

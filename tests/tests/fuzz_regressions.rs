@@ -6,7 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use detector::{BlockHeader, Mode};
+use detector::k2;
+use detector::k2::header::BlockHeader;
 use ringdaq_tests::fuzz;
 
 const TARGETS: [&str; 3] = ["datagram", "assembly", "control"];
@@ -28,12 +29,11 @@ fn run(target: &str, data: &[u8]) {
 /// of order, a frame-id reset, control messages.
 fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let mut out = Vec::new();
-    for mode in [Mode::Is, Mode::Summit] {
-        let g = mode.geometry();
+    for (mode, g) in [(k2::IS, k2::IS_GEOMETRY), (k2::SUMMIT, k2::SUMMIT_GEOMETRY)] {
         for (i, block) in [0, g.blocks_per_sector() - 1, g.blocks_per_frame() - 1].into_iter().enumerate() {
             let (x, y) = g.block_position(block % g.blocks_per_sector());
-            let mut d = vec![0u8; g.block_bytes];
-            let mut h = [0u8; detector::mode::HEADER_BYTES];
+            let mut d = vec![0u8; g.block_bytes()];
+            let mut h = [0u8; detector::k2::geometry::HEADER_BYTES];
             BlockHeader::for_block(&g, 7 + i as u32, 0, x, y, 0).encode(&mut h);
             d[..h.len()].copy_from_slice(&h);
             for (k, b) in d[h.len()..].iter_mut().enumerate() {

@@ -11,8 +11,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use detector::Mode;
-use detector::mode::HEADER_BYTES;
+use detector::k2;
+use detector::k2::geometry::HEADER_BYTES;
 use ringdaq_tests::XorShift;
 use ringdaq_tests::pipeline::{Pipeline, verify_large_acquisition};
 use shm_protocol::control::{Connection, ControlError};
@@ -32,34 +32,34 @@ const KINDS: [(&str, &str); 6] = [
 /// One datagram of kind `k`. Random frame ids far from the stream's (never twice the same, so they never add
 /// up to a reset), random bytes where the kind allows.
 fn bad_datagram(k: usize, rng: &mut XorShift) -> Vec<u8> {
-    let g = Mode::Is.geometry();
+    let g = k2::IS_GEOMETRY;
     let header = |frame_id: u32, x: usize, y: usize| {
         let mut h = [0u8; HEADER_BYTES];
-        detector::BlockHeader::for_block(&g, frame_id, 0, x, y, 0).encode(&mut h);
+        detector::k2::header::BlockHeader::for_block(&g, frame_id, 0, x, y, 0).encode(&mut h);
         h
     };
     match k {
         0 => {
-            let mut d: Vec<u8> = (0..g.block_bytes).map(|_| rng.next_u64() as u8).collect();
+            let mut d: Vec<u8> = (0..g.block_bytes()).map(|_| rng.next_u64() as u8).collect();
             d[0] = 0; // never the sync word by chance
             d
         }
         1 => header(5, 0, 0)[..20].to_vec(),
-        2 => vec![0x5A; g.block_bytes + 200],
+        2 => vec![0x5A; g.block_bytes() + 200],
         3 => {
-            let mut d = vec![0u8; g.block_bytes];
+            let mut d = vec![0u8; g.block_bytes()];
             let mut h = [0u8; HEADER_BYTES];
-            detector::BlockHeader::for_block(&Mode::Summit.geometry(), 5, 0, 0, 0, 0).encode(&mut h);
+            detector::k2::header::BlockHeader::for_block(&k2::SUMMIT_GEOMETRY, 5, 0, 0, 0, 0).encode(&mut h);
             d[..HEADER_BYTES].copy_from_slice(&h);
             d
         }
         4 => {
-            let mut d = vec![0u8; g.block_bytes];
+            let mut d = vec![0u8; g.block_bytes()];
             d[..HEADER_BYTES].copy_from_slice(&header(5, 4000, 0));
             d
         }
         _ => {
-            let mut d = vec![0u8; g.block_bytes];
+            let mut d = vec![0u8; g.block_bytes()];
             let far = 1_000_000 + (rng.next_u64() % 1_000_000_000) as u32;
             d[..HEADER_BYTES].copy_from_slice(&header(far, 0, 0));
             d
@@ -150,14 +150,16 @@ fn a_flood_of_bad_datagrams_is_counted_by_kind_and_valid_frames_stay_exact() {
         sent[far],
         sim.datagrams
     );
-    let all_invalid: u64 =
-        shm_protocol::pipeline::INVALID_REASONS.iter().map(|r| c[&format!("assembler.invalid.{r}")]).sum();
+    let all_invalid: u64 = shm_protocol::pipeline::invalid_reason_names(k2::IS.invalid_reasons())
+        .iter()
+        .map(|r| c[&format!("assembler.invalid.{r}")])
+        .sum();
     assert_eq!(all_invalid, KINDS.iter().map(|(_, counter)| c[*counter]).sum::<u64>(), "no other reason: {c:?}");
     assert_eq!(c["assembler.resets"], 0, "no flood datagram was taken for a camera reset");
     assert!(st.complete + 2 >= FRAMES || drops > 0, "at most the first frames pay for the flood: {st:?}");
     // Whatever the kernel dropped, the frames marked complete are exact (checked frame by frame).
     let a = ringdaq_tests::pipeline::Acquired::read(&path);
-    let expected = ringdaq_tests::pipeline::expected_frames(Mode::Is);
+    let expected = ringdaq_tests::pipeline::expected_frames(k2::IS);
     for m in a.sidecar.frame_list.iter().filter(|m| m.complete) {
         let want = &expected[(m.frame_id % detector::pattern::PATTERN_PERIOD) as usize];
         assert!(a.frame(m.index as usize) == &want[..], "frame {} differs", m.index);
@@ -232,7 +234,7 @@ fn the_control_socket_refuses_bad_messages_impostors_and_strangers_while_acquiri
     let st = p.wait(id, Duration::from_secs(60));
     assert_eq!(st.state, "done", "{st:?}");
     assert_eq!(st.complete, FRAMES, "the acquisition was not disturbed");
-    verify_large_acquisition(&path, Mode::Is, FRAMES, 0);
+    verify_large_acquisition(&path, k2::IS, FRAMES, 0);
     let s = p.status();
     assert!(s.stages.iter().all(|s| s.state == "running" && s.restarts == 0), "{s:?}");
     assert!(p.shutdown());

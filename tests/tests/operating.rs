@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use detector::Mode;
+use detector::k2;
 use ringdaq_tests::pipeline::{Pipeline, verify_large_acquisition};
 use ringdaq_tests::{ChildGuard, bin_path, wait_for};
 use shm_protocol::messages::SyncMode;
@@ -63,7 +63,7 @@ fn a_detached_assembler_runs_by_hand_and_is_attached_back() {
     p.simulate(p.sim_config(FRAMES + 10, 100.0));
     let st = p.wait(id, Duration::from_secs(60));
     assert_eq!(st.state, "done", "{st:?}");
-    verify_large_acquisition(&path, Mode::Is, FRAMES, 0);
+    verify_large_acquisition(&path, k2::IS, FRAMES, 0);
     assert!(std::fs::read_to_string(&log).unwrap_or_default().contains("DEBUG"), "the hand-run one logged at debug");
 
     // Attach: the hand-run process is told to stop (and exits cleanly), the supervisor starts its own.
@@ -76,7 +76,7 @@ fn a_detached_assembler_runs_by_hand_and_is_attached_back() {
     let (id, path) = p.acquire(20, "after-attach.npy", SyncMode::Immediate);
     p.simulate(p.sim_config(30, 100.0));
     assert_eq!(p.wait(id, Duration::from_secs(60)).state, "done");
-    verify_large_acquisition(&path, Mode::Is, 20, 0);
+    verify_large_acquisition(&path, k2::IS, 20, 0);
 
     // Restart: a new writer at once, counted, not against the budget.
     let writer = p.stage_pid("writer");
@@ -207,7 +207,7 @@ fn http_get(port: u16, path: &str) -> String {
 fn a_recorded_stream_replayed_into_a_fresh_pipeline_gives_the_same_frames() {
     let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 30;
-    let g = Mode::Is.geometry();
+    let g = k2::IS_GEOMETRY;
     let datagrams = FRAMES * g.blocks_per_frame() as u64;
     let keep = ringdaq_tests::TempDir::new("recording").expect("temp dir");
     let rec = keep.path().join("stream.rdq");
@@ -250,7 +250,7 @@ fn a_recorded_stream_replayed_into_a_fresh_pipeline_gives_the_same_frames() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("replayed {datagrams} datagrams")));
     let st = second.wait(id, Duration::from_secs(60));
     assert_eq!(st.state, "done", "{st:?}");
-    verify_large_acquisition(&path, Mode::Is, FRAMES, 0);
+    verify_large_acquisition(&path, k2::IS, FRAMES, 0);
     assert!(second.shutdown());
 }
 
@@ -265,7 +265,11 @@ fn inspect_reads_the_region_even_with_the_supervisor_wedged() {
     assert_eq!(p.wait(id, Duration::from_secs(30)).state, "done");
     let (ok, out, err) = cli(&p, &["inspect"]);
     assert!(ok, "{err}");
-    assert!(out.contains("from the supervisor") && out.contains("layout version 3"), "{out}");
+    assert!(
+        out.contains("from the supervisor")
+            && out.contains(&format!("layout version {}", shm_protocol::layout::LAYOUT_VERSION)),
+        "{out}"
+    );
     assert!(
         out.contains("ring 0 (block)") && out.contains("ring 1 (frame)") && out.contains("consumer 0: Gating"),
         "{out}"

@@ -8,8 +8,8 @@ use std::net::UdpSocket;
 use std::process::Command;
 use std::time::Duration;
 
-use detector::Mode;
-use detector::mode::HEADER_BYTES;
+use detector::k2;
+use detector::k2::geometry::HEADER_BYTES;
 use ringdaq_tests::pipeline::{Acquired, Pipeline, expected_frames};
 use shm_protocol::messages::SyncMode;
 
@@ -42,7 +42,7 @@ fn every_pixel_of_every_frame_end_to_end_and_numpy_reads_it() {
     assert_eq!(a.shape, vec![200, 1860, 2048]);
     assert_eq!(a.sidecar.frames, 200);
     assert_eq!(a.sidecar.complete_frames, 200, "every frame complete at 100 frames/s on loopback");
-    let expected = expected_frames(Mode::Is);
+    let expected = expected_frames(k2::IS);
     for (i, m) in a.sidecar.frame_list.iter().enumerate() {
         assert_eq!(m.index, i as u64);
         assert_eq!(m.frame_id, i as u32, "frame 0 is the simulator's first frame, sent after arming");
@@ -108,17 +108,17 @@ fn faults_mark_exactly_the_frames_that_lost_blocks() {
         }
     }
     assert!(a.sidecar.incomplete_frames > 0);
-    assert_complete_frames_exact(&a, &expected_frames(Mode::Is));
+    assert_complete_frames_exact(&a, &expected_frames(k2::IS));
     // Incomplete frames: the blocks that came are exact, the missing ones hold the fill value (0).
-    let g = Mode::Is.geometry();
-    let expected = expected_frames(Mode::Is);
+    let g = k2::IS_GEOMETRY;
+    let expected = expected_frames(k2::IS);
     for m in a.sidecar.frame_list.iter().filter(|m| !m.complete) {
         let f = a.frame(m.index as usize);
         let want = &expected[(m.frame_id % 8) as usize];
         let wrong = f.iter().zip(want.iter()).filter(|(x, y)| x != y && **x != 0).count();
         assert_eq!(wrong, 0, "frame {}: pixels that are neither right nor fill", m.index);
         let filled = f.iter().zip(want.iter()).filter(|(x, y)| x != y).count();
-        assert!(filled <= m.missing_blocks as usize * g.block_width * g.block_height);
+        assert!(filled <= m.missing_blocks as usize * g.block_width() * g.block_height());
     }
     let c = p.counters();
     assert_eq!(c["assembler.duplicates"], sim.duplicated, "every duplicate counted");
@@ -160,7 +160,7 @@ fn back_to_back_acquisitions_start_within_a_few_frames() {
             assert_eq!(a.sidecar.complete_frames, 40);
             let ids: Vec<u32> = a.sidecar.frame_list.iter().map(|m| m.frame_id).collect();
             assert!(ids.windows(2).all(|w| w[1] == w[0] + 1), "consecutive frames");
-            assert_complete_frames_exact(a, &expected_frames(Mode::Is));
+            assert_complete_frames_exact(a, &expected_frames(k2::IS));
         }
     });
     assert!(p.shutdown());
@@ -173,18 +173,18 @@ fn garbage_is_counted_by_reason_and_valid_frames_stay_exact() {
     let (id, path) = p.acquire(60, "garbage.npy", SyncMode::Immediate);
     // Garbage of known kinds, straight to the sockets, while valid frames flow.
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let g = Mode::Is.geometry();
+    let g = k2::IS_GEOMETRY;
     let mut valid_header = [0u8; HEADER_BYTES];
-    detector::BlockHeader::for_block(&g, 5, 0, 0, 0, 0).encode(&mut valid_header);
+    detector::k2::header::BlockHeader::for_block(&g, 5, 0, 0, 0, 0).encode(&mut valid_header);
     let short = vec![0xAAu8; 20];
     let oversized = vec![0u8; 30_000];
     // An IS-sized datagram whose header describes a Summit block (wrong mode).
-    let mut summit = vec![0u8; g.block_bytes];
+    let mut summit = vec![0u8; g.block_bytes()];
     let mut h = [0u8; HEADER_BYTES];
-    detector::BlockHeader::for_block(&Mode::Summit.geometry(), 5, 0, 0, 0, 0).encode(&mut h);
+    detector::k2::header::BlockHeader::for_block(&k2::SUMMIT_GEOMETRY, 5, 0, 0, 0, 0).encode(&mut h);
     summit[..HEADER_BYTES].copy_from_slice(&h);
-    let mut far = vec![0u8; g.block_bytes];
-    detector::BlockHeader::for_block(&g, 3_000_000, 0, 0, 0, 0).encode(&mut valid_header);
+    let mut far = vec![0u8; g.block_bytes()];
+    detector::k2::header::BlockHeader::for_block(&g, 3_000_000, 0, 0, 0, 0).encode(&mut valid_header);
     far[..HEADER_BYTES].copy_from_slice(&valid_header);
     let mut cfg = p.sim_config(70, 100.0);
     cfg.corrupt = 0.005;
@@ -222,7 +222,7 @@ fn garbage_is_counted_by_reason_and_valid_frames_stay_exact() {
     assert_eq!(corrupt_seen, sim.corrupted, "each corrupted datagram counted under its reason: {c:?}");
     assert_eq!(c["assembler.invalid.out_of_window"], 5, "{c:?}");
     let a = Acquired::read(&path);
-    assert_complete_frames_exact(&a, &expected_frames(Mode::Is));
+    assert_complete_frames_exact(&a, &expected_frames(k2::IS));
     let lost: BTreeMap<u32, u32> = sim.lossy_frames.values().map(|&(fid, n)| (fid, n)).collect();
     for m in &a.sidecar.frame_list {
         assert_eq!(m.complete, !lost.contains_key(&m.frame_id), "frame_id {}", m.frame_id);
@@ -247,7 +247,7 @@ fn sync_flag_and_frame_id_reset() {
     let want: Vec<u32> = (1010..1030).chain(1000..1020).collect();
     assert_eq!(ids, want, "frame 0 is the first with the sync flag; the reset is followed");
     assert_eq!(a.sidecar.complete_frames, 40);
-    assert_complete_frames_exact(&a, &expected_frames(Mode::Is));
+    assert_complete_frames_exact(&a, &expected_frames(k2::IS));
     assert_eq!(p.counters()["assembler.resets"], 1);
     assert!(p.shutdown());
 }
@@ -281,6 +281,6 @@ fn stop_finishes_a_short_file_and_bad_requests_are_refused() {
     assert_eq!(a.sidecar.frames, 30);
     assert_eq!(a.sidecar.frames_requested, 1000);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096 + 30 * 1860 * 2048 * 2);
-    assert_complete_frames_exact(&a, &expected_frames(Mode::Is));
+    assert_complete_frames_exact(&a, &expected_frames(k2::IS));
     assert!(p.shutdown());
 }

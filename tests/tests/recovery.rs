@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use detector::Mode;
+use detector::k2;
 use ringdaq_tests::pipeline::{Pipeline, verify_large_acquisition};
 use ringdaq_tests::{ChildGuard, TempDir, XorShift, bin_path, free_udp_port_base, wait_for};
 use rustix::process::{Pid, Signal};
@@ -90,7 +90,7 @@ fn chaos_random_kills_of_every_stage_lose_no_frame() {
     }
     let counters = p.counters();
     assert_eq!(counters["receiver.kernel_drops"], 0, "no datagram dropped by the kernel");
-    verify_large_acquisition(&path, Mode::Is, FRAMES, 0);
+    verify_large_acquisition(&path, k2::IS, FRAMES, 0);
     assert!(!path.with_extension("npy.frames.partial").exists(), "the journal is removed");
     assert!(p.shutdown());
 }
@@ -129,7 +129,7 @@ fn a_stopped_stage_is_detected_as_hung_and_replaced() {
         assert_eq!(s.restarts, 1, "{name}");
         assert!(s.last_exit.as_deref().is_some_and(|e| e.contains("hung")), "{name}: {:?}", s.last_exit);
     }
-    verify_large_acquisition(&path, Mode::Is, FRAMES, 0);
+    verify_large_acquisition(&path, k2::IS, FRAMES, 0);
     assert!(p.shutdown());
 }
 
@@ -147,7 +147,7 @@ fn datagrams_taken_in_the_instant_of_a_receiver_crash_are_kept() {
     assert_eq!(st.state, "done", "{st:?}");
     let s = p.status().stages.into_iter().find(|s| s.name == "receiver").expect("receiver");
     assert_eq!(s.restarts, 3, "the fault kills the first three receivers\n{}", p.log());
-    verify_large_acquisition(&path, Mode::Is, FRAMES, 0);
+    verify_large_acquisition(&path, k2::IS, FRAMES, 0);
     let adopted = p.log().matches("adopted the datagrams of the previous receiver's last call").count();
     assert_eq!(adopted, 3, "each successor adopted its predecessor's last call\n{}", p.log());
     assert!(p.shutdown());
@@ -218,6 +218,6 @@ fn a_killed_supervisor_leaves_no_stage_and_a_new_run_starts_cleanly() {
     p.simulate(p.sim_config(30, 100.0));
     let st = p.wait(id, Duration::from_secs(30));
     assert_eq!(st.state, "done", "{st:?}");
-    verify_large_acquisition(&path, Mode::Is, 20, 0);
+    verify_large_acquisition(&path, k2::IS, 20, 0);
     assert!(p.shutdown());
 }

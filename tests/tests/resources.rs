@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use detector::Mode;
+use detector::k2;
 use ringdaq_tests::pipeline::{Pipeline, verify_large_acquisition};
 use ringdaq_tests::{ChildGuard, TempDir, bin_path, free_udp_port_base};
 use shm_protocol::messages::{Reply, Request, SyncMode};
@@ -140,7 +140,7 @@ fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
     let npy = npyz::NpyFile::new(&bytes[..]).expect("a valid .npy");
     assert_eq!(npy.shape(), &[6, 1860, 2048]);
     let px: Vec<u16> = npy.into_vec().expect("pixels");
-    let expected = ringdaq_tests::pipeline::expected_frames(Mode::Is);
+    let expected = ringdaq_tests::pipeline::expected_frames(k2::IS);
     let n = 1860 * 2048;
     let c = p.counters();
     assert_eq!(c["writer.failed"], 2, "{c:?}");
@@ -154,6 +154,6 @@ fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
     p.simulate(p.sim_config(20, 100.0));
     let st = p.wait(id, Duration::from_secs(30));
     assert_eq!(st.state, "done", "{st:?}");
-    verify_large_acquisition(&path, Mode::Is, 10, 0);
+    verify_large_acquisition(&path, k2::IS, 10, 0);
     assert!(p.shutdown());
 }

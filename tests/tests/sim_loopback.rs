@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::UdpSocket;
 use std::process::Command;
 
-use detector::mode::Mode;
+use detector::k2;
 use detector::pattern::pixel;
 use detector::sim::SimReport;
 use ringdaq_tests::{bin_path, bind_consecutive_udp};
@@ -99,7 +99,6 @@ fn is_mode_every_field_and_every_pixel() {
     let r = report(child);
     assert_eq!((r.frames, r.datagrams), (4, 1024));
     assert_eq!(got.len(), 1024, "datagrams lost on loopback");
-    let g = Mode::Is.geometry();
     let mut seen: HashMap<(u32, usize, u16, u16), ()> = HashMap::new();
     for (sector, d) in &got {
         assert_eq!(d.len(), 22360);
@@ -120,7 +119,7 @@ fn is_mode_every_field_and_every_pixel() {
         let payload = &d[40..];
         for r in 0..930 {
             for c in 0..16 {
-                let want = pixel(&g, h.frame_id, usize::from(h.y.0) + r, sector * 256 + usize::from(h.x.0) + c);
+                let want = pixel(&*k2::IS, h.frame_id, usize::from(h.y.0) + r, sector * 256 + usize::from(h.x.0) + c);
                 assert_eq!(
                     packed12(payload, r * 16 + c),
                     want,
@@ -149,7 +148,6 @@ fn summit_mode_pixels_are_big_endian_u16() {
     let got = receive_all(&socks, 640);
     report(child);
     assert_eq!(got.len(), 640);
-    let g = Mode::Summit.geometry();
     for (sector, d) in &got {
         let h = plain(d);
         assert_eq!((h.width, h.height, h.block_size, d.len()), (512, 3840, 0xC028, 0xC028));
@@ -158,7 +156,10 @@ fn summit_mode_pixels_are_big_endian_u16() {
             for c in 0..32 {
                 let k = 40 + (r * 32 + c) * 2;
                 let v = u16::from(d[k]) << 8 | u16::from(d[k + 1]);
-                assert_eq!(v, pixel(&g, h.frame_id, usize::from(h.y.0) + r, sector * 512 + usize::from(h.x.0) + c));
+                assert_eq!(
+                    v,
+                    pixel(&*k2::SUMMIT, h.frame_id, usize::from(h.y.0) + r, sector * 512 + usize::from(h.x.0) + c)
+                );
             }
         }
     }
@@ -195,12 +196,15 @@ fn faults_match_the_report() {
     assert_eq!(got.len() as u64, r.datagrams, "every datagram sent arrives on loopback");
     assert!(r.dropped > 0 && r.duplicated > 0 && r.corrupted > 0);
     assert_eq!(r.datagrams, 20 * 256 - r.dropped + r.duplicated);
-    let g = Mode::Is.geometry();
-    let invalid = got.iter().filter(|(_, d)| detector::BlockHeader::parse(d, &g).is_err()).count() as u64;
+    let g = k2::IS_GEOMETRY;
+    let invalid = got.iter().filter(|(_, d)| detector::k2::header::BlockHeader::parse(d, &g).is_err()).count() as u64;
     assert_eq!(invalid, r.corrupted, "each corrupted datagram is invalid, every other one valid");
     // frame ids 7..17, then reset to 7..17 again
-    let mut ids: Vec<u32> =
-        got.iter().filter_map(|(_, d)| detector::BlockHeader::parse(d, &g).ok()).map(|h| h.frame_id).collect();
+    let mut ids: Vec<u32> = got
+        .iter()
+        .filter_map(|(_, d)| detector::k2::header::BlockHeader::parse(d, &g).ok())
+        .map(|h| h.frame_id)
+        .collect();
     ids.sort();
     ids.dedup();
     assert_eq!(ids, (7..17).collect::<Vec<_>>());

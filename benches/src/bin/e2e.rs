@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Parser;
-use detector::Mode;
+use detector::k2;
 
 #[derive(Parser)]
 struct Args {
@@ -25,7 +25,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
-    let g = Mode::Is.geometry();
+    let g = k2::IS_GEOMETRY;
     let dir = a.out.join(format!("ringdaq-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let res = run(&a, &dir, &g);
@@ -33,9 +33,9 @@ fn main() -> anyhow::Result<()> {
     res
 }
 
-fn run(a: &Args, dir: &Path, g: &detector::Geometry) -> anyhow::Result<()> {
+fn run(a: &Args, dir: &Path, g: &detector::k2::geometry::Geometry) -> anyhow::Result<()> {
     let frame_bytes = g.frame_bytes() as f64;
-    let wire_per_frame = (g.block_bytes * g.blocks_per_frame()) as f64;
+    let wire_per_frame = (g.block_bytes() * g.blocks_per_frame()) as f64;
 
     // 1. The pipeline, as a user runs it.
     let exe_dir = std::env::current_exe()?.parent().context("exe dir")?.to_path_buf();

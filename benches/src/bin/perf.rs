@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use detector::Mode;
+use detector::k2;
 use ringdaq_benches::pipeline::Pipeline;
 use ringdaq_benches::{decode, idle, ingest, latency, percentile, steady, write};
 
@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
 
 fn run(a: &Args, dir: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> anyhow::Result<()> {
     let want = |s: &str| a.only.iter().any(|o| o == s);
-    let g = Mode::Is.geometry();
+    let g = k2::IS_GEOMETRY;
     if want("decode") {
         tracing::info!("decode");
         let d = decode::measure(16, if a.quick { 5 } else { 21 })?;

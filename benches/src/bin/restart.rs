@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use detector::Mode;
+use detector::k2;
 use detector::sim::{SimConfig, Simulator};
 use ringdaq_benches::pipeline::Pipeline;
 
@@ -130,7 +130,7 @@ impl KillRun {
 fn receiver_kills_at(p: &mut Pipeline, fps: f64, a: &Args) -> anyhow::Result<KillRun> {
     let before = p.status()?;
     let cfg =
-        SimConfig { port_base: p.port_base, frames: a.frames, fps: Some(fps), mode: Mode::Is, ..Default::default() };
+        SimConfig { port_base: p.port_base, frames: a.frames, fps: Some(fps), mode: k2::IS, ..Default::default() };
     let duration = Duration::from_secs_f64(a.frames as f64 / fps);
     let report = std::thread::scope(|s| -> anyhow::Result<_> {
         let sim = s.spawn(move || Simulator::new(cfg)?.run(&AtomicBool::new(false)));

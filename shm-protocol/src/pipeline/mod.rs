@@ -50,9 +50,27 @@ pub const MAX_PATH: usize = 1024;
 /// Longest error message an acquisition record holds, in bytes.
 pub const MAX_ERROR: usize = 512;
 
-/// Reasons a datagram is invalid, in the order of [`AssemblerCounters::invalid`].
-pub const INVALID_REASONS: [&str; 8] =
-    ["truncated", "sync_word", "block_size", "length", "geometry", "position", "oversized", "out_of_window"];
+/// Most invalid-datagram reasons the region counts: the detector format's, then the pipeline's own
+/// ([`PIPELINE_INVALID_REASONS`]). A K2 has 6 + 2; 16 leaves room for another family.
+pub const MAX_INVALID_REASONS: usize = 16;
+
+/// Longest name of an invalid reason, bytes (names are recorded in the region, [`PipelineArea::invalid_names`]).
+pub const MAX_REASON_NAME: usize = 32;
+
+/// The pipeline's own reasons a datagram is invalid, counted after the detector format's: larger than its
+/// buffer in the block ring, and a frame id far outside the assembler's window.
+pub const PIPELINE_INVALID_REASONS: [&str; 2] = ["oversized", "out_of_window"];
+
+/// Index in [`AssemblerCounters::invalid`] of [`PIPELINE_INVALID_REASONS`]`[k]`, for a detector format with
+/// `format_reasons` reasons of its own.
+pub const fn pipeline_reason_index(format_reasons: usize, k: usize) -> usize {
+    format_reasons + k
+}
+
+/// Every invalid reason, in the order of [`AssemblerCounters::invalid`]: the format's, then the pipeline's.
+pub fn invalid_reason_names<'a>(format_reasons: &[&'a str]) -> Vec<&'a str> {
+    format_reasons.iter().copied().chain(PIPELINE_INVALID_REASONS).collect()
+}
 
 /// Per-datagram record in a block slot: written by the receiver right after `recvmmsg` returns.
 #[repr(C)]
@@ -249,8 +267,9 @@ pub struct AssemblerCounters {
     pub resets: AtomicU64,
     /// Reserved.
     pub _reserved: AtomicU64,
-    /// Invalid datagrams by reason, indexed as [`INVALID_REASONS`].
-    pub invalid: [AtomicU64; 8],
+    /// Invalid datagrams by reason, indexed as [`invalid_reason_names`] of the region's detector format (names
+    /// in [`PipelineArea::invalid_names`]); unused entries stay zero.
+    pub invalid: [AtomicU64; MAX_INVALID_REASONS],
 }
 
 /// Writer counters.
@@ -288,6 +307,9 @@ pub struct PipelineArea {
     /// published frame's header).
     pub next_frame_id: AtomicU64,
     _pad: [u8; 48],
+    /// Names of the [`AssemblerCounters::invalid`] reasons (UTF-8, zero-padded; an empty name ends the list),
+    /// written once by the region's creator from [`PipelineSizes::invalid_reasons`].
+    pub invalid_names: [[u8; MAX_REASON_NAME]; MAX_INVALID_REASONS],
     /// Acquisition records.
     pub acquisitions: [AcquisitionRecord; ACQUISITION_SLOTS],
     /// The receiver's current `recvmmsg` call.
@@ -358,17 +380,19 @@ const _: () = {
     assert!(offset_of!(StageRecord, allocations) == 16);
     assert!(offset_of!(StageRecord, allocated_bytes) == 24);
     assert!(size_of::<ReceiverCounters>() == CACHE_LINE);
-    assert!(size_of::<AssemblerCounters>() == 2 * CACHE_LINE);
+    assert!(size_of::<AssemblerCounters>() == 3 * CACHE_LINE);
     assert!(offset_of!(AssemblerCounters, invalid) == 64);
+    assert!(MAX_INVALID_REASONS * 8 == 2 * CACHE_LINE);
     assert!(size_of::<WriterCounters>() == CACHE_LINE);
     assert!(offset_of!(PipelineArea, stages) == 64);
     assert!(offset_of!(PipelineArea, receiver) == 256);
     assert!(offset_of!(PipelineArea, assembler) == 320);
-    assert!(offset_of!(PipelineArea, writer) == 448);
-    assert!(offset_of!(PipelineArea, active_acquisition) == 512);
-    assert!(offset_of!(PipelineArea, acquisitions) == 576);
-    assert!(offset_of!(PipelineArea, receive_journal) == 576 + ACQUISITION_SLOTS * size_of::<AcquisitionRecord>());
-    assert!(size_of::<PipelineArea>() == 576 + ACQUISITION_SLOTS * size_of::<AcquisitionRecord>() + 2112);
+    assert!(offset_of!(PipelineArea, writer) == 512);
+    assert!(offset_of!(PipelineArea, active_acquisition) == 576);
+    assert!(offset_of!(PipelineArea, invalid_names) == 640);
+    assert!(offset_of!(PipelineArea, acquisitions) == 640 + MAX_INVALID_REASONS * MAX_REASON_NAME);
+    assert!(offset_of!(PipelineArea, receive_journal) == 1152 + ACQUISITION_SLOTS * size_of::<AcquisitionRecord>());
+    assert!(size_of::<PipelineArea>() == 1152 + ACQUISITION_SLOTS * size_of::<AcquisitionRecord>() + 2112);
     assert!(offset_of!(ReceiveJournal, seq) == 8);
     assert!(offset_of!(ReceiveJournal, base) == 16);
     assert!(offset_of!(ReceiveJournal, msgs) == 64);
@@ -391,6 +415,9 @@ pub struct PipelineSizes {
     pub frame_cursors: u32,
     /// Value of the pixels of missing blocks.
     pub fill_value: u16,
+    /// The detector format's invalid reasons (the pipeline's [`PIPELINE_INVALID_REASONS`] follow them), recorded
+    /// in the region so that every process names the counters alike.
+    pub invalid_reasons: &'static [&'static str],
 }
 
 impl PipelineSizes {
@@ -437,6 +464,17 @@ impl PipelineSizes {
 
     /// Creates a pipeline region: lays it out, records the parameters, and activates the stages' cursors.
     pub fn create_region(&self) -> Result<Region, crate::region::RegionError> {
+        let names = invalid_reason_names(self.invalid_reasons);
+        if names.len() > MAX_INVALID_REASONS || names.iter().any(|n| n.is_empty() || n.len() > MAX_REASON_NAME) {
+            return Err(crate::region::RegionError::Corrupt(format!(
+                "{} invalid reasons (at most {MAX_INVALID_REASONS}, names of 1..={MAX_REASON_NAME} bytes): {names:?}",
+                names.len()
+            )));
+        }
+        let mut table = [[0u8; MAX_REASON_NAME]; MAX_INVALID_REASONS];
+        for (slot, n) in table.iter_mut().zip(&names) {
+            slot[..n.len()].copy_from_slice(n.as_bytes());
+        }
         let region = Region::create(&self.region_spec())?;
         let params = PipelineParams {
             datagrams_per_slot: self.datagrams_per_slot,
@@ -449,6 +487,9 @@ impl PipelineSizes {
         // SAFETY: the app area is at least size_of::<PipelineArea>() bytes, page aligned, zero-filled, and no
         // other process has the region yet; `params` is the first field (offset 0, asserted above).
         unsafe { std::ptr::write(app.cast::<PipelineParams>(), params) };
+        // SAFETY: as above; `invalid_names` lies inside the area at its asserted offset, and u8 arrays need no
+        // alignment.
+        unsafe { std::ptr::write(app.add(offset_of!(PipelineArea, invalid_names)).cast(), table) };
         let map_err = |e: crate::ring::RingError| crate::region::RegionError::Corrupt(e.to_string());
         use crate::layout::ConsumerMode;
         use crate::ring::StartAt;
@@ -528,10 +569,21 @@ impl PipelineArea {
         for st in [Stage::Receiver, Stage::Assembler, Stage::Writer] {
             m.insert(format!("{}.allocations", st.name()), self.stage(st).allocations.load(r));
         }
-        for (name, c) in INVALID_REASONS.iter().zip(&asm.invalid) {
+        for (name, c) in self.invalid_reasons().into_iter().zip(&asm.invalid) {
             m.insert(format!("assembler.invalid.{name}"), c.load(r));
         }
         m
+    }
+
+    /// Names of the [`AssemblerCounters::invalid`] reasons, as the region's creator recorded them: the detector
+    /// format's, then [`PIPELINE_INVALID_REASONS`].
+    pub fn invalid_reasons(&self) -> Vec<&str> {
+        self.invalid_names
+            .iter()
+            .map(|n| &n[..n.iter().position(|&b| b == 0).unwrap_or(MAX_REASON_NAME)])
+            .take_while(|n| !n.is_empty())
+            .map(|n| std::str::from_utf8(n).unwrap_or("unnamed"))
+            .collect()
     }
 
     /// The acquisition frames are assigned to now, if any.
@@ -550,4 +602,42 @@ impl PipelineArea {
 pub fn now_ns() -> u64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::Realtime);
     t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(invalid_reasons: &'static [&'static str]) -> PipelineSizes {
+        PipelineSizes {
+            geometry: Geometry { frame_rows: 4, frame_cols: 8, max_datagram: 64, ..Default::default() },
+            block_slots: 4,
+            datagrams_per_slot: 2,
+            frame_slots: 2,
+            frame_cursors: 1,
+            fill_value: 0,
+            invalid_reasons,
+        }
+    }
+
+    #[test]
+    fn the_region_names_its_invalid_counters() {
+        let region = sizes(&["bad", "worse"]).create_region().unwrap();
+        let area = pipeline_area(&region).unwrap();
+        assert_eq!(area.invalid_reasons(), ["bad", "worse", "oversized", "out_of_window"]);
+        area.assembler.invalid[pipeline_reason_index(2, 1)].fetch_add(3, Ordering::Relaxed);
+        let c = area.counters();
+        assert_eq!((c["assembler.invalid.bad"], c["assembler.invalid.out_of_window"]), (0, 3));
+        assert_eq!(c.keys().filter(|k| k.starts_with("assembler.invalid.")).count(), 4);
+    }
+
+    #[test]
+    fn too_many_or_too_long_reason_names_are_refused() {
+        const MANY: [&str; MAX_INVALID_REASONS - 1] = ["r"; MAX_INVALID_REASONS - 1];
+        const FIT: [&str; MAX_INVALID_REASONS - 2] = ["r"; MAX_INVALID_REASONS - 2];
+        assert!(sizes(&MANY).create_region().is_err());
+        assert!(sizes(&FIT).create_region().is_ok());
+        assert!(sizes(&["a_name_longer_than_thirty_two_bytes"]).create_region().is_err());
+        assert!(sizes(&[""]).create_region().is_err());
+    }
 }

@@ -23,6 +23,7 @@ use shm_protocol::control::ControlListener;
 use shm_protocol::pipeline::{self, PipelineArea, PipelineSizes, Stage};
 
 use crate::config::{self, Config};
+use crate::geometry::region_geometry;
 use crate::restart_policy::History;
 use crate::stage_state::StageState;
 use status::Rates;
@@ -108,6 +109,7 @@ impl Supervisor {
             frame_slots: cfg.rings.frame_slots,
             frame_cursors: cfg.rings.frame_cursors,
             fill_value: cfg.rings.fill_value,
+            invalid_reasons: cfg.mode.invalid_reasons(),
         };
         let bytes = sizes.region_spec();
         let total = shm_protocol::layout::compute_layout(&bytes)?.region_size;
@@ -126,7 +128,7 @@ impl Supervisor {
             region_mb = total / (1 << 20),
             control = %control_path.display(),
             mode = %cfg.mode,
-            ports = format!("{}:{}-{}", cfg.bind, cfg.port_base, cfg.port_base + 7),
+            ports = format!("{}:{}-{}", cfg.bind, cfg.port_base, usize::from(cfg.port_base) + cfg.mode.streams() - 1),
             "pipeline created"
         );
         let sup = Arc::new(Self {
@@ -219,21 +221,6 @@ impl Supervisor {
             self.request_shutdown();
         });
         Ok(())
-    }
-}
-
-/// The region header's description of detector mode `mode`: decoded u16 frames, one block per datagram.
-pub fn region_geometry(mode: detector::Mode) -> shm_protocol::layout::Geometry {
-    let g = mode.geometry();
-    shm_protocol::layout::Geometry {
-        mode: mode.id(),
-        frame_rows: g.frame_rows() as u32,
-        frame_cols: g.frame_cols() as u32,
-        bytes_per_pixel: 2,
-        blocks_per_frame: g.blocks_per_frame() as u32,
-        max_datagram: g.block_bytes as u32,
-        sectors: detector::SECTORS as u32,
-        _reserved: 0,
     }
 }
 

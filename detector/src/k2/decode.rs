@@ -4,8 +4,8 @@
 //! run time where the CPU has it. Placement writes each block row (16 or 32 pixels) at its row of the frame, a
 //! 4 KiB stride apart for IS; that stride, not the arithmetic, is what costs.
 
-use crate::header::BlockHeader;
-use crate::mode::{Geometry, PixelEncoding, SECTORS};
+use super::geometry::{Geometry, MAX_BAND, PixelEncoding};
+use super::header::BlockHeader;
 
 /// Unpacks 12-bit pixels, two per three bytes: `(f, m, l)` → `a = f | (m & 0x0F) << 8`, `b = (m >> 4) | l << 4`.
 /// `src.len()` must be `3 * dst.len() / 2` (`dst.len()` even).
@@ -127,7 +127,7 @@ impl Decoder {
         payload: &[u8],
         frame: &mut [u16],
     ) -> Result<(), PlaceError> {
-        if sector >= SECTORS {
+        if sector >= g.sectors() {
             return Err(PlaceError::Sector(sector));
         }
         if payload.len() != g.payload_bytes() {
@@ -137,14 +137,14 @@ impl Decoder {
             return Err(PlaceError::Frame { found: frame.len(), expected: g.frame_pixels() });
         }
         let (x, y) = (usize::from(h.x_start), usize::from(h.y_start));
-        if x % g.block_width != 0
-            || x + g.block_width > g.sector_width
-            || y % g.block_height != 0
-            || y + g.block_height > g.sector_height
+        if x % g.block_width() != 0
+            || x + g.block_width() > g.sector_width()
+            || y % g.block_height() != 0
+            || y + g.block_height() > g.sector_height()
         {
             return Err(PlaceError::Position);
         }
-        self.place_checked(g, y * g.frame_cols() + sector * g.sector_width + x, payload, frame);
+        self.place_checked(g, y * g.frame_cols() + sector * g.sector_width() + x, payload, frame);
         Ok(())
     }
 
@@ -178,27 +178,40 @@ impl Decoder {
         frame: &mut [u16],
         fill: u16,
     ) -> Result<(), PlaceError> {
+        self.decode_frame_at(g, blocks, 0, frame, fill)
+    }
+
+    /// [`Decoder::decode_frame`] from whole datagrams: each present block is `skip` bytes (its header) and then
+    /// its payload, so that the caller needs no array of payload slices (decoding a frame allocates nothing).
+    pub fn decode_frame_at(
+        &self,
+        g: &Geometry,
+        blocks: &[Option<&[u8]>],
+        skip: usize,
+        frame: &mut [u16],
+        fill: u16,
+    ) -> Result<(), PlaceError> {
         if blocks.len() != g.blocks_per_frame() {
             return Err(PlaceError::Blocks { found: blocks.len(), expected: g.blocks_per_frame() });
         }
         if frame.len() != g.frame_pixels() {
             return Err(PlaceError::Frame { found: frame.len(), expected: g.frame_pixels() });
         }
-        if let Some(p) = blocks.iter().flatten().find(|p| p.len() != g.payload_bytes()) {
-            return Err(PlaceError::Payload { found: p.len(), expected: g.payload_bytes() });
+        if let Some(p) = blocks.iter().flatten().find(|p| p.len() != skip + g.payload_bytes()) {
+            return Err(PlaceError::Payload { found: p.len().saturating_sub(skip), expected: g.payload_bytes() });
         }
-        if g.encoding == PixelEncoding::U16Be {
+        if g.encoding() == PixelEncoding::U16Be {
             // A Summit block row is 32 pixels, one whole 64-byte line: block by block writes full lines and is
             // faster than the row-major walk here (4.0 against 2.7 GiB/s in benches/decode).
-            for s in 0..SECTORS {
+            for s in 0..g.sectors() {
                 for b in 0..g.blocks_per_sector() {
                     let (x, y) = g.block_position(b);
-                    let origin = y * g.frame_cols() + s * g.sector_width + x;
-                    match blocks[g.block_index(s, x, y)] {
+                    let origin = y * g.frame_cols() + s * g.sector_width() + x;
+                    match strip(blocks[g.block_index(s, x, y)], skip) {
                         Some(p) => self.place_checked(g, origin, p, frame),
                         None => {
-                            for r in 0..g.block_height {
-                                frame[origin + r * g.frame_cols()..][..g.block_width].fill(fill);
+                            for r in 0..g.block_height() {
+                                frame[origin + r * g.frame_cols()..][..g.block_width()].fill(fill);
                             }
                         }
                     }
@@ -207,36 +220,35 @@ impl Decoder {
             return Ok(());
         }
         let across = g.blocks_across();
-        let row_bytes = match g.encoding {
-            PixelEncoding::Packed12 => g.block_width * 3 / 2,
-            PixelEncoding::U16Be => g.block_width * 2,
-        };
+        let row_bytes = g.row_bytes();
         // Blocks of one band in frame column order: sector 0 x 0, x 16, ..., sector 7 x 240.
-        // On the stack: decoding a frame allocates nothing (16 blocks across × 8 sectors in IS mode).
-        const MAX_BAND: usize = 256;
-        if across * SECTORS > MAX_BAND {
-            return Err(PlaceError::Blocks { found: across * SECTORS, expected: MAX_BAND });
+        // On the stack: decoding a frame allocates nothing (16 blocks across × 8 sectors in IS mode);
+        // `Geometry::new` guarantees that a band fits.
+        if across * g.sectors() > MAX_BAND {
+            return Err(PlaceError::Blocks { found: across * g.sectors(), expected: MAX_BAND });
         }
         let mut band_store: [Option<&[u8]>; MAX_BAND] = [None; MAX_BAND];
-        let band = &mut band_store[..across * SECTORS];
+        let band = &mut band_store[..across * g.sectors()];
         for by in 0..g.blocks_down() {
-            for s in 0..SECTORS {
+            for s in 0..g.sectors() {
                 for bx in 0..across {
-                    band[s * across + bx] = blocks[g.block_index(s, bx * g.block_width, by * g.block_height)];
+                    band[s * across + bx] =
+                        strip(blocks[g.block_index(s, bx * g.block_width(), by * g.block_height())], skip);
                 }
             }
-            let band_rows = &mut frame[by * g.block_height * g.frame_cols()..][..g.block_height * g.frame_cols()];
-            match (self.imp, g.encoding) {
+            let band_rows = &mut frame[by * g.block_height() * g.frame_cols()..][..g.block_height() * g.frame_cols()];
+            match (self.imp, g.encoding()) {
                 #[cfg(target_arch = "x86_64")]
-                (Implementation::Avx2, PixelEncoding::Packed12) if g.block_width == 16 => {
+                (Implementation::Avx2, PixelEncoding::Packed12) if g.block_width() == 16 => {
                     // SAFETY: AVX2 detected at construction; every present payload is payload_bytes long (checked
-                    // above) = block_height rows of 24 bytes; band_rows holds block_height full frame rows.
+                    // above) = block_height rows of 24 bytes; band_rows holds block_height full frame rows, and
+                    // band.len() * 16 == frame_cols (across * sectors blocks of 16 columns).
                     unsafe { avx2::band12(g, band, band_rows, fill) }
                 }
                 _ => {
-                    for r in 0..g.block_height {
+                    for r in 0..g.block_height() {
                         let row = &mut band_rows[r * g.frame_cols()..][..g.frame_cols()];
-                        for (out, blk) in row.chunks_exact_mut(g.block_width).zip(band.iter()) {
+                        for (out, blk) in row.chunks_exact_mut(g.block_width()).zip(band.iter()) {
                             match blk {
                                 None => out.fill(fill),
                                 Some(p) => self.decode_row(g, &p[r * row_bytes..(r + 1) * row_bytes], out),
@@ -252,7 +264,7 @@ impl Decoder {
     /// Decodes one block row (`block_width` pixels).
     #[inline]
     fn decode_row(&self, g: &Geometry, src: &[u8], out: &mut [u16]) {
-        match (self.imp, g.encoding) {
+        match (self.imp, g.encoding()) {
             #[cfg(target_arch = "x86_64")]
             (Implementation::Avx2, PixelEncoding::Packed12) if out.len() == 16 && src.len() == 24 => {
                 // SAFETY: AVX2 was detected when this variant was made; lengths checked in the guard.
@@ -271,10 +283,16 @@ impl Decoder {
     }
 }
 
+/// The payload of a datagram whose header is `skip` bytes (its length was checked).
+#[inline]
+fn strip(b: Option<&[u8]>, skip: usize) -> Option<&[u8]> {
+    b.map(|p| &p[skip..])
+}
+
 fn place_portable(g: &Geometry, payload: &[u8], frame: &mut [u16], origin: usize) {
     let cols = g.frame_cols();
-    let w = g.block_width;
-    match g.encoding {
+    let w = g.block_width();
+    match g.encoding() {
         PixelEncoding::Packed12 => {
             for (r, src) in payload.chunks_exact(w * 3 / 2).enumerate() {
                 let at = origin + r * cols;
@@ -313,8 +331,8 @@ mod avx2 {
     pub(super) unsafe fn band12(g: &Geometry, band: &[Option<&[u8]>], rows: &mut [u16], fill: u16) {
         const AHEAD: usize = 16; // rows of each source stream prefetched ahead
         let cols = g.frame_cols();
-        let h = g.block_height;
-        // SAFETY (whole body): row r of block i reads bytes r*24 .. r*24+24 of a block of h*24 bytes, and writes
+        let h = g.block_height();
+        // SAFETY: (whole body) row r of block i reads bytes r*24 .. r*24+24 of a block of h*24 bytes, and writes
         // pixels r*cols + 16 i .. +16 of rows, which holds h*cols pixels. Prefetches are hints and never fault.
         unsafe {
             let shuf = _mm256_loadu_si256(SHUF12.as_ptr().cast());
@@ -401,12 +419,12 @@ mod avx2 {
     pub(super) unsafe fn place(g: &Geometry, payload: &[u8], frame: &mut [u16], origin: usize) {
         let cols = g.frame_cols();
         let src = payload.as_ptr();
-        // SAFETY (whole body): every pointer below stays within the ranges the caller guarantees: row r reads
+        // SAFETY: (whole body) every pointer below stays within the ranges the caller guarantees: row r reads
         // `row_bytes` bytes at src + r*row_bytes and writes `block_width` pixels at origin + r*cols.
         unsafe {
             let dst = frame.as_mut_ptr().add(origin);
-            match g.encoding {
-                PixelEncoding::Packed12 if g.block_width == 16 => {
+            match g.encoding() {
+                PixelEncoding::Packed12 if g.block_width() == 16 => {
                     // Per 128-bit lane: 12 bytes = 4 triplets → 8 pixels. Even pixel 2k takes bytes (3k, 3k+1) and
                     // keeps the low 12 bits; odd pixel 2k+1 takes bytes (3k+1, 3k+2) and shifts right by 4.
                     // Lane 0 reads bytes 0..16 of the row; lane 1 reads bytes 8..24, so its triplets start at 4.
@@ -415,7 +433,7 @@ mod avx2 {
                         4, 5, 5, 6, 7, 8, 8, 9, 10, 11, 11, 12, 13, 14, 14, 15,
                     );
                     let mask = _mm256_set1_epi16(0x0FFF);
-                    for r in 0..g.block_height {
+                    for r in 0..g.block_height() {
                         let s = src.add(r * 24);
                         let lo = _mm_loadu_si128(s.cast());
                         let hi = _mm_loadu_si128(s.add(8).cast());
@@ -426,16 +444,16 @@ mod avx2 {
                         _mm256_storeu_si256(dst.add(r * cols).cast(), px);
                     }
                 }
-                PixelEncoding::U16Be if g.block_width.is_multiple_of(16) => {
+                PixelEncoding::U16Be if g.block_width().is_multiple_of(16) => {
                     let swap = _mm256_setr_epi8(
                         1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14, //
                         1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14,
                     );
-                    let row_bytes = g.block_width * 2;
-                    for r in 0..g.block_height {
+                    let row_bytes = g.block_width() * 2;
+                    for r in 0..g.block_height() {
                         let s = src.add(r * row_bytes);
                         let d = dst.add(r * cols);
-                        for c in (0..g.block_width).step_by(16) {
+                        for c in (0..g.block_width()).step_by(16) {
                             let v = _mm256_loadu_si256(s.add(c * 2).cast());
                             _mm256_storeu_si256(d.add(c).cast(), _mm256_shuffle_epi8(v, swap));
                         }
@@ -450,7 +468,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mode::Mode;
+    use crate::k2::{IS_GEOMETRY, SUMMIT_GEOMETRY};
     use proptest::prelude::*;
 
     #[test]
@@ -489,9 +507,9 @@ mod tests {
             bi in 0usize..80,
             seed in any::<u64>(),
         ) {
-            let g = if summit { Mode::Summit.geometry() } else { Mode::Is.geometry() };
+            let g = if summit { SUMMIT_GEOMETRY } else { IS_GEOMETRY };
             let (x, y) = g.block_position(bi % g.blocks_per_sector());
-            let h = crate::header::BlockHeader::for_block(&g, 0, 0, x, y, 0);
+            let h = BlockHeader::for_block(&g, 0, 0, x, y, 0);
             let mut s = seed | 1;
             let payload: Vec<u8> = (0..g.payload_bytes()).map(|_| { s ^= s << 13; s ^= s >> 7; s ^= s << 17; s as u8 }).collect();
             let mut a = vec![0x5555u16; g.frame_pixels()];
@@ -506,17 +524,17 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
         #[test]
         fn whole_frame_decode_equals_block_placement(summit: bool, missing in prop::collection::vec(0usize..640, 0..5)) {
-            let g = if summit { Mode::Summit.geometry() } else { Mode::Is.geometry() };
+            let g = if summit { SUMMIT_GEOMETRY } else { IS_GEOMETRY };
             let n = g.blocks_per_frame();
             let payloads: Vec<Vec<u8>> = (0..n).map(|i| (0..g.payload_bytes()).map(|k| (k * 7 + i * 13) as u8).collect()).collect();
             let mut want = vec![0xFFFFu16; g.frame_pixels()];
             let mut refs: Vec<Option<&[u8]>> = payloads.iter().map(|p| Some(p.as_slice())).collect();
             for m in &missing { refs[m % n] = None; }
-            for s in 0..SECTORS {
+            for s in 0..g.sectors() {
                 for b in 0..g.blocks_per_sector() {
                     let (x, y) = g.block_position(b);
                     if let Some(p) = refs[g.block_index(s, x, y)] {
-                        let h = crate::header::BlockHeader::for_block(&g, 0, 0, x, y, 0);
+                        let h = BlockHeader::for_block(&g, 0, 0, x, y, 0);
                         Decoder::portable().place(&g, s, &h, p, &mut want).unwrap();
                     }
                 }
@@ -533,7 +551,7 @@ mod tests {
     /// from malloc usually is not, so this test aligns one to exercise that path too.
     #[test]
     fn whole_frame_decode_into_an_aligned_frame() {
-        let g = Mode::Is.geometry();
+        let g = IS_GEOMETRY;
         let n = g.blocks_per_frame();
         let payloads: Vec<Vec<u8>> =
             (0..n).map(|i| (0..g.payload_bytes()).map(|k| (k * 31 + i * 7) as u8).collect()).collect();
@@ -553,8 +571,8 @@ mod tests {
 
     #[test]
     fn place_checks_its_inputs() {
-        let g = Mode::Is.geometry();
-        let h = crate::header::BlockHeader::for_block(&g, 0, 0, 0, 0, 0);
+        let g = IS_GEOMETRY;
+        let h = BlockHeader::for_block(&g, 0, 0, 0, 0, 0);
         let mut f = vec![0u16; g.frame_pixels()];
         let p = vec![0u8; g.payload_bytes()];
         let d = Decoder::detect();

@@ -13,7 +13,7 @@
 //! | 28 | u16 pixel_x_start, 30: pixel_y_start, 32: pixel_x_end, 34: pixel_y_end (ends inclusive) |
 //! | 36 | u32 block_size (= the datagram's size) |
 
-use crate::mode::{Geometry, HEADER_BYTES};
+use super::geometry::{Geometry, HEADER_BYTES};
 
 /// The sync word every block starts with.
 pub const SYNC_WORD: u32 = 0xFFFF_0055;
@@ -113,7 +113,23 @@ impl HeaderError {
             HeaderError::Position { .. } => "position",
         }
     }
+
+    /// Index of [`HeaderError::reason`] in [`REASONS`].
+    pub const fn index(&self) -> usize {
+        match self {
+            HeaderError::Truncated { .. } => 0,
+            HeaderError::SyncWord { .. } => 1,
+            HeaderError::BlockSize { .. } => 2,
+            HeaderError::Length { .. } => 3,
+            HeaderError::Geometry { .. } => 4,
+            HeaderError::Position { .. } => 5,
+        }
+    }
 }
+
+/// The names of the K2 invalid reasons, in the order of [`HeaderError::index`]. They are public counter names
+/// (`assembler.invalid.<reason>`): never reorder or rename them.
+pub const REASONS: &[&str] = &["truncated", "sync_word", "block_size", "length", "geometry", "position"];
 
 fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
@@ -153,23 +169,23 @@ impl BlockHeader {
         if sync != SYNC_WORD {
             return Err(HeaderError::SyncWord { found: sync });
         }
-        if h.block_size as usize != g.block_bytes {
-            return Err(HeaderError::BlockSize { found: h.block_size, expected: g.block_bytes as u32 });
+        if h.block_size as usize != g.block_bytes() {
+            return Err(HeaderError::BlockSize { found: h.block_size, expected: g.block_bytes() as u32 });
         }
-        if datagram.len() != g.block_bytes {
+        if datagram.len() != g.block_bytes() {
             return Err(HeaderError::Length { len: datagram.len(), block_size: h.block_size });
         }
-        if usize::from(h.sector_width) != g.sector_width || usize::from(h.sector_height) != g.sector_height {
+        if usize::from(h.sector_width) != g.sector_width() || usize::from(h.sector_height) != g.sector_height() {
             return Err(HeaderError::Geometry { width: h.sector_width, height: h.sector_height });
         }
         let (xs, ys, xe, ye) =
             (usize::from(h.x_start), usize::from(h.y_start), usize::from(h.x_end), usize::from(h.y_end));
-        let ok = xs % g.block_width == 0
-            && ys % g.block_height == 0
-            && xe == xs + g.block_width - 1
-            && ye == ys + g.block_height - 1
-            && xe < g.sector_width
-            && ye < g.sector_height;
+        let ok = xs % g.block_width() == 0
+            && ys % g.block_height() == 0
+            && xe == xs + g.block_width() - 1
+            && ye == ys + g.block_height() - 1
+            && xe < g.sector_width()
+            && ye < g.sector_height();
         if !ok {
             return Err(HeaderError::Position {
                 x_start: h.x_start,
@@ -209,14 +225,14 @@ impl BlockHeader {
             version: 1,
             flags,
             block_count,
-            sector_width: g.sector_width as u16,
-            sector_height: g.sector_height as u16,
+            sector_width: g.sector_width() as u16,
+            sector_height: g.sector_height() as u16,
             frame_id,
             x_start: x_start as u16,
             y_start: y_start as u16,
-            x_end: (x_start + g.block_width - 1) as u16,
-            y_end: (y_start + g.block_height - 1) as u16,
-            block_size: g.block_bytes as u32,
+            x_end: (x_start + g.block_width() - 1) as u16,
+            y_end: (y_start + g.block_height() - 1) as u16,
+            block_size: g.block_bytes() as u32,
         }
     }
 }
@@ -224,11 +240,11 @@ impl BlockHeader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mode::Mode;
+    use crate::k2::{IS_GEOMETRY, SUMMIT_GEOMETRY};
     use proptest::prelude::*;
 
     fn datagram(g: &Geometry, h: &BlockHeader) -> Vec<u8> {
-        let mut d = vec![0u8; g.block_bytes];
+        let mut d = vec![0u8; g.block_bytes()];
         let mut hb = [0u8; HEADER_BYTES];
         h.encode(&mut hb);
         d[..HEADER_BYTES].copy_from_slice(&hb);
@@ -237,7 +253,7 @@ mod tests {
 
     #[test]
     fn every_field_at_its_offset() {
-        let g = Mode::Is.geometry();
+        let g = IS_GEOMETRY;
         let h = BlockHeader::for_block(&g, 0x0102_0304, 0x0A0B_0C0D, 240, 930, FLAG_SYNC);
         let d = datagram(&g, &h);
         assert_eq!(&d[0..4], &[0xFF, 0xFF, 0x00, 0x55]);
@@ -254,7 +270,7 @@ mod tests {
 
     #[test]
     fn rejects_each_kind_of_bad_header() {
-        let g = Mode::Is.geometry();
+        let g = IS_GEOMETRY;
         let good = BlockHeader::for_block(&g, 5, 0, 16, 0, 0);
         let d = datagram(&g, &good);
         assert_eq!(BlockHeader::parse(&d[..10], &g), Err(HeaderError::Truncated { len: 10 }));
@@ -277,7 +293,7 @@ mod tests {
             assert!(matches!(BlockHeader::parse(&datagram(&g, &h), &g), Err(HeaderError::Position { .. })), "{h:?}");
         }
         // A Summit block is not an IS block.
-        let s = Mode::Summit.geometry();
+        let s = SUMMIT_GEOMETRY;
         let sh = BlockHeader::for_block(&s, 5, 0, 0, 0, 0);
         assert!(BlockHeader::parse(&datagram(&s, &sh), &g).is_err());
         assert!(BlockHeader::parse(&datagram(&s, &sh), &s).is_ok());
@@ -294,8 +310,8 @@ mod tests {
 
         #[test]
         fn parse_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
-            let _ = BlockHeader::parse(&bytes, &Mode::Is.geometry());
-            let _ = BlockHeader::parse(&bytes, &Mode::Summit.geometry());
+            let _ = BlockHeader::parse(&bytes, &IS_GEOMETRY);
+            let _ = BlockHeader::parse(&bytes, &SUMMIT_GEOMETRY);
         }
     }
 }
