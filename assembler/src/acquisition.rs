@@ -11,7 +11,7 @@
 
 use std::sync::atomic::Ordering;
 
-use shm_protocol::pipeline::{AcquisitionRecord, FrameHeader, NO_INDEX, PipelineArea, acq_state, sync_mode};
+use shm_protocol::pipeline::{AcquisitionRecord, AcquisitionState, FrameHeader, NO_INDEX, PipelineArea, SyncMode};
 
 /// A frame's place in an acquisition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,19 +27,19 @@ pub struct Assignment {
 pub fn plan(area: &PipelineArea, has_blocks: bool, first_block_seq: u64, sync: bool) -> Option<Assignment> {
     let rec = area.active()?;
     let id = rec.id.load(Ordering::Acquire);
-    let state = rec.state.load(Ordering::Acquire);
-    if rec.stop_requested.load(Ordering::Acquire) != 0 && (state == acq_state::ARMED || state == acq_state::RUNNING) {
+    let state = rec.state();
+    if rec.stop_requested.load(Ordering::Acquire) != 0 && state.takes_frames() {
         end(area, rec);
         return None;
     }
     match state {
-        acq_state::ARMED => {
+        AcquisitionState::Armed => {
             let after_arm = has_blocks && first_block_seq >= rec.armed_block_seq.load(Ordering::Relaxed);
-            let flag_ok = rec.sync.load(Ordering::Relaxed) == sync_mode::IMMEDIATE || sync;
+            let flag_ok = rec.sync() == SyncMode::Immediate || sync;
             (after_arm && flag_ok).then_some(Assignment { id, index: 0 })
         }
-        acq_state::RUNNING => Some(Assignment { id, index: rec.assigned.load(Ordering::Acquire) }),
-        acq_state::FAILED => {
+        AcquisitionState::Running => Some(Assignment { id, index: rec.assigned.load(Ordering::Acquire) }),
+        AcquisitionState::Failed => {
             // The writer gave up on it (a full disk): no more frames go to it, and the next can be armed.
             let _ = area.active_acquisition.compare_exchange(id, 0, Ordering::AcqRel, Ordering::Relaxed);
             tracing::info!(acquisition = id, "acquisition failed; no more frames assigned to it");
@@ -59,7 +59,7 @@ pub fn record(area: &PipelineArea, a: Assignment, seq: u64, frame_id: u32, compl
     if a.index == 0 {
         rec.first_seq.store(seq, Ordering::Release);
         // Only from ARMED: a state the writer set meanwhile (FAILED) is never overwritten.
-        let _ = rec.state.compare_exchange(acq_state::ARMED, acq_state::RUNNING, Ordering::AcqRel, Ordering::Relaxed);
+        rec.transition(AcquisitionState::Armed, AcquisitionState::Running);
         tracing::info!(acquisition = a.id, frame_id, "acquisition started");
     }
     if complete {
@@ -83,8 +83,8 @@ pub fn reconcile(area: &PipelineArea, last: &FrameHeader) {
 pub fn end(area: &PipelineArea, rec: &AcquisitionRecord) {
     let id = rec.id.load(Ordering::Acquire);
     // From ARMED or RUNNING only: FAILED (set by the writer) stays.
-    for from in [acq_state::ARMED, acq_state::RUNNING] {
-        let _ = rec.state.compare_exchange(from, acq_state::ASSIGNED, Ordering::AcqRel, Ordering::Relaxed);
+    for from in [AcquisitionState::Armed, AcquisitionState::Running] {
+        rec.transition(from, AcquisitionState::Assigned);
     }
     let _ = area.active_acquisition.compare_exchange(id, 0, Ordering::AcqRel, Ordering::Relaxed);
     tracing::info!(acquisition = id, frames = rec.assigned.load(Ordering::Relaxed), "all frames assigned");
@@ -93,8 +93,7 @@ pub fn end(area: &PipelineArea, rec: &AcquisitionRecord) {
 /// Ends the active acquisition if a stop was requested (also when no frame arrives to trigger it).
 pub fn finish_stopped(area: &PipelineArea) {
     if let Some(rec) = area.active() {
-        let st = rec.state.load(Ordering::Acquire);
-        if rec.stop_requested.load(Ordering::Acquire) != 0 && (st == acq_state::ARMED || st == acq_state::RUNNING) {
+        if rec.stop_requested.load(Ordering::Acquire) != 0 && rec.state().takes_frames() {
             end(area, rec);
         }
     }

@@ -99,8 +99,8 @@ struct Candidate {
 /// The assembly loop over one region.
 pub struct Assembler<'r> {
     format: Format,
-    /// Counter index of the pipeline's `oversized` reason (after the format's reasons).
-    oversized: usize,
+    /// Classifies the slot being read (apart: the slot's guard borrows `blocks`).
+    scan: Scan<'r>,
     /// Counter index of the pipeline's `out_of_window` reason.
     out_of_window: usize,
     cfg: AssemblerConfig,
@@ -186,9 +186,10 @@ impl<'r> Assembler<'r> {
                 Some(Window::new(last.frame_id.wrapping_add(1), format.blocks_per_frame(), cfg.window))
             }
         };
+        let arrivals = Vec::with_capacity(params.datagrams_per_slot as usize);
         Ok(Self {
             format,
-            oversized,
+            scan: Scan { format, area, params, oversized, arrivals },
             out_of_window,
             cfg,
             area,
@@ -233,11 +234,10 @@ impl<'r> Assembler<'r> {
     pub fn poll(&mut self, timeout: Duration) -> Result<(), AssemblerError> {
         match self.blocks.next(Some(timeout)) {
             Ok(slot) => {
-                self.process_slot(slot)?;
+                self.scan.read(&slot);
+                self.file_scanned()?;
                 // Take whatever else is there before looking at the clock.
-                while let Some(slot) = self.blocks.try_next()? {
-                    self.process_slot(slot)?;
-                }
+                self.process_available()?;
             }
             Err(RingError::Timeout) => {}
             Err(e) => return Err(e.into()),
@@ -247,9 +247,7 @@ impl<'r> Assembler<'r> {
 
     /// Processes everything already received, publishes the frames in flight as they are, and commits.
     pub fn drain(&mut self) -> Result<(), AssemblerError> {
-        while let Some(slot) = self.blocks.try_next()? {
-            self.process_slot(slot)?;
-        }
+        self.process_available()?;
         while self.window.as_ref().is_some_and(|w| !w.is_empty()) {
             self.publish_front()?;
         }
@@ -261,52 +259,29 @@ impl<'r> Assembler<'r> {
         Ok(())
     }
 
-    /// Validates and files every datagram of one block slot.
-    pub fn process_slot(&mut self, slot: ReadSlot<'r>) -> Result<(), AssemblerError> {
-        let seq = slot.seq();
-        let bytes = slot.bytes();
+    /// Validates and files every datagram of every block slot already published.
+    pub fn process_available(&mut self) -> Result<(), AssemblerError> {
+        while let Some(slot) = self.blocks.try_next()? {
+            self.scan.read(&slot);
+            self.file_scanned()?;
+        }
+        Ok(())
+    }
+
+    /// Files the datagrams [`Scan::read`] classified (the slot's guard is gone: what a frame in flight keeps of
+    /// the slot is its place, [`BlockRef`], read again when the frame is decoded), then publishes what that
+    /// completes and commits.
+    fn file_scanned(&mut self) -> Result<(), AssemblerError> {
         self.last_input = std::time::Instant::now();
-        let per_slot = self.params.datagrams_per_slot as usize;
-        let stride = self.params.datagram_stride as usize;
-        let data_off = self.params.datagram_offset as usize;
-        let hdr: BlockSlotHeader = read_record(bytes, 0);
-        let count = (hdr.count as usize).min(per_slot);
-        for i in 0..count {
-            let rec: DatagramRecord =
-                read_record(bytes, size_of::<BlockSlotHeader>() + i * size_of::<DatagramRecord>());
-            let len = (rec.len as usize).min(stride);
-            let dgram = &bytes[data_off + i * stride..][..len];
-            if rec.flags & DATAGRAM_TRUNCATED != 0 {
-                self.invalid(self.oversized);
-                continue;
-            }
-            let b = match self.format.classify(usize::from(rec.sector), dgram) {
-                Ok(b) => b,
-                Err(reason) => {
-                    self.invalid(reason.index());
-                    continue;
-                }
-            };
-            self.file_block(Arrival {
-                frame_id: b.frame_id,
-                block: b.index,
-                at: BlockRef { seq, index: i as u32, len: len as u32 },
-                recv_ns: rec.recv_ns,
-                sync: b.sync,
-            })?;
+        for i in 0..self.scan.arrivals.len() {
+            let a = self.scan.arrivals[i];
+            self.file_block(a)?;
         }
         self.area.stage(Stage::Assembler).beat();
         self.publish_ready()?;
         self.relieve_pressure()?;
         self.commit();
         Ok(())
-    }
-
-    fn invalid(&self, reason: usize) {
-        // A format's reason index is below its reason count, checked against MAX_INVALID_REASONS in `new`.
-        if let Some(c) = self.area.assembler.invalid.get(reason) {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
     }
 
     /// Puts a valid block into its frame (or counts it as duplicate or late, or holds it as reset evidence).
@@ -650,6 +625,66 @@ impl<'r> Assembler<'r> {
     fn commit(&mut self) {
         let t = self.commit_target();
         self.blocks.commit(t);
+    }
+}
+
+/// Classification of one block slot's datagrams, done while the slot's read guard lives: the valid ones become
+/// arrivals, the invalid ones are counted. Apart from the [`Assembler`]'s other state because the guard borrows
+/// its consumer. `arrivals` keeps its capacity (one slot's datagrams), so reading allocates nothing.
+struct Scan<'r> {
+    format: Format,
+    area: &'r PipelineArea,
+    params: PipelineParams,
+    /// Counter index of the pipeline's `oversized` reason (after the format's reasons).
+    oversized: usize,
+    arrivals: Vec<Arrival>,
+}
+
+impl Scan<'_> {
+    /// Classifies every datagram of `slot`, replacing the arrivals of the previous slot.
+    fn read(&mut self, slot: &ReadSlot<'_>) {
+        self.arrivals.clear();
+        let seq = slot.seq();
+        // The assembler's cursor gates the block ring, so its slots are stable while read.
+        let Some(bytes) = slot.bytes() else {
+            tracing::error!(seq, "block slot not readable in place; skipped");
+            return;
+        };
+        let per_slot = self.params.datagrams_per_slot as usize;
+        let stride = self.params.datagram_stride as usize;
+        let data_off = self.params.datagram_offset as usize;
+        let hdr: BlockSlotHeader = read_record(bytes, 0);
+        let count = (hdr.count as usize).min(per_slot);
+        for i in 0..count {
+            let rec: DatagramRecord =
+                read_record(bytes, size_of::<BlockSlotHeader>() + i * size_of::<DatagramRecord>());
+            let len = (rec.len as usize).min(stride);
+            let Some(dgram) = bytes.get(data_off + i * stride..).and_then(|b| b.get(..len)) else {
+                self.invalid(self.oversized);
+                continue;
+            };
+            if rec.flags & DATAGRAM_TRUNCATED != 0 {
+                self.invalid(self.oversized);
+                continue;
+            }
+            match self.format.classify(usize::from(rec.sector), dgram) {
+                Ok(b) => self.arrivals.push(Arrival {
+                    frame_id: b.frame_id,
+                    block: b.index,
+                    at: BlockRef { seq, index: i as u32, len: len as u32 },
+                    recv_ns: rec.recv_ns,
+                    sync: b.sync,
+                }),
+                Err(reason) => self.invalid(reason.index()),
+            }
+        }
+    }
+
+    fn invalid(&self, reason: usize) {
+        // A format's reason index is below its reason count, checked against MAX_INVALID_REASONS in `new`.
+        if let Some(c) = self.area.assembler.invalid.get(reason) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use detector::k2;
 use detector::sim::{SimConfig, Simulator};
-use shm_protocol::messages::{Reply, Request, StatusReport, SyncMode};
+use shm_protocol::messages::{AcquisitionState, Reply, Request, StatusReport, SyncMode};
 
 use crate::pipeline::Pipeline;
 use crate::procfs;
@@ -86,7 +86,7 @@ pub fn measure(
                 Reply::Armed { id } => id,
                 other => anyhow::bail!("acquire: {other:?}"),
             };
-            let progress = |p: &mut Pipeline| -> anyhow::Result<(u64, String, u64)> {
+            let progress = |p: &mut Pipeline| -> anyhow::Result<(u64, AcquisitionState, u64)> {
                 let a = match p.call(Request::Acquisition { id })? {
                     Reply::Acquisition(a) => a,
                     other => anyhow::bail!("acquisition: {other:?}"),
@@ -101,8 +101,8 @@ pub fn measure(
                 if (marks.is_empty() && written >= 20) || (marks.len() == 1 && written + 20 >= acquire) {
                     marks.push((written, w));
                 }
-                if state == "done" || state == "failed" || t.elapsed() > Duration::from_secs(120) {
-                    anyhow::ensure!(state == "done", "the acquisition ended {state}");
+                if state.is_over() || t.elapsed() > Duration::from_secs(120) {
+                    anyhow::ensure!(state == AcquisitionState::Done, "the acquisition ended {state}");
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(5));

@@ -14,8 +14,8 @@ use anyhow::Context;
 use assembler::acquisition::{self, Assignment};
 use detector::k2;
 use shm_protocol::pipeline::{
-    self, FRAME_COMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader, MAX_BLOCKS_PER_FRAME, PipelineSizes, acq_state,
-    sync_mode,
+    self, AcquisitionState, FRAME_COMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader, MAX_BLOCKS_PER_FRAME,
+    PipelineSizes, SyncMode,
 };
 
 /// Seconds the writer took for `frames` IS frames into a file in `dir`: from the first frame published to the
@@ -50,7 +50,7 @@ pub fn writer_seconds(dir: &Path, frames: u64) -> anyhow::Result<f64> {
     let id = 1;
     let rec = area.acquisition(id);
     // SAFETY: this process is the only "supervisor" of this region, and the record has never been used.
-    unsafe { rec.arm(id, frames, sync_mode::IMMEDIATE, &path.to_string_lossy(), 0) };
+    unsafe { rec.arm(id, frames, SyncMode::Immediate, &path.to_string_lossy(), 0) };
     area.active_acquisition.store(id, Ordering::Release);
 
     let stop = AtomicBool::new(false);
@@ -86,9 +86,9 @@ pub fn writer_seconds(dir: &Path, frames: u64) -> anyhow::Result<f64> {
                 acquisition::record(area, Assignment { id, index }, seq, index as u32, true);
             }
             loop {
-                match rec.state.load(Ordering::Acquire) {
-                    acq_state::DONE => return Ok(t.elapsed().as_secs_f64()),
-                    acq_state::FAILED => anyhow::bail!("the writer failed: {}", rec.error()),
+                match rec.state() {
+                    AcquisitionState::Done => return Ok(t.elapsed().as_secs_f64()),
+                    AcquisitionState::Failed => anyhow::bail!("the writer failed: {}", rec.error()),
                     _ if t.elapsed() > Duration::from_secs(300) => anyhow::bail!("the writer did not finish"),
                     _ => std::thread::sleep(Duration::from_micros(200)),
                 }

@@ -90,12 +90,12 @@ pub fn assembly(data: &[u8]) {
             let ring = region.ring(FRAME_RING).expect("frame ring");
             let mut c = ring.consumer(pipeline::WRITER_CURSOR).expect("writer cursor");
             while !stop.load(Ordering::Relaxed) {
-                if let Ok(slot) = c.next(Some(Duration::from_millis(5))) {
-                    c.commit(slot.seq() + 1);
+                if let Ok(seq) = c.next(Some(Duration::from_millis(5))).map(|slot| slot.seq()) {
+                    c.commit(seq + 1);
                 }
             }
-            while let Ok(Some(slot)) = c.try_next() {
-                c.commit(slot.seq() + 1);
+            while let Ok(Some(seq)) = c.try_next().map(|slot| slot.map(|s| s.seq())) {
+                c.commit(seq + 1);
             }
         });
         feed(&region, &sizes, data);

@@ -115,10 +115,15 @@ fn a_flood_of_bad_datagrams_is_counted_by_kind_and_valid_frames_stay_exact() {
     let far = KINDS.len() - 1;
     let delivered = sent[far] + sim.datagrams;
     let accounted = |c: &BTreeMap<String, u64>| {
-        c[KINDS[far].1] + c["assembler.blocks"] + c["assembler.duplicates"] + c["assembler.late"] + c["receiver.kernel_drops"]
+        c[KINDS[far].1]
+            + c["assembler.blocks"]
+            + c["assembler.duplicates"]
+            + c["assembler.late"]
+            + c["receiver.kernel_drops"]
     };
-    let c = ringdaq_tests::wait_for(Duration::from_secs(20), || Some(p.counters()).filter(|c| accounted(c) >= delivered))
-        .unwrap_or_else(|| p.counters());
+    let c =
+        ringdaq_tests::wait_for(Duration::from_secs(20), || Some(p.counters()).filter(|c| accounted(c) >= delivered))
+            .unwrap_or_else(|| p.counters());
     let total: u64 = sent.iter().sum();
     eprintln!(
         "flood: {total} bad datagrams in {secs:.1} s ({:.0}/s) beside {} valid ones; kernel drops {}; \

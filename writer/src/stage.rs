@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use shm_protocol::pipeline::{
-    self, AcquisitionRecord, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader, NO_INDEX, PipelineArea, Stage,
-    WRITER_CURSOR, AcquisitionState,
+    self, AcquisitionRecord, AcquisitionState, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader, NO_INDEX, PipelineArea,
+    Stage, WRITER_CURSOR,
 };
 use shm_protocol::{Consumer, ReadSlot, Region, RingError};
 
@@ -208,8 +208,7 @@ impl Files<'_> {
             // consecutive in the frame ring): a count of writes would be fooled by a frame rewritten after a restart.
             let first = rec.first_seq.load(Ordering::Acquire);
             let n = rec.assigned.load(Ordering::Acquire);
-            if rec.state() == AcquisitionState::Assigned && (n == 0 || committed >= first.saturating_add(n))
-            {
+            if rec.state() == AcquisitionState::Assigned && (n == 0 || committed >= first.saturating_add(n)) {
                 self.finish_open();
             }
         }

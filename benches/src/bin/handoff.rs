@@ -205,6 +205,7 @@ fn child(path: &std::path::Path) -> anyhow::Result<()> {
             conn.send(&vec![0u64])?;
             for i in 0..n {
                 let r = c.next(None)?;
+                let seq = r.seq();
                 let v = u64::from_le_bytes(r.bytes().context("a gating consumer's slot is stable")?[..8].try_into()?);
                 let t = now_ns();
                 first.get_or_insert_with(Instant::now);
@@ -213,7 +214,7 @@ fn child(path: &std::path::Path) -> anyhow::Result<()> {
                 } else if v != i {
                     bail!("item {i} is {v}");
                 }
-                c.commit(r.seq() + 1);
+                c.commit(seq + 1);
             }
         }
         _ => {
