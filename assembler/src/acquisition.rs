@@ -92,9 +92,10 @@ pub fn end(area: &PipelineArea, rec: &AcquisitionRecord) {
 
 /// Ends the active acquisition if a stop was requested (also when no frame arrives to trigger it).
 pub fn finish_stopped(area: &PipelineArea) {
-    if let Some(rec) = area.active() {
-        if rec.stop_requested.load(Ordering::Acquire) != 0 && rec.state().takes_frames() {
-            end(area, rec);
-        }
+    if let Some(rec) = area.active()
+        && rec.stop_requested.load(Ordering::Acquire) != 0
+        && rec.state().takes_frames()
+    {
+        end(area, rec);
     }
 }
