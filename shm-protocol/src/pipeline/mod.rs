@@ -19,6 +19,7 @@ use crate::region::Region;
 
 mod acquisition;
 pub mod consumer;
+mod counters;
 pub mod messages;
 pub mod session;
 
@@ -230,62 +231,65 @@ impl StageRecord {
     }
 }
 
-/// Receiver counters.
-#[repr(C, align(64))]
-pub struct ReceiverCounters {
-    /// Datagrams received.
-    pub datagrams: AtomicU64,
-    /// Bytes received.
-    pub bytes: AtomicU64,
-    /// Datagrams the kernel dropped because a socket buffer was full (SO_RXQ_OVFL).
-    pub kernel_drops: AtomicU64,
-    /// Datagrams larger than their buffer.
-    pub truncated: AtomicU64,
-    /// `recvmmsg` calls that returned data.
-    pub batches: AtomicU64,
-    /// Block slots published.
-    pub slots: AtomicU64,
-    _pad: [u8; 16],
+counters::counter_set! {
+    /// Receiver counters.
+    ReceiverCounters, "receiver" {
+        /// Datagrams received.
+        datagrams,
+        /// Bytes received.
+        bytes,
+        /// Datagrams the kernel dropped because a socket buffer was full (SO_RXQ_OVFL).
+        kernel_drops,
+        /// Datagrams larger than their buffer.
+        truncated,
+        /// `recvmmsg` calls that returned data.
+        batches,
+        /// Block slots published.
+        slots,
+    }
 }
 
-/// Assembler counters.
-#[repr(C, align(64))]
-pub struct AssemblerCounters {
-    /// Valid blocks placed in a frame.
-    pub blocks: AtomicU64,
-    /// Blocks that arrived twice.
-    pub duplicates: AtomicU64,
-    /// Blocks of frames already published.
-    pub late: AtomicU64,
-    /// Frames published complete.
-    pub frames_complete: AtomicU64,
-    /// Frames published incomplete.
-    pub frames_incomplete: AtomicU64,
-    /// Blocks missing from incomplete frames.
-    pub missing_blocks: AtomicU64,
-    /// frame_id resets followed.
-    pub resets: AtomicU64,
-    /// Reserved.
-    pub _reserved: AtomicU64,
-    /// Invalid datagrams by reason, indexed as [`invalid_reason_names`] of the region's detector format (names
-    /// in [`PipelineArea::invalid_names`]); unused entries stay zero.
-    pub invalid: [AtomicU64; MAX_INVALID_REASONS],
+counters::counter_set! {
+    /// Assembler counters. (Invalid datagrams are counted by reason in `invalid`, named by the detector format.)
+    AssemblerCounters, "assembler" {
+        /// Valid blocks placed in a frame.
+        blocks,
+        /// Blocks that arrived twice.
+        duplicates,
+        /// Blocks of frames already published.
+        late,
+        /// Frames published complete.
+        frames_complete,
+        /// Frames published incomplete.
+        frames_incomplete,
+        /// Blocks missing from incomplete frames.
+        missing_blocks,
+        /// frame_id resets followed.
+        resets,
+    }
+    extra {
+        /// Reserved.
+        pub _reserved: AtomicU64,
+        /// Invalid datagrams by reason, indexed as [`invalid_reason_names`] of the region's detector format (names
+        /// in [`PipelineArea::invalid_names`]); unused entries stay zero.
+        pub invalid: [AtomicU64; MAX_INVALID_REASONS],
+    }
 }
 
-/// Writer counters.
-#[repr(C, align(64))]
-pub struct WriterCounters {
-    /// Frames written to files.
-    pub frames: AtomicU64,
-    /// Pixel bytes written.
-    pub bytes: AtomicU64,
-    /// Failed writes.
-    pub errors: AtomicU64,
-    /// Acquisitions finished.
-    pub done: AtomicU64,
-    /// Acquisitions failed.
-    pub failed: AtomicU64,
-    _pad: [u8; 24],
+counters::counter_set! {
+    /// Writer counters.
+    WriterCounters, "writer" {
+        /// Frames written to files.
+        frames,
+        /// Pixel bytes written.
+        bytes,
+        /// Failed writes.
+        errors,
+        /// Acquisitions finished.
+        done,
+        /// Acquisitions failed.
+        failed,
+    }
 }
 
 /// The application area of a pipeline region.
@@ -543,33 +547,17 @@ impl PipelineArea {
     /// and the sidecar show them.
     pub fn counters(&self) -> std::collections::BTreeMap<String, u64> {
         let r = Ordering::Relaxed;
-        let (rx, asm, wr) = (&self.receiver, &self.assembler, &self.writer);
-        let mut m: std::collections::BTreeMap<String, u64> = [
-            ("receiver.datagrams", rx.datagrams.load(r)),
-            ("receiver.bytes", rx.bytes.load(r)),
-            ("receiver.kernel_drops", rx.kernel_drops.load(r)),
-            ("receiver.truncated", rx.truncated.load(r)),
-            ("receiver.slots", rx.slots.load(r)),
-            ("assembler.blocks", asm.blocks.load(r)),
-            ("assembler.duplicates", asm.duplicates.load(r)),
-            ("assembler.late", asm.late.load(r)),
-            ("assembler.frames_complete", asm.frames_complete.load(r)),
-            ("assembler.frames_incomplete", asm.frames_incomplete.load(r)),
-            ("assembler.missing_blocks", asm.missing_blocks.load(r)),
-            ("assembler.resets", asm.resets.load(r)),
-            ("writer.frames", wr.frames.load(r)),
-            ("writer.bytes", wr.bytes.load(r)),
-            ("writer.errors", wr.errors.load(r)),
-            ("writer.done", wr.done.load(r)),
-            ("writer.failed", wr.failed.load(r)),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let mut m = std::collections::BTreeMap::new();
+        let mut put = |name: &str, v: u64| {
+            m.insert(name.to_string(), v);
+        };
+        self.receiver.each(&mut put);
+        self.assembler.each(&mut put);
+        self.writer.each(&mut put);
         for st in [Stage::Receiver, Stage::Assembler, Stage::Writer] {
             m.insert(format!("{}.allocations", st.name()), self.stage(st).allocations.load(r));
         }
-        for (name, c) in self.invalid_reasons().into_iter().zip(&asm.invalid) {
+        for (name, c) in self.invalid_reasons().into_iter().zip(&self.assembler.invalid) {
             m.insert(format!("assembler.invalid.{name}"), c.load(r));
         }
         m
