@@ -6,7 +6,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shm_protocol::messages::StatusReport;
+use shm_protocol::messages::{StageLabel, StatusReport};
 
 use crate::daemon::Supervisor;
 
@@ -76,7 +76,7 @@ pub fn render(s: &StatusReport) -> String {
     };
     gauge(&mut o, "ringdaq_stage_up", "1 while the stage runs and is ready.");
     for st in &s.stages {
-        let _ = writeln!(o, "ringdaq_stage_up{{stage=\"{}\"}} {}", st.name, u8::from(st.state.starts_with("running")));
+        let _ = writeln!(o, "ringdaq_stage_up{{stage=\"{}\"}} {}", st.name, u8::from(st.state == StageLabel::Running));
     }
     gauge(&mut o, "ringdaq_stage_restarts", "Restarts of the stage since the pipeline started.");
     for st in &s.stages {

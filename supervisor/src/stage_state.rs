@@ -10,7 +10,8 @@
 //!                                  hand, once it says hello (pid), and its connection once it says Ready }
 //! ```
 //!
-//! The status strings (`ringdaq status`, field `state`) are produced here and only here: [`Label::as_str`].
+//! The status labels (`ringdaq status`, field `state`) are produced here and only here: [`StageState::label`];
+//! their names are [`Label::as_str`], in the protocol's messages.
 
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
@@ -19,42 +20,8 @@ use shm_protocol::control::Connection;
 use shm_protocol::messages::StageCommand;
 use shm_protocol::pipeline::Stage;
 
-/// What `ringdaq status` says a stage is doing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Label {
-    /// Its process said Ready.
-    Running,
-    /// Its process was started and has not said Ready yet.
-    Starting,
-    /// It died and its restart is due after a backoff.
-    Restarting,
-    /// Not running and not due to run (before its first start, after shutdown, or the budget was spent).
-    Stopped,
-    /// Detached: no process holds the stage.
-    Detached,
-    /// Detached, and a process holds the stage with a live connection.
-    DetachedRunByHand,
-}
-
-impl Label {
-    /// The word `ringdaq status` prints (public: `status --json` field `state`).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Label::Running => "running",
-            Label::Starting => "starting",
-            Label::Restarting => "restarting",
-            Label::Stopped => "stopped",
-            Label::Detached => "detached",
-            Label::DetachedRunByHand => "detached (run by hand)",
-        }
-    }
-}
-
-impl std::fmt::Display for Label {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// What `ringdaq status` says a stage is doing: the wire's enum (its names are public, `status --json`).
+pub use shm_protocol::messages::StageLabel as Label;
 
 /// A transition the state refuses; the message is the one the client sees.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

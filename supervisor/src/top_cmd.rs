@@ -11,7 +11,7 @@ use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, Gauge, Paragraph, Row, Sparkline, Table};
-use shm_protocol::messages::{Reply, Request, StatusReport};
+use shm_protocol::messages::{Reply, Request, StageLabel, StatusReport};
 
 /// The rates shown, with their labels.
 const RATES: [(&str, &str); 4] = [
@@ -62,10 +62,10 @@ impl View {
             head,
         );
         let rows = s.stages.iter().map(|st| {
-            let color = if st.state == "running" { Color::Green } else { Color::Yellow };
+            let color = if st.state == StageLabel::Running { Color::Green } else { Color::Yellow };
             Row::new(vec![
                 st.name.clone(),
-                st.state.clone(),
+                st.state.to_string(),
                 st.pid.to_string(),
                 format!("{} s", st.uptime_s),
                 st.restarts.to_string(),

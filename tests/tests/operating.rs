@@ -22,7 +22,7 @@ fn cli(p: &Pipeline, args: &[&str]) -> (bool, String, String) {
 }
 
 fn stage_state(p: &Pipeline, name: &str) -> String {
-    p.status().stages.into_iter().find(|s| s.name == name).map(|s| s.state).unwrap_or_default()
+    p.status().stages.into_iter().find(|s| s.name == name).map(|s| s.state.to_string()).unwrap_or_default()
 }
 
 #[test]

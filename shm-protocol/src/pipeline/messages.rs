@@ -155,13 +155,67 @@ pub struct AcquisitionStatus {
     pub error: Option<String>,
 }
 
+/// What a stage is doing, as `ringdaq status` says it; serialised as the names of [`StageLabel::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StageLabel {
+    /// Its process said Ready.
+    #[serde(rename = "running")]
+    Running,
+    /// Its process was started and has not said Ready yet.
+    #[serde(rename = "starting")]
+    Starting,
+    /// It died and its restart is due after a backoff.
+    #[serde(rename = "restarting")]
+    Restarting,
+    /// Not running and not due to run (before its first start, after shutdown, or the budget was spent).
+    #[serde(rename = "stopped")]
+    Stopped,
+    /// Detached: no process holds the stage.
+    #[serde(rename = "detached")]
+    Detached,
+    /// Detached, and a process holds the stage with a live connection.
+    #[serde(rename = "detached (run by hand)")]
+    DetachedRunByHand,
+}
+
+impl StageLabel {
+    /// Every label.
+    pub const ALL: [Self; 6] =
+        [Self::Running, Self::Starting, Self::Restarting, Self::Stopped, Self::Detached, Self::DetachedRunByHand];
+
+    /// The word `ringdaq status` prints (public: `status --json` field `state`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Starting => "starting",
+            Self::Restarting => "restarting",
+            Self::Stopped => "stopped",
+            Self::Detached => "detached",
+            Self::DetachedRunByHand => "detached (run by hand)",
+        }
+    }
+}
+
+impl std::fmt::Display for StageLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Compares with a label's name (`state == "running"`), as scripts read `status --json`.
+impl PartialEq<&str> for StageLabel {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One stage as the supervisor sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageStatus {
     /// Stage name.
     pub name: String,
-    /// "running", "stopped", "restarting".
-    pub state: String,
+    /// What it is doing.
+    pub state: StageLabel,
     /// Pid, 0 if not running.
     pub pid: u32,
     /// Restarts so far.

@@ -52,7 +52,7 @@ impl Supervisor {
                 let s = &g.stages[st as usize];
                 StageStatus {
                     name: st.name().into(),
-                    state: s.state.label().as_str().into(),
+                    state: s.state.label(),
                     pid: s.state.pid(),
                     restarts: s.restarts,
                     last_exit: s.last_exit.clone(),
