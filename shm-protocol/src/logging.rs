@@ -24,9 +24,51 @@ pub fn init_with(json: bool) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
+        // JSON span fields are an object: recording a field again replaces it.
         builder.json().with_current_span(true).with_span_list(false).init();
     } else {
-        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+        builder
+            .fmt_fields(ReplacingFields::default())
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+/// The text formatter's span fields, where recording a field again replaces its value. tracing-subscriber's
+/// default appends instead, so a process span whose `acquisition` was recorded for every acquisition carried
+/// `acquisition=0 acquisition=1 … acquisition=10` on every line after ten of them.
+#[derive(Debug, Default)]
+pub struct ReplacingFields(tracing_subscriber::fmt::format::DefaultFields);
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for ReplacingFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        self.0.format_fields(writer, fields)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut tracing_subscriber::fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        // Format the new fields where the old ones were (so with the same colour setting), then merge by name:
+        // our span fields are `name=value` with values that hold no space (names, numbers).
+        let old = std::mem::take(&mut current.fields);
+        self.0.format_fields(current.as_writer(), fields)?;
+        let new = std::mem::replace(&mut current.fields, old);
+        let name = |t: &str| t.split('=').next().unwrap_or(t).to_owned();
+        let mut merged: Vec<String> = current.fields.split(' ').filter(|t| !t.is_empty()).map(String::from).collect();
+        for t in new.split(' ').filter(|t| !t.is_empty()) {
+            match merged.iter_mut().find(|m| name(m) == name(t)) {
+                Some(m) => *m = t.to_owned(),
+                None => merged.push(t.to_owned()),
+            }
+        }
+        current.fields = merged.join(" ");
+        Ok(())
     }
 }
 
@@ -39,4 +81,52 @@ pub fn process_span(stage: &'static str) -> Span {
 /// Records in the current span (the process span, where it is entered) the acquisition now worked on.
 pub fn set_acquisition(id: u64) {
     Span::current().record("acquisition", id);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Collects what the subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn one_acquisition_field_per_line_whatever_the_history() {
+        let out = Captured::default();
+        let w = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .fmt_fields(ReplacingFields::default())
+            .with_ansi(false)
+            .with_writer(move || w.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = process_span("writer");
+            let _g = span.enter();
+            for id in 1..=10u64 {
+                set_acquisition(id);
+                tracing::info!("frame written");
+            }
+        });
+        let text = String::from_utf8(out.0.lock().map(|v| v.clone()).unwrap_or_default()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 10, "{text}");
+        for (i, line) in lines.iter().enumerate() {
+            assert_eq!(line.matches("acquisition=").count(), 1, "{line}");
+            assert!(line.contains(&format!("acquisition={}", i + 1)), "{line}");
+            assert!(line.contains("stage=\"writer\"") || line.contains("stage=writer"), "{line}");
+        }
+    }
 }
