@@ -9,9 +9,20 @@ use crate::run_cmd::RunArgs;
 use crate::sim_cmd::SimArgs;
 use crate::tail_cmd::TailArgs;
 
+/// `ringdaq --version`: the release, and the versions that decide which processes can work together (a stage,
+/// consumer or Python package of another region layout or control protocol is refused).
+pub fn version_text() -> String {
+    format!(
+        "{} (region layout {}, control protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        shm_protocol::layout::LAYOUT_VERSION,
+        shm_protocol::messages::PROTOCOL_VERSION
+    )
+}
+
 /// ringdaq: data acquisition for fast detectors.
 #[derive(Debug, Parser)]
-#[command(name = "ringdaq", version, about)]
+#[command(name = "ringdaq", version = version_text(), about)]
 pub struct Cli {
     /// Runtime directory of the pipeline (control socket). Default: $RINGDAQ_RUNTIME_DIR, else
     /// $XDG_RUNTIME_DIR/ringdaq, else /tmp/ringdaq-<uid>.

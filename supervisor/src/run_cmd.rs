@@ -107,6 +107,11 @@ pub fn run(args: &RunArgs, runtime_dir: Option<&Path>) -> anyhow::Result<()> {
             let span = tracing::Span::current();
             s.spawn(move || span.in_scope(|| crate::metrics::serve(&sup, m)));
         }
+        {
+            let sup = sup.clone();
+            let span = tracing::Span::current();
+            s.spawn(move || span.in_scope(|| tell_systemd_when_ready(&sup)));
+        }
         let result = if args.simulate { simulate(&sup, args, stop) } else { Ok(()) };
         if result.is_err() || args.frames.is_some() {
             sup.request_shutdown();
@@ -119,6 +124,29 @@ pub fn run(args: &RunArgs, runtime_dir: Option<&Path>) -> anyhow::Result<()> {
         bail!("{why}");
     }
     outcome
+}
+
+/// Under systemd (`Type=notify`: `$NOTIFY_SOCKET` is set), says READY=1 once every stage runs, so that units
+/// ordered after ringdaq start when it receives, and STOPPING=1 when it shuts down. Elsewhere it does nothing.
+fn tell_systemd_when_ready(sup: &Supervisor) {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return;
+    }
+    // Stages start in milliseconds; the wait ends early if the pipeline stops first.
+    while !sup.shutting_down() {
+        if sup.wait_ready(Duration::from_millis(200)) {
+            let status = format!("receiving on {}:{}", sup.config().bind, sup.config().port_base);
+            let r = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "telling systemd that ringdaq is ready");
+            }
+            break;
+        }
+    }
+    while !sup.shutting_down() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
 }
 
 fn sim_target(cfg: &Config) -> IpAddr {
