@@ -7,8 +7,15 @@ use tracing::Span;
 /// The environment variable that selects the format: `text` (default) or `json`.
 pub const FORMAT_ENV: &str = "RINGDAQ_LOG_FORMAT";
 
-/// Installs the global subscriber, writing to stderr. Colour codes only when stderr is a terminal, so that log
-/// files stay greppable.
+/// Where a process writes its full log when its terminal gets only the important lines (set by `ringdaq run` on
+/// a terminal, for itself and the stages it starts).
+pub const FILE_ENV: &str = "RINGDAQ_LOG_FILE";
+
+/// The level at and above which lines also go to stderr when [`FILE_ENV`] is set (`warn` by default).
+pub const TERMINAL_LEVEL_ENV: &str = "RINGDAQ_LOG_TERMINAL";
+
+/// Installs the global subscriber, writing to stderr (or as [`Split`] from the environment says). Colour codes
+/// only when stderr is a terminal, so that log files stay greppable.
 pub fn init() {
     init_with(json_from_env());
 }
@@ -18,20 +25,109 @@ pub fn json_from_env() -> bool {
     std::env::var(FORMAT_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("json"))
 }
 
-/// [`init`] with the format chosen by the caller (a command-line flag).
+/// A log split in two: every line (at the `RUST_LOG` level) to a file, and only lines at `terminal` and above
+/// to stderr. A user at a terminal sees warnings and errors of every process, not their routine lines.
+#[derive(Debug, Clone)]
+pub struct Split {
+    /// The full log, appended to.
+    pub file: std::path::PathBuf,
+    /// The least severe level shown on stderr.
+    pub terminal: tracing::Level,
+}
+
+impl Split {
+    /// The split [`FILE_ENV`] and [`TERMINAL_LEVEL_ENV`] ask for, if any.
+    pub fn from_env() -> Option<Self> {
+        let file = std::env::var_os(FILE_ENV)?.into();
+        let terminal =
+            std::env::var(TERMINAL_LEVEL_ENV).ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::WARN);
+        Some(Self { file, terminal })
+    }
+}
+
+/// [`init`] with the format chosen by the caller (a command-line flag), split as the environment says.
 pub fn init_with(json: bool) {
+    init_split(json, Split::from_env());
+}
+
+/// [`init_with`] with an explicit split (`None`: everything to stderr). A log file that cannot be opened leaves
+/// everything on stderr, with a line that says why.
+pub fn init_split(json: bool, split: Option<Split>) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use tracing_subscriber::prelude::*;
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let split = split.map(|s| {
+        let f = std::fs::OpenOptions::new().create(true).append(true).open(&s.file);
+        (s, f)
+    });
+    let Some((split, Ok(file))) = split else {
+        let builder = tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr);
+        if json {
+            // JSON span fields are an object: recording a field again replaces it.
+            builder.json().with_current_span(true).with_span_list(false).init();
+        } else {
+            builder
+                .fmt_fields(ReplacingFields::default())
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+        }
+        if let Some((s, Err(e))) = split {
+            tracing::warn!(file = %s.file.display(), error = %e, "cannot open the log file; logging everything here");
+        }
+        return;
+    };
+    let file = std::sync::Mutex::new(file);
+    let terminal = tracing_subscriber::filter::LevelFilter::from_level(split.terminal);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let registry = tracing_subscriber::registry();
     if json {
-        // JSON span fields are an object: recording a field again replaces it.
-        builder.json().with_current_span(true).with_span_list(false).init();
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(file)
+                    .with_filter(filter()),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(false)
+                    .with_writer(std::io::stderr)
+                    .with_filter(terminal),
+            )
+            .init();
     } else {
-        builder
-            .fmt_fields(ReplacingFields::default())
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(ReplacingFields::default())
+                    .with_ansi(false)
+                    .with_writer(file)
+                    .with_filter(filter()),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .fmt_fields(ReplacingFields::default())
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr)
+                    .with_filter(terminal),
+            )
             .init();
     }
+}
+
+/// The span a process's lines are logged in: its stage (`receiver`, ..., `supervisor`), pid, and the acquisition
+/// it works on, updated by [`set_acquisition`].
+pub fn process_span(stage: &'static str) -> Span {
+    tracing::info_span!("ringdaq", stage, pid = std::process::id(), acquisition = 0u64)
+}
+
+/// Records in the current span (the process span, where it is entered) the acquisition now worked on.
+pub fn set_acquisition(id: u64) {
+    Span::current().record("acquisition", id);
 }
 
 /// The text formatter's span fields, where recording a field again replaces its value. tracing-subscriber's
@@ -70,17 +166,6 @@ impl<'w> tracing_subscriber::fmt::FormatFields<'w> for ReplacingFields {
         current.fields = merged.join(" ");
         Ok(())
     }
-}
-
-/// The span a process's lines are logged in: its stage (`receiver`, ..., `supervisor`), pid, and the acquisition
-/// it works on, updated by [`set_acquisition`].
-pub fn process_span(stage: &'static str) -> Span {
-    tracing::info_span!("ringdaq", stage, pid = std::process::id(), acquisition = 0u64)
-}
-
-/// Records in the current span (the process span, where it is entered) the acquisition now worked on.
-pub fn set_acquisition(id: u64) {
-    Span::current().record("acquisition", id);
 }
 
 #[cfg(test)]

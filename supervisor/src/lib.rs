@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod geometry;
 pub mod inspect_cmd;
 pub mod metrics;
+pub mod progress;
 pub mod record_cmd;
 pub mod restart_policy;
 pub mod run_cmd;

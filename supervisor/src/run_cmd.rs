@@ -33,6 +33,10 @@ pub struct RunArgs {
     /// Run the built-in simulator against this pipeline.
     #[arg(long)]
     pub simulate: bool,
+    /// At a terminal, show every log line of every process here too (by default only warnings and errors,
+    /// and a progress bar; every line is in <runtime dir>/ringdaq.log).
+    #[arg(short, long)]
+    pub verbose: bool,
     /// With --simulate: acquire this many frames into --out, print a summary and exit.
     #[arg(long, requires = "simulate")]
     pub frames: Option<u64>,
@@ -78,6 +82,19 @@ impl RunArgs {
     }
 }
 
+impl RunArgs {
+    /// The split log for a terminal (none with `--verbose`): the runtime directory is made here, before the
+    /// supervisor, so that the log file can live in it from the first line.
+    pub fn log_split(&self, runtime_dir: Option<&Path>) -> Option<shm_protocol::logging::Split> {
+        if self.verbose {
+            return None;
+        }
+        let dir = self.config(runtime_dir).ok()?.runtime_dir();
+        crate::daemon::prepare_runtime_dir(&dir).ok()?;
+        Some(shm_protocol::logging::Split { file: dir.join("ringdaq.log"), terminal: tracing::Level::WARN })
+    }
+}
+
 /// Runs the pipeline until shutdown (or, with `--simulate --frames`, until the acquisition is done).
 pub fn run(args: &RunArgs, runtime_dir: Option<&Path>) -> anyhow::Result<()> {
     let cfg = args.config(runtime_dir)?;
@@ -111,6 +128,11 @@ pub fn run(args: &RunArgs, runtime_dir: Option<&Path>) -> anyhow::Result<()> {
             let sup = sup.clone();
             let span = tracing::Span::current();
             s.spawn(move || span.in_scope(|| tell_systemd_when_ready(&sup)));
+        }
+        // At a terminal (the log split: routine lines go to the file), a progress bar per acquisition.
+        if crate::stages::LOG_SPLIT.get().is_some() {
+            let sup = sup.clone();
+            s.spawn(move || crate::progress::show(&sup));
         }
         let result = if args.simulate { simulate(&sup, args, stop) } else { Ok(()) };
         if result.is_err() || args.frames.is_some() {
@@ -215,6 +237,9 @@ fn simulate(sup: &Arc<Supervisor>, args: &RunArgs, stop: &AtomicBool) -> anyhow:
         sim_stop.store(true, Ordering::Relaxed);
         Ok(h.join().map_err(|_| anyhow::anyhow!("simulator panicked"))??)
     })?;
+    if crate::stages::LOG_SPLIT.get().is_some() {
+        crate::progress::wait_shown(id, Duration::from_secs(1));
+    }
     let st = sup.acquisition_status(id).context("acquisition record vanished")?;
     if let Some(e) = st.error {
         bail!("acquisition failed: {e}");

@@ -68,10 +68,18 @@ pub fn command_line(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Resul
 /// Whether this process logs JSON; the stages it starts are told to do the same.
 pub static LOG_JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// This process's split log (`ringdaq run` on a terminal), passed on to the stages it starts: their full logs
+/// go to the same file, their warnings and errors to the same terminal.
+pub static LOG_SPLIT: std::sync::OnceLock<shm_protocol::logging::Split> = std::sync::OnceLock::new();
+
 fn command(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Result<Command> {
     let mut cmd = Command::new(binary(stage)?);
     if LOG_JSON.load(std::sync::atomic::Ordering::Relaxed) {
         cmd.env(shm_protocol::logging::FORMAT_ENV, "json");
+    }
+    if let Some(split) = LOG_SPLIT.get() {
+        cmd.env(shm_protocol::logging::FILE_ENV, &split.file);
+        cmd.env(shm_protocol::logging::TERMINAL_LEVEL_ENV, split.terminal.as_str());
     }
     cmd.arg("--control").arg(control);
     match stage {
