@@ -64,6 +64,9 @@ pub struct AssemblerConfig {
     pub timeout_ms: u64,
     /// Datagrams that must agree on an out-of-window frame id to follow it as a reset.
     pub reset_threshold: u32,
+    /// Seconds without a frame after which a running acquisition ends short, its file finished with the frames
+    /// so far (reason `stream_idle`); 0: never.
+    pub stream_idle_timeout_s: f64,
 }
 
 /// Writer tuning.
@@ -113,8 +116,18 @@ impl Default for RingsConfig {
 
 impl Default for AssemblerConfig {
     fn default() -> Self {
-        Self { window: 4, timeout_ms: 100, reset_threshold: 32 }
+        Self {
+            window: 4,
+            timeout_ms: 100,
+            reset_threshold: 32,
+            stream_idle_timeout_s: assembler_default_stream_idle_s(),
+        }
     }
+}
+
+/// The assembler's default stream idle timeout, in seconds.
+fn assembler_default_stream_idle_s() -> f64 {
+    5.0
 }
 
 impl Default for WriterConfig {
@@ -144,6 +157,8 @@ impl Config {
         anyhow::ensure!((1..=1024).contains(&r.datagrams_per_slot), "rings.datagrams_per_slot must be 1..=1024");
         anyhow::ensure!((1..=64).contains(&r.frame_cursors), "rings.frame_cursors must be 1..=64");
         anyhow::ensure!(self.assembler.window >= 1, "assembler.window must be at least 1");
+        let idle = self.assembler.stream_idle_timeout_s;
+        anyhow::ensure!(idle.is_finite() && idle >= 0.0, "assembler.stream_idle_timeout_s must be 0 or more seconds");
         let f = self.mode;
         anyhow::ensure!(
             usize::from(self.port_base) + f.streams() <= 65536,

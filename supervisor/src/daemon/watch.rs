@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use shm_protocol::messages::StageCommand;
-use shm_protocol::pipeline::{self, BLOCK_RING, FRAME_RING, Stage};
+use shm_protocol::pipeline::{self, AcquisitionState, BLOCK_RING, EndReason, FRAME_RING, Stage};
 
 use super::Supervisor;
 use crate::restart_policy::{Budget, Death, Decision};
@@ -211,9 +211,18 @@ impl Supervisor {
         }
     }
 
-    /// Stops the stages in pipeline order, each after the one before it has drained into it.
+    /// Stops the stages in pipeline order, each after the one before it has drained into it. The running
+    /// acquisition ends with the frames so far, its file finished: by the writer as it drains, or, if no writer
+    /// runs (it died past its budget), here (see `finish_acquisitions`).
     fn stop_all(&self) {
         if let Some(rec) = self.area().active() {
+            // Unless a reason was recorded first (the restart budget, a user's stop).
+            if rec.state().takes_frames() {
+                rec.claim_end(
+                    EndReason::Shutdown,
+                    "the pipeline was shut down before the acquisition had all its frames",
+                );
+            }
             rec.stop_requested.store(1, Ordering::Release);
         }
         for st in Stage::ALL {
@@ -244,6 +253,31 @@ impl Supervisor {
                 }
             }
             self.area().stage(st).pid.store(0, Ordering::Relaxed);
+        }
+        self.finish_acquisitions();
+    }
+
+    /// After the stages stopped: ends and finishes an acquisition that no stage did. An assembler that is gone
+    /// (out of its budget) did not end the running one: its frames are those already assigned. A writer that is
+    /// gone did not finish its file: it is finished here, in this process, as a restarted writer would (the
+    /// writer crate, from the records and cursors in the region), so that the frames written stay a valid file.
+    fn finish_acquisitions(&self) {
+        let area = self.area();
+        if let Some(rec) = area.active() {
+            let id = rec.id.load(Ordering::Acquire);
+            for from in [AcquisitionState::Armed, AcquisitionState::Running] {
+                rec.transition(from, AcquisitionState::Assigned);
+            }
+            let _ = area.active_acquisition.compare_exchange(id, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        if area.acquisitions.iter().all(|r| r.id.load(Ordering::Acquire) == 0 || r.state().is_over()) {
+            return;
+        }
+        tracing::warn!("an acquisition was not finished by the writer; finishing its file here");
+        let cfg = writer::WriterConfig { direct_io: self.cfg.writer.direct_io };
+        match writer::Writer::new(&self.region, cfg).and_then(|mut w| w.drain()) {
+            Ok(()) => {}
+            Err(e) => tracing::error!(error = %e, "finishing the acquisition's file failed"),
         }
     }
 }
