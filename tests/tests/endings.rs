@@ -61,6 +61,17 @@ fn kill(pid: u32) {
 /// says the same.
 #[test]
 fn an_acquisition_cut_short_by_the_restart_budget_says_so_and_keeps_its_frames() {
+    cut_short_by_budget("receiver");
+}
+
+/// The same with the writer out of its budget: no writer is left to finish the file, so the supervisor does,
+/// from the region, as a restarted writer would.
+#[test]
+fn an_acquisition_whose_writer_is_out_of_its_budget_is_still_finished() {
+    cut_short_by_budget("writer");
+}
+
+fn cut_short_by_budget(stage: &str) {
     let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 400;
     let p = Pipeline::start("[supervisor]\nmax_restarts = 2\n");
@@ -75,14 +86,14 @@ fn an_acquisition_cut_short_by_the_restart_budget_says_so_and_keeps_its_frames()
         p.wait_assigned(1, 50, Duration::from_secs(20));
         // Three deaths of a budget of two restarts: the third stops the pipeline.
         for k in 0..3 {
-            let pid = wait_for(Duration::from_secs(10), || Some(p.stage_pid("receiver")).filter(|&p| p != 0));
-            let Some(pid) = pid else { panic!("no receiver runs before kill {k}:\n{}", p.log()) };
+            let pid = wait_for(Duration::from_secs(10), || Some(p.stage_pid(stage)).filter(|&p| p != 0));
+            let Some(pid) = pid else { panic!("no {stage} runs before kill {k}:\n{}", p.log()) };
             kill(pid);
             if k < 2 {
                 let replaced = wait_for(Duration::from_secs(10), || {
-                    Some(p.stage_pid("receiver")).filter(|&now| now != 0 && now != pid)
+                    Some(p.stage_pid(stage)).filter(|&now| now != 0 && now != pid)
                 });
-                assert!(replaced.is_some(), "the receiver was not restarted after kill {k}:\n{}", p.log());
+                assert!(replaced.is_some(), "the {stage} was not restarted after kill {k}:\n{}", p.log());
             }
         }
         let out = client.join().expect("client thread");
@@ -90,10 +101,12 @@ fn an_acquisition_cut_short_by_the_restart_budget_says_so_and_keeps_its_frames()
         out
     });
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("acquire --wait said: {}", stderr.rsplit('\r').next().unwrap_or_default());
     assert_eq!(out.status.code(), Some(1), "acquire --wait exits 1\nstderr: {stderr}\n{}", p.log());
+    let why = format!("the pipeline stopped: the {stage} failed 3 times");
     assert!(
         stderr.contains("acquisition 1 ended short (pipeline_failed)")
-            && stderr.contains("the pipeline stopped: the receiver failed 3 times")
+            && stderr.contains(&why)
             && stderr.contains("SIGKILL"),
         "{stderr}"
     );
@@ -103,7 +116,7 @@ fn an_acquisition_cut_short_by_the_restart_budget_says_so_and_keeps_its_frames()
     assert_eq!(a.shape, vec![n, a.sidecar.shape[1], a.sidecar.shape[2]]);
     assert_eq!(a.sidecar.ended, Some(EndReason::PipelineFailed));
     let reason = a.sidecar.reason.as_deref().unwrap_or_default();
-    assert!(reason.contains("the receiver failed 3 times"), "{reason}");
+    assert!(reason.contains(&why), "{reason}");
     assert!(stderr.contains(&format!("with {n} of {FRAMES}")), "{stderr}");
     numpy_reads(&path, n);
     // The sidecar's JSON names the ending as status does.

@@ -225,36 +225,61 @@ impl Supervisor {
             }
             rec.stop_requested.store(1, Ordering::Release);
         }
-        for st in Stage::ALL {
-            let stopping = self.lock().stages[st as usize].state.stop();
-            let Some((mut child, conn)) = stopping else { continue };
-            if let Some(c) = &conn {
-                let _ = c.send(&StageCommand::Shutdown);
-            } else {
-                let _ = rustix::process::kill_process(
-                    rustix::process::Pid::from_child(&child),
-                    rustix::process::Signal::TERM,
-                );
+        // A writer that is gone (out of its budget, or between restarts) makes no room in the frame ring, so the
+        // assembler could not drain into it: this process writes in its place while the stages before it stop.
+        let writer_gone = self.lock().stages[Stage::Writer as usize].state.pid() == 0;
+        let standing_in = AtomicBool::new(writer_gone);
+        std::thread::scope(|s| {
+            if writer_gone {
+                let (span, standing_in) = (tracing::Span::current(), &standing_in);
+                s.spawn(move || span.in_scope(|| self.stand_in_writer(standing_in)));
             }
-            let t = Instant::now();
-            loop {
-                match child.try_wait() {
-                    Ok(Some(st_)) => {
-                        tracing::info!(stage = st.name(), "stage {}", stages::describe_exit(st_));
-                        break;
-                    }
-                    Ok(None) if t.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(5)),
-                    _ => {
-                        tracing::warn!(stage = st.name(), "stage did not stop in 10 s; killing it");
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
+            self.stop_stage(Stage::Receiver);
+            self.stop_stage(Stage::Assembler);
+            standing_in.store(false, Ordering::Release);
+        });
+        self.stop_stage(Stage::Writer);
+        self.finish_acquisitions();
+    }
+
+    /// Stops one stage: asks it to finish what it holds and exit, and kills it after 10 s.
+    fn stop_stage(&self, st: Stage) {
+        let stopping = self.lock().stages[st as usize].state.stop();
+        let Some((mut child, conn)) = stopping else { return };
+        if let Some(c) = &conn {
+            let _ = c.send(&StageCommand::Shutdown);
+        } else {
+            let _ =
+                rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM);
+        }
+        let t = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(st_)) => {
+                    tracing::info!(stage = st.name(), "stage {}", stages::describe_exit(st_));
+                    break;
+                }
+                Ok(None) if t.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(5)),
+                _ => {
+                    tracing::warn!(stage = st.name(), "stage did not stop in 10 s; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
                 }
             }
-            self.area().stage(st).pid.store(0, Ordering::Relaxed);
         }
-        self.finish_acquisitions();
+        self.area().stage(st).pid.store(0, Ordering::Relaxed);
+    }
+
+    /// Writes in place of a writer that is gone, until `run` turns false, then drains: the writer crate's loop
+    /// in this process, from the cursors and records in the region, as a restarted writer would.
+    fn stand_in_writer(&self, run: &AtomicBool) {
+        tracing::warn!("no writer runs: writing in its place while the pipeline stops");
+        let cfg = writer::WriterConfig { direct_io: self.cfg.writer.direct_io };
+        let r = writer::Writer::new(&self.region, cfg).and_then(|mut w| w.run(|| !run.load(Ordering::Acquire)));
+        if let Err(e) = r {
+            tracing::error!(error = %e, "writing in place of the writer failed");
+        }
     }
 
     /// After the stages stopped: ends and finishes an acquisition that no stage did. An assembler that is gone
