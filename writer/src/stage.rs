@@ -325,3 +325,20 @@ impl Files<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_from_other_write_errors() {
+        let path = PathBuf::from("/d/run.npy.partial");
+        let no_space = FormatError::NoSpace { frames: 3, bytes: 3 << 20, path: path.clone() };
+        assert_eq!(end_reason_of(&no_space), EndReason::DiskFull);
+        let enospc = FormatError::io("writing frame 7", std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(end_reason_of(&enospc), EndReason::DiskFull);
+        let eio = FormatError::io("writing frame 7", std::io::Error::from_raw_os_error(libc::EIO));
+        assert_eq!(end_reason_of(&eio), EndReason::WriteError);
+        assert_eq!(end_reason_of(&FormatError::Invalid { path, why: "x".into() }), EndReason::WriteError);
+    }
+}
