@@ -132,7 +132,12 @@ fn status_json_and_metrics_count_what_the_simulator_sent() {
     let invalid = |c: &std::collections::BTreeMap<String, u64>| {
         c.iter().filter(|(k, _)| k.starts_with("assembler.invalid.")).map(|(_, v)| v).sum::<u64>()
     };
-    ringdaq_tests::wait_for(Duration::from_secs(10), || (invalid(&p.counters()) >= sim.corrupted).then_some(()));
+    // The last frames are published (incomplete) once their timeout passes: wait until every datagram sent is
+    // accounted for, as the assertions below count them.
+    ringdaq_tests::wait_for(Duration::from_secs(10), || {
+        let c = p.counters();
+        (invalid(&c) >= sim.corrupted && c["assembler.missing_blocks"] >= sim.dropped + sim.corrupted).then_some(())
+    });
     let (ok, out, err) = cli(&p, &["status", "--json"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
