@@ -164,6 +164,7 @@ fn an_acquisition_whose_stream_goes_idle_ends_short() {
 
 /// `acquire` without `--frames` writes until `stop`: past the first 1 GiB step of its file (141 K2 IS frames),
 /// through two writer kills (one in each step), and the file is exactly the frames that came, header fixed.
+/// `acquire --wait` exits 0 after the user's stop.
 #[test]
 fn a_continuous_acquisition_grows_until_stop_through_writer_kills() {
     let _g = ringdaq_tests::serial();
@@ -171,32 +172,32 @@ fn a_continuous_acquisition_grows_until_stop_through_writer_kills() {
     // No idle ending here: the acquisition must wait for `stop` however long the stream pauses.
     let p = Pipeline::start("stream_idle_timeout_s = 0\n");
     let path = p.dir.path().join("continuous.npy");
-    let out = acquire_cli(&p, &[], &path);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("until `ringdaq stop`"));
-    let id: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("the id on stdout");
-    let Ok(Reply::Acquisition(st)) = p.call(Request::Acquisition { id }) else { panic!("status") };
-    assert!(st.continuous && st.frames == CONTINUOUS, "{st:?}");
-    std::thread::scope(|s| {
+    let out = std::thread::scope(|s| {
+        let client = s.spawn(|| acquire_cli(&p, &["--wait"], &path));
+        wait_armed(&p, 1);
+        let Ok(Reply::Acquisition(st)) = p.call(Request::Acquisition { id: 1 }) else { panic!("status") };
+        assert!(st.continuous && st.frames == CONTINUOUS, "{st:?}");
         let sim = s.spawn(|| p.simulate(p.sim_config(SENT, 80.0)));
         for at in [60, 190] {
-            p.wait_assigned(id, at, Duration::from_secs(30));
+            p.wait_assigned(1, at, Duration::from_secs(30));
             let pid = p.stage_pid("writer");
             assert_ne!(pid, 0, "a writer runs");
             kill(pid);
         }
         assert_eq!(sim.join().expect("simulator").frames, SENT);
+        p.wait_assigned(1, SENT, Duration::from_secs(30));
+        let Ok(Reply::Acquisition(st)) = p.call(Request::Acquisition { id: 1 }) else { panic!("status") };
+        assert_eq!((st.state.as_str(), st.ended), ("running", None), "{st:?}");
+        let stop = Command::new(bin_path("ringdaq")).arg("--runtime-dir").arg(p.runtime_dir()).arg("stop").output();
+        let stop = stop.expect("ringdaq stop");
+        assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+        client.join().expect("client thread")
     });
-    p.wait_assigned(id, SENT, Duration::from_secs(30));
-    let Ok(Reply::Acquisition(st)) = p.call(Request::Acquisition { id }) else { panic!("status") };
-    assert_eq!((st.state.as_str(), st.ended), ("running", None), "{st:?}");
-    let (ok, stop_err) = {
-        let o = Command::new(bin_path("ringdaq")).arg("--runtime-dir").arg(p.runtime_dir()).arg("stop").output();
-        let o = o.expect("ringdaq stop");
-        (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
-    };
-    assert!(ok, "{stop_err}");
-    let st = p.wait(id, Duration::from_secs(60));
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "a user's stop is no failure: {stderr}");
+    assert!(stderr.contains("until `ringdaq stop`"), "{stderr}");
+    assert!(stdout.contains(&format!("acquisition 1 stopped: {SENT} frames ({SENT} complete)")), "{stdout}");
+    let Ok(Reply::Acquisition(st)) = p.call(Request::Acquisition { id: 1 }) else { panic!("status") };
     assert_eq!((st.state.as_str(), st.ended, st.assigned), ("done", Some(EndReason::Stopped), SENT), "{st:?}");
     let side = verify_large_acquisition(&path, k2::IS, SENT, 0);
     assert!(side.continuous && side.frames_requested == SENT, "{side:?}");
@@ -206,4 +207,29 @@ fn a_continuous_acquisition_grows_until_stop_through_writer_kills() {
     let writer = status.stages.iter().find(|s| s.name == "writer").expect("writer");
     assert_eq!(writer.restarts, 2, "{writer:?}");
     assert!(p.shutdown());
+}
+
+/// `ringdaq shutdown` during an acquisition: the supervisor finishes the file and answers the `acquire --wait`
+/// that waits for it before it exits; that exits non-zero, `shutdown`.
+#[test]
+fn a_shutdown_ends_the_running_acquisition_and_answers_its_waiting_client() {
+    let _g = ringdaq_tests::serial();
+    const SENT: u64 = 20;
+    let mut p = Pipeline::start("");
+    let path = p.dir.path().join("shut.npy");
+    let out = std::thread::scope(|s| {
+        let client = s.spawn(|| acquire_cli(&p, &["--frames", "100", "--wait"], &path));
+        wait_armed(&p, 1);
+        p.simulate(p.sim_config(SENT, 100.0));
+        p.wait_assigned(1, SENT, Duration::from_secs(10));
+        assert!(matches!(p.call(Request::Shutdown), Ok(Reply::Ok)));
+        client.join().expect("client thread")
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "acquire --wait exits 1: {stderr}");
+    assert!(stderr.contains(&format!("ended short (shutdown) with {SENT} of 100")), "{stderr}");
+    assert!(!stderr.contains("talking to the supervisor"), "answered, not cut off: {stderr}");
+    assert!(p.wait_exit(Duration::from_secs(30)), "the supervisor exits 0");
+    let side = verify_large_acquisition(&path, k2::IS, SENT, 0);
+    assert_eq!(side.ended, Some(EndReason::Shutdown));
 }
