@@ -165,7 +165,7 @@ fn finish_message(st: &AcquisitionStatus) -> anyhow::Result<()> {
     let reason = st.reason.as_deref().unwrap_or("no reason recorded");
     match st.ended {
         None | Some(EndReason::Complete) => println!("acquisition {} done: {got}", st.id),
-        Some(EndReason::Stopped) => println!("acquisition {} stopped: {got}", st.id),
+        Some(e) if e.as_asked() => println!("acquisition {} {e}: {got}", st.id),
         Some(e) if st.continuous => bail!("acquisition {} ended ({e}): {reason}; kept {got}", st.id),
         Some(e) => {
             bail!("acquisition {} ended short ({e}) with {} of {}: {reason}; kept {got}", st.id, st.assigned, st.frames)

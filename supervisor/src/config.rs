@@ -120,14 +120,10 @@ impl Default for AssemblerConfig {
             window: 4,
             timeout_ms: 100,
             reset_threshold: 32,
-            stream_idle_timeout_s: assembler_default_stream_idle_s(),
+            // The assembler's own default (`assembler::DEFAULT_STREAM_IDLE`).
+            stream_idle_timeout_s: 5.0,
         }
     }
-}
-
-/// The assembler's default stream idle timeout, in seconds.
-fn assembler_default_stream_idle_s() -> f64 {
-    5.0
 }
 
 impl Default for WriterConfig {

@@ -162,13 +162,6 @@ pub struct AcquisitionStatus {
     pub reason: Option<String>,
 }
 
-impl AcquisitionStatus {
-    /// Whether it is over and ended as asked: every frame, or stopped by the user.
-    pub fn ended_as_asked(&self) -> bool {
-        self.state == AcquisitionState::Done && self.ended.is_none_or(EndReason::as_asked)
-    }
-}
-
 /// One stage as the supervisor sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageStatus {
