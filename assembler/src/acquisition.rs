@@ -10,8 +10,11 @@
 //! twice.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use shm_protocol::pipeline::{AcquisitionRecord, AcquisitionState, FrameHeader, NO_INDEX, PipelineArea, SyncMode};
+use shm_protocol::pipeline::{
+    AcquisitionRecord, AcquisitionState, EndReason, FrameHeader, NO_INDEX, PipelineArea, SyncMode,
+};
 
 /// A frame's place in an acquisition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +70,7 @@ pub fn record(area: &PipelineArea, a: Assignment, seq: u64, frame_id: u32, compl
     }
     rec.assigned.store(a.index + 1, Ordering::Release);
     if a.index + 1 >= rec.frames.load(Ordering::Relaxed) {
+        rec.claim_end(EndReason::Complete, "");
         end(area, rec);
     }
 }
@@ -98,4 +102,20 @@ pub fn finish_stopped(area: &PipelineArea) {
     {
         end(area, rec);
     }
+}
+
+/// Ends acquisition `rec` because no frame came for `idle` (the stream went quiet before it had its frames): its
+/// file is finished with the frames so far, and the reason says so.
+pub fn end_idle(area: &PipelineArea, rec: &AcquisitionRecord, idle: Duration) {
+    let id = rec.id.load(Ordering::Acquire);
+    let (got, want) = (rec.assigned.load(Ordering::Acquire), rec.frames.load(Ordering::Relaxed));
+    let text = format!(
+        "the stream went idle: no frame for {:.1} s (stream_idle_timeout_s) after {got} of {} frames",
+        idle.as_secs_f64(),
+        if want == shm_protocol::pipeline::CONTINUOUS { "unlimited".to_owned() } else { want.to_string() }
+    );
+    if rec.claim_end(EndReason::StreamIdle, &text) {
+        tracing::warn!(acquisition = id, "{text}; ending it");
+    }
+    end(area, rec);
 }

@@ -40,13 +40,25 @@ pub struct AssemblerConfig {
     pub timeout: Duration,
     /// Datagrams that must agree on a frame id outside the window before it is taken as a reset.
     pub reset_threshold: u32,
+    /// A running acquisition that gets no frame for this long (while a receiver runs) ends, short, with the
+    /// reason `stream_idle`; `None`: never.
+    pub stream_idle: Option<Duration>,
 }
 
 impl Default for AssemblerConfig {
     fn default() -> Self {
-        Self { window: 4, timeout: Duration::from_millis(100), reset_threshold: 32 }
+        Self {
+            window: 4,
+            timeout: Duration::from_millis(100),
+            reset_threshold: 32,
+            stream_idle: Some(DEFAULT_STREAM_IDLE),
+        }
     }
 }
+
+/// Default of [`AssemblerConfig::stream_idle`]: 5 s, far beyond a frame period (2.5 ms for a K2 IS at 400 Hz)
+/// and a stage restart (a few ms), short enough that a detector that stopped ends the acquisition promptly.
+pub const DEFAULT_STREAM_IDLE: Duration = Duration::from_secs(5);
 
 /// Why the assembler stopped.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +144,9 @@ pub struct Assembler<'r> {
     receiver_seen: (u32, u64, std::time::Instant),
     /// The acquisition id last put in the log span.
     logged_acquisition: u64,
+    /// The running acquisition (id, frames assigned) as last seen, and since when it has not changed while a
+    /// receiver ran: how long its stream has been idle.
+    idle_watch: Option<((u64, u64), std::time::Instant)>,
 }
 
 /// A receiver whose heartbeat stood still this long is not receiving (stopped, hung, or gone): silence is then
@@ -208,6 +223,7 @@ impl<'r> Assembler<'r> {
             last_input: std::time::Instant::now(),
             receiver_seen: (0, 0, std::time::Instant::now()),
             logged_acquisition: 0,
+            idle_watch: None,
         })
     }
 
@@ -491,7 +507,8 @@ impl<'r> Assembler<'r> {
         if seen != (self.receiver_seen.0, self.receiver_seen.1) {
             self.receiver_seen = (seen.0, seen.1, std::time::Instant::now());
         }
-        if seen.0 == 0 || self.receiver_seen.2.elapsed() >= RECEIVER_SILENT {
+        let receiving = seen.0 != 0 && self.receiver_seen.2.elapsed() < RECEIVER_SILENT;
+        if !receiving {
             self.last_input = std::time::Instant::now();
         }
         let idle = self.last_input.elapsed() >= timeout;
@@ -513,8 +530,32 @@ impl<'r> Assembler<'r> {
             }
         }
         self.finish_stopped_acquisition();
+        self.check_stream_idle(receiving);
         self.commit();
         Ok(())
+    }
+
+    /// Ends the running acquisition if no frame came to it for [`AssemblerConfig::stream_idle`] while a receiver
+    /// ran (a restarting receiver is no idle stream: the datagrams wait in the kernel). Frames in flight time out
+    /// long before (`timeout`), so every frame that came is assigned by then.
+    fn check_stream_idle(&mut self, receiving: bool) {
+        let Some(limit) = self.cfg.stream_idle else { return };
+        let running = self.area.active().filter(|r| r.state() == pipeline::AcquisitionState::Running);
+        let Some(rec) = running else {
+            self.idle_watch = None;
+            return;
+        };
+        let key = (rec.id.load(Ordering::Acquire), rec.assigned.load(Ordering::Acquire));
+        let now = std::time::Instant::now();
+        match self.idle_watch {
+            Some((k, since)) if k == key && receiving => {
+                if now.duration_since(since) >= limit {
+                    acquisition::end_idle(self.area, rec, now.duration_since(since));
+                    self.idle_watch = None;
+                }
+            }
+            _ => self.idle_watch = Some((key, now)),
+        }
     }
 
     /// A stop request for an acquisition that gets no frames must still end it.

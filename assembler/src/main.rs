@@ -30,6 +30,9 @@ struct Args {
     /// Datagrams that must agree on a frame id outside the window to follow it as a reset.
     #[arg(long, default_value_t = 32)]
     reset_threshold: u32,
+    /// Milliseconds without a frame after which a running acquisition ends short (reason `stream_idle`); 0: never.
+    #[arg(long, default_value_t = assembler::DEFAULT_STREAM_IDLE.as_millis() as u64)]
+    stream_idle_ms: u64,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         window: args.window.max(1),
         timeout: Duration::from_millis(args.timeout_ms),
         reset_threshold: args.reset_threshold.max(1),
+        stream_idle: (args.stream_idle_ms > 0).then(|| Duration::from_millis(args.stream_idle_ms)),
     };
     let mut asm = assembler::Assembler::new(&region, cfg)?;
     conn.send(&shm_protocol::messages::Request::Ready)?;

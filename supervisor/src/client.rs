@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use shm_protocol::control::Connection;
-use shm_protocol::messages::{AcquisitionStatus, PROTOCOL_VERSION, Reply, Request, Role, StatusReport, SyncMode};
+use shm_protocol::messages::{
+    AcquisitionState, AcquisitionStatus, CONTINUOUS, EndReason, PROTOCOL_VERSION, Reply, Request, Role, StatusReport,
+    SyncMode,
+};
 
 use crate::config;
 
@@ -50,16 +53,18 @@ pub enum SyncArg {
 /// Options of `ringdaq acquire`.
 #[derive(Debug, Clone, Args)]
 pub struct AcquireArgs {
-    /// Frames to acquire.
+    /// Frames to acquire; without it, the acquisition runs until `ringdaq stop` (continuous: the file grows in
+    /// steps).
     #[arg(long)]
-    pub frames: u64,
+    pub frames: Option<u64>,
     /// Output .npy file (its sidecar is the same path with .json).
     #[arg(long)]
     pub out: PathBuf,
     /// When frame 0 is.
     #[arg(long, value_enum, default_value = "immediate")]
     pub sync: SyncArg,
-    /// Wait until the file is final, showing progress; exit non-zero if the acquisition fails.
+    /// Wait until the file is final, showing progress; exit non-zero if the acquisition fails or ends short
+    /// (stream idle, pipeline stopped or shut down), with the reason; 0 when complete or stopped by the user.
     #[arg(long)]
     pub wait: bool,
 }
@@ -72,9 +77,13 @@ pub fn acquire(runtime_dir: &Path, a: &AcquireArgs) -> anyhow::Result<()> {
         SyncArg::Flag => SyncMode::Flag,
     };
     let mut conn = connect(runtime_dir)?;
-    let req = Request::Acquire { frames: a.frames, path: path.display().to_string(), sync };
+    let frames = a.frames.unwrap_or(CONTINUOUS);
+    let req = Request::Acquire { frames, path: path.display().to_string(), sync };
     let Reply::Armed { id } = call(&mut conn, req)? else { bail!("unexpected reply to acquire") };
-    eprintln!("acquisition {id} armed: {} frames to {}", a.frames, path.display());
+    match a.frames {
+        Some(n) => eprintln!("acquisition {id} armed: {n} frames to {}", path.display()),
+        None => eprintln!("acquisition {id} armed: frames to {} until `ringdaq stop`", path.display()),
+    }
     if !a.wait {
         println!("{id}");
         return Ok(());
@@ -84,17 +93,39 @@ pub fn acquire(runtime_dir: &Path, a: &AcquireArgs) -> anyhow::Result<()> {
 }
 
 /// Polls acquisition `id` until it is done or failed; shows progress on stderr if `progress`.
+///
+/// If the supervisor goes away meanwhile (the pipeline stopped), the final state is read from the sidecar the
+/// writer left beside the file; without one, the error says what was last known.
 pub fn wait_for(conn: &mut Connection, id: u64, progress: bool) -> anyhow::Result<AcquisitionStatus> {
     let t = Instant::now();
+    let mut last: Option<AcquisitionStatus> = None;
     loop {
-        let Reply::Acquisition(st) = call(conn, Request::Acquisition { id })? else { bail!("unexpected reply") };
+        let st = match call(conn, Request::Acquisition { id }) {
+            Ok(Reply::Acquisition(st)) => st,
+            Ok(_) => bail!("unexpected reply"),
+            Err(e) => {
+                if progress {
+                    eprintln!();
+                }
+                return last.as_ref().and_then(from_sidecar).ok_or_else(|| {
+                    let seen = last.as_ref().map_or_else(String::new, |s| {
+                        format!(" (last seen {}: {} frames written to {})", s.state, s.written, s.path)
+                    });
+                    e.context(format!("the pipeline stopped before acquisition {id} ended{seen}"))
+                });
+            }
+        };
         if progress {
             let rate = st.written as f64 / t.elapsed().as_secs_f64().max(1e-3);
-            let left = if rate > 0.0 { (st.frames.saturating_sub(st.written)) as f64 / rate } else { f64::NAN };
-            eprint!(
-                "\r{:>8}: {}/{} frames written, {:.0} frames/s, {:.1} s left   ",
-                st.state, st.written, st.frames, rate, left
-            );
+            if st.continuous {
+                eprint!("\r{:>8}: {} frames written, {:.0} frames/s   ", st.state, st.written, rate);
+            } else {
+                let left = if rate > 0.0 { (st.frames.saturating_sub(st.written)) as f64 / rate } else { f64::NAN };
+                eprint!(
+                    "\r{:>8}: {}/{} frames written, {:.0} frames/s, {:.1} s left   ",
+                    st.state, st.written, st.frames, rate, left
+                );
+            }
             let _ = std::io::stderr().flush();
         }
         if st.state.is_over() {
@@ -103,15 +134,43 @@ pub fn wait_for(conn: &mut Connection, id: u64, progress: bool) -> anyhow::Resul
             }
             return Ok(st);
         }
+        last = Some(st);
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
+/// The final state of acquisition `last` as its sidecar records it, if the writer finished its file.
+fn from_sidecar(last: &AcquisitionStatus) -> Option<AcquisitionStatus> {
+    let side = writer::sidecar_path(Path::new(&last.path));
+    let s: writer::Sidecar = serde_json::from_slice(&std::fs::read(side).ok()?).ok()?;
+    (s.acquisition_id == last.id).then(|| AcquisitionStatus {
+        state: AcquisitionState::Done,
+        assigned: s.frames,
+        written: s.frames,
+        complete: s.complete_frames,
+        error: None,
+        ended: s.ended,
+        reason: s.reason,
+        ..last.clone()
+    })
+}
+
+/// What `acquire --wait` prints when acquisition `st` is over, and whether it exits 0: when complete or stopped
+/// by the user; otherwise the error names how it ended and why.
 fn finish_message(st: &AcquisitionStatus) -> anyhow::Result<()> {
     if let Some(e) = &st.error {
         bail!("acquisition {} failed: {e}", st.id);
     }
-    println!("acquisition {} done: {} frames ({} complete) in {}", st.id, st.assigned, st.complete, st.path);
+    let got = format!("{} frames ({} complete) in {}", st.assigned, st.complete, st.path);
+    let reason = st.reason.as_deref().unwrap_or("no reason recorded");
+    match st.ended {
+        None | Some(EndReason::Complete) => println!("acquisition {} done: {got}", st.id),
+        Some(e) if e.as_asked() => println!("acquisition {} {e}: {got}", st.id),
+        Some(e) if st.continuous => bail!("acquisition {} ended ({e}): {reason}; kept {got}", st.id),
+        Some(e) => {
+            bail!("acquisition {} ended short ({e}) with {} of {}: {reason}; kept {got}", st.id, st.assigned, st.frames)
+        }
+    }
     Ok(())
 }
 
@@ -166,13 +225,17 @@ pub fn render_status(s: &StatusReport) -> String {
     for a in &s.acquisitions {
         let _ = writeln!(
             o,
-            "  acquisition {}: {} {}/{} frames written ({} complete) {}{}",
+            "  acquisition {}: {} {}/{} frames written ({} complete) {}{}{}",
             a.id,
             a.state,
             a.written,
-            a.frames,
+            if a.continuous { "until stopped".to_owned() } else { a.frames.to_string() },
             a.complete,
             a.path,
+            a.ended
+                .filter(|&e| e != EndReason::Complete)
+                .map(|e| format!(" ended {e}: {}", a.reason.as_deref().unwrap_or_default()))
+                .unwrap_or_default(),
             a.error.as_deref().map(|e| format!(" error: {e}")).unwrap_or_default()
         );
     }

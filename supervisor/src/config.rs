@@ -64,6 +64,9 @@ pub struct AssemblerConfig {
     pub timeout_ms: u64,
     /// Datagrams that must agree on an out-of-window frame id to follow it as a reset.
     pub reset_threshold: u32,
+    /// Seconds without a frame after which a running acquisition ends short, its file finished with the frames
+    /// so far (reason `stream_idle`); 0: never.
+    pub stream_idle_timeout_s: f64,
 }
 
 /// Writer tuning.
@@ -113,7 +116,13 @@ impl Default for RingsConfig {
 
 impl Default for AssemblerConfig {
     fn default() -> Self {
-        Self { window: 4, timeout_ms: 100, reset_threshold: 32 }
+        Self {
+            window: 4,
+            timeout_ms: 100,
+            reset_threshold: 32,
+            // The assembler's own default (`assembler::DEFAULT_STREAM_IDLE`).
+            stream_idle_timeout_s: 5.0,
+        }
     }
 }
 
@@ -144,6 +153,8 @@ impl Config {
         anyhow::ensure!((1..=1024).contains(&r.datagrams_per_slot), "rings.datagrams_per_slot must be 1..=1024");
         anyhow::ensure!((1..=64).contains(&r.frame_cursors), "rings.frame_cursors must be 1..=64");
         anyhow::ensure!(self.assembler.window >= 1, "assembler.window must be at least 1");
+        let idle = self.assembler.stream_idle_timeout_s;
+        anyhow::ensure!(idle.is_finite() && idle >= 0.0, "assembler.stream_idle_timeout_s must be 0 or more seconds");
         let f = self.mode;
         anyhow::ensure!(
             usize::from(self.port_base) + f.streams() <= 65536,

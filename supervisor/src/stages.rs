@@ -88,6 +88,8 @@ fn command(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Result<Command
             cmd.arg("--window").arg(cfg.assembler.window.to_string());
             cmd.arg("--timeout-ms").arg(cfg.assembler.timeout_ms.to_string());
             cmd.arg("--reset-threshold").arg(cfg.assembler.reset_threshold.to_string());
+            let idle_ms = (cfg.assembler.stream_idle_timeout_s.max(0.0) * 1000.0).round() as u64;
+            cmd.arg("--stream-idle-ms").arg(idle_ms.to_string());
         }
         Stage::Writer => {
             if !cfg.writer.direct_io {

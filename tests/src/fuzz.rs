@@ -133,7 +133,7 @@ fn datagram_of(r: &[u8], out: &mut Vec<u8>) -> (u16, u64) {
 }
 
 fn feed(region: &Region, sizes: &PipelineSizes, data: &[u8]) {
-    let cfg = assembler::AssemblerConfig { window: 4, timeout: Duration::from_millis(100), reset_threshold: 8 };
+    let cfg = assembler::AssemblerConfig { reset_threshold: 8, ..Default::default() };
     let mut asm = assembler::Assembler::new(region, cfg).expect("assembler");
     let ring = region.ring(BLOCK_RING).expect("block ring");
     let mut producer = ring.producer().expect("producer");

@@ -178,6 +178,12 @@ impl Pipeline {
         Simulator::new(cfg).expect("simulator").run(&AtomicBool::new(false)).expect("simulator run")
     }
 
+    /// Waits for the supervisor to exit (after a shutdown asked otherwise); whether it exited 0.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let st = self.child.wait_timeout(timeout).ok().flatten();
+        st.is_some_and(|s| s.success())
+    }
+
     /// Asks the pipeline to shut down and waits for it; returns whether it exited 0.
     pub fn shutdown(mut self) -> bool {
         let _ = self.call(Request::Shutdown);

@@ -64,13 +64,14 @@ impl Drop for TempDir {
 /// Runs every check but [`kill_at_every_step`] on `format`, each in its own directory under `dir`.
 pub fn check_all(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), Failure> {
     type Check = fn(&'static dyn OutputFormat, &Path) -> Result<(), Failure>;
-    let checks: [(&str, Check); 6] = [
+    let checks: [(&str, Check); 7] = [
         ("write-read", write_and_read_back),
         ("short", short_finish),
         ("rewrite", idempotent_rewrite),
         ("resume", resume),
         ("temp-names", temp_names),
         ("output", output_with_sidecar),
+        ("grow", grow),
     ];
     for (name, check) in checks {
         let sub = dir.join(name);
@@ -229,6 +230,29 @@ pub fn resume(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), Failu
     Ok(())
 }
 
+/// A file grown in steps (a continuous acquisition) holds every frame written before and after each step, reads
+/// as what it holds when finished short of its room, and is the same after a kill and resume between steps.
+pub fn grow(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), Failure> {
+    const CHECK: &str = "grow";
+    let path = write_file(format, CHECK, &dir.join("reference"), FRAMES, &(0..FRAMES).collect::<Vec<_>>(), FRAMES)?;
+    let want = read(format, CHECK, &path)?;
+    let sub = dir.join("grown");
+    std::fs::create_dir_all(&sub).map_err(|e| fail(format, CHECK, e))?;
+    let path = out_path(format, &sub);
+    let mut f = format.create(&path, &plan(2)).map_err(|e| fail(format, CHECK, e))?;
+    write(f.as_mut(), 0..2).map_err(|e| fail(format, CHECK, e))?;
+    f.grow(4).map_err(|e| fail(format, CHECK, e))?;
+    write(f.as_mut(), 2..4).map_err(|e| fail(format, CHECK, e))?;
+    drop(f);
+    // Killed after the step: reopened for the room it had, then grown past it.
+    let mut f = format.resume(&path, &plan(4)).map_err(|e| fail(format, CHECK, e))?;
+    f.grow(FRAMES + 3).map_err(|e| fail(format, CHECK, e))?;
+    write(f.as_mut(), 3..FRAMES).map_err(|e| fail(format, CHECK, e))?;
+    f.finish(FRAMES).and_then(|()| f.publish()).map_err(|e| fail(format, CHECK, e))?;
+    same(format, CHECK, &read(format, CHECK, &path)?, &want)?;
+    check_read(format, CHECK, &path, FRAMES)
+}
+
 /// The files in `dir` (names).
 fn listing(dir: &Path) -> std::io::Result<BTreeSet<PathBuf>> {
     std::fs::read_dir(dir)?.map(|e| e.map(|e| e.path())).collect()
@@ -301,6 +325,9 @@ pub fn output_with_sidecar(format: &'static dyn OutputFormat, dir: &Path) -> Res
             acquisition_id: 1,
             path: path.display().to_string(),
             frames_requested: FRAMES,
+            continuous: false,
+            ended: Some(shm_protocol::pipeline::EndReason::Stopped),
+            reason: Some("stopped by the user".into()),
             frames: 3,
             complete_frames: 2,
             incomplete_frames: 1,

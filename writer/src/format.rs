@@ -139,6 +139,11 @@ pub trait FormatFile: Send {
     /// the same frame twice writes the same bytes at the same place.
     fn write_frame(&mut self, index: u64, pixels: &[u8]) -> Result<(), FormatError>;
 
+    /// Makes room for `frames` frames in all (more than planned: a continuous acquisition grows its file in
+    /// steps), each written frame staying where it is. Until the next `finish`, the file reads as `frames` frames
+    /// (those not yet written hold zeros). A disk without the room is [`FormatError::NoSpace`].
+    fn grow(&mut self, frames: u64) -> Result<(), FormatError>;
+
     /// Makes the file hold frames `0..frames` (fewer than planned: headers fixed, the rest cut off) and syncs
     /// it; it keeps its temporary name. Repeatable.
     fn finish(&mut self, frames: u64) -> Result<(), FormatError>;

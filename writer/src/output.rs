@@ -53,9 +53,20 @@ impl Output {
         &self.path
     }
 
-    /// Frames planned.
+    /// Frames planned: the file has room for this many (a continuous acquisition's grows, see [`Output::grow`]).
     pub fn requested(&self) -> u64 {
         self.plan.frames
+    }
+
+    /// Makes room for `frames` frames in all (file and journal), if there is less.
+    pub fn grow(&mut self, frames: u64) -> Result<(), FormatError> {
+        if frames <= self.plan.frames {
+            return Ok(());
+        }
+        self.file.grow(frames)?;
+        self.journal.reserve(frames)?;
+        self.plan.frames = frames;
+        Ok(())
     }
 
     /// Whether frame writes bypass the page cache.

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use shm_protocol::pipeline::EndReason;
 
 use crate::format::{FormatError, with_suffix};
 
@@ -36,8 +37,18 @@ pub struct Sidecar {
     pub acquisition_id: u64,
     /// The output file.
     pub path: String,
-    /// Frames requested.
+    /// Frames requested (for a continuous acquisition: the frames it got).
     pub frames_requested: u64,
+    /// Whether the acquisition ran until stopped, without a frame count.
+    #[serde(default)]
+    pub continuous: bool,
+    /// How it ended: `complete`, `stopped` (by the user), `stream_idle`, `shutdown`, `pipeline_failed`,
+    /// `disk_full`, `write_error` (see `shm_protocol::pipeline::EndReason`).
+    #[serde(default)]
+    pub ended: Option<EndReason>,
+    /// How it ended, in words (null when complete).
+    #[serde(default)]
+    pub reason: Option<String>,
     /// Frames in the file.
     pub frames: u64,
     /// Complete frames.

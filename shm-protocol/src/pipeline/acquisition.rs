@@ -86,6 +86,84 @@ impl PartialEq<&str> for AcquisitionState {
     }
 }
 
+/// How an acquisition ended (or is ending: the reason is recorded first, by whoever ends it, and the file is
+/// finished after). Stored in the region as its `u32` discriminant, 0 while it has not ended; serialised (status,
+/// sidecar) as the snake-case names below. The first reason recorded wins ([`AcquisitionRecord::claim_end`]),
+/// except that a fixed-count acquisition the writer finishes with all its frames ends [`EndReason::Complete`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u32)]
+pub enum EndReason {
+    /// Every requested frame was acquired.
+    Complete = 1,
+    /// `ringdaq stop`: the user ended it; the file holds the frames so far.
+    Stopped = 2,
+    /// No frame came for `stream_idle_timeout_s` (the detector stopped sending, or its frames were lost whole).
+    StreamIdle = 3,
+    /// The pipeline was shut down (`ringdaq shutdown`, a signal) before it had its frames.
+    Shutdown = 4,
+    /// The pipeline stopped because a stage died more often than its restart budget allows.
+    PipelineFailed = 5,
+    /// The disk had no room for the acquisition.
+    DiskFull = 6,
+    /// Writing the file failed.
+    WriteError = 7,
+}
+
+impl EndReason {
+    /// Every reason, in order.
+    pub const ALL: [Self; 7] = [
+        Self::Complete,
+        Self::Stopped,
+        Self::StreamIdle,
+        Self::Shutdown,
+        Self::PipelineFailed,
+        Self::DiskFull,
+        Self::WriteError,
+    ];
+
+    /// The reason stored as `raw` in a record (0, or a value that names none: not ended).
+    pub const fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            1 => Some(Self::Complete),
+            2 => Some(Self::Stopped),
+            3 => Some(Self::StreamIdle),
+            4 => Some(Self::Shutdown),
+            5 => Some(Self::PipelineFailed),
+            6 => Some(Self::DiskFull),
+            7 => Some(Self::WriteError),
+            _ => None,
+        }
+    }
+
+    /// The stable name (as serialised).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Complete => "complete",
+            Self::Stopped => "stopped",
+            Self::StreamIdle => "stream_idle",
+            Self::Shutdown => "shutdown",
+            Self::PipelineFailed => "pipeline_failed",
+            Self::DiskFull => "disk_full",
+            Self::WriteError => "write_error",
+        }
+    }
+
+    /// Whether the acquisition ended as asked: all its frames, or stopped by the user (`acquire --wait` exits 0).
+    pub const fn as_asked(self) -> bool {
+        matches!(self, Self::Complete | Self::Stopped)
+    }
+}
+
+impl std::fmt::Display for EndReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Frames requested by an acquisition that runs until `ringdaq stop` (continuous): no count ends it.
+pub const CONTINUOUS: u64 = u64::MAX;
+
 /// When frame index 0 of an acquisition is. Stored in the region as its `u32` discriminant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[repr(u32)]
@@ -126,7 +204,7 @@ pub struct AcquisitionRecord {
     state: AtomicU32,
     /// A [`SyncMode`].
     sync: AtomicU32,
-    /// Frames requested.
+    /// Frames requested ([`CONTINUOUS`]: until stopped).
     pub frames: AtomicU64,
     /// Block-ring `published` when armed: blocks in earlier slots arrived before arming.
     pub armed_block_seq: AtomicU64,
@@ -149,13 +227,21 @@ pub struct AcquisitionRecord {
     path: UnsafeCell<[u8; MAX_PATH]>,
     /// Why the acquisition failed (UTF-8), `error_len` bytes.
     error: UnsafeCell<[u8; MAX_ERROR]>,
-    _tail: [u8; 48],
+    /// An [`EndReason`], 0 until one is recorded ([`AcquisitionRecord::claim_end`]).
+    end_reason: AtomicU32,
+    /// Length of `reason`.
+    reason_len: AtomicU32,
+    /// How it ended, in words (UTF-8), `reason_len` bytes: written by the one who recorded `end_reason`.
+    reason: UnsafeCell<[u8; MAX_ERROR]>,
+    _tail: [u8; 40],
 }
 
-// SAFETY: every field but `path` and `error` is an atomic or padding. `path` is written only by `arm`, whose
-// caller guarantees no other process or thread uses the record (it is over: EMPTY, DONE or FAILED), and read
-// only after `state` (Release in `arm`) says it is armed; `error` is written only by `fail`, whose caller is the
-// record's one failer, before `error_len` is stored (Release), and read only up to `error_len` (Acquire). Reads
+// SAFETY: every field but `path`, `error` and `reason` is an atomic or padding. `path` is written only by `arm`,
+// whose caller guarantees no other process or thread uses the record (it is over: EMPTY, DONE or FAILED), and
+// read only after `state` (Release in `arm`) says it is armed; `error` is written only by `fail`, whose caller is
+// the record's one failer, before `error_len` is stored (Release), and read only up to `error_len` (Acquire);
+// `reason` is written only by the one process whose compare-and-swap of `end_reason` from 0 succeeded
+// (`claim_end`), before `reason_len` is stored (Release), and read only up to `reason_len` (Acquire). Reads
 // are volatile copies, so a torn read of a racing, misbehaving writer yields wrong bytes, not undefined
 // behaviour in the reader's own code.
 unsafe impl Sync for AcquisitionRecord {}
@@ -200,6 +286,38 @@ impl AcquisitionRecord {
         read_text(&self.error, &self.error_len)
     }
 
+    /// How it ended, once that is recorded.
+    pub fn end_reason(&self) -> Option<EndReason> {
+        EndReason::from_raw(self.end_reason.load(Ordering::Acquire))
+    }
+
+    /// How it ended, in words (empty until recorded, and for some reasons, e.g. [`EndReason::Complete`]).
+    pub fn reason(&self) -> String {
+        read_text(&self.reason, &self.reason_len)
+    }
+
+    /// Records how the acquisition ends, with `text` (truncated to [`MAX_ERROR`] bytes), if no reason was
+    /// recorded yet: the first to end it says why. Whether this call recorded it. Crash-safe: the reason lives
+    /// in the region, so the writer that finishes the file (perhaps a restarted one) reads it from there.
+    pub fn claim_end(&self, reason: EndReason, text: &str) -> bool {
+        if self.end_reason.compare_exchange(0, reason as u32, Ordering::AcqRel, Ordering::Acquire).is_err() {
+            return false;
+        }
+        let b = text.as_bytes();
+        let n = b.len().min(MAX_ERROR);
+        // SAFETY: the compare-and-swap above succeeds once per arming, so this caller is the only writer of
+        // `reason`; readers read it only up to `reason_len`, stored below with Release, and copy it volatile.
+        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), self.reason.get().cast::<u8>(), n) };
+        self.reason_len.store(n as u32, Ordering::Release);
+        true
+    }
+
+    /// The writer, finishing a fixed-count acquisition with every frame: it ended complete, whatever request to
+    /// end it came meanwhile (the words recorded with that request stay, unused).
+    pub fn settle_complete(&self) {
+        self.end_reason.store(EndReason::Complete as u32, Ordering::Release);
+    }
+
     /// Records why the acquisition failed (truncated to [`MAX_ERROR`] bytes) and sets the state to
     /// [`AcquisitionState::Failed`].
     ///
@@ -236,6 +354,8 @@ impl AcquisitionRecord {
         self.written.store(0, Ordering::Relaxed);
         self.complete.store(0, Ordering::Relaxed);
         self.error_len.store(0, Ordering::Relaxed);
+        self.reason_len.store(0, Ordering::Relaxed);
+        self.end_reason.store(0, Ordering::Relaxed);
         self.id.store(id, Ordering::Release);
         self.set_state(AcquisitionState::Armed);
     }
@@ -250,7 +370,9 @@ const _: () = {
     assert!(offset_of!(AcquisitionRecord, assigned) == 40);
     assert!(offset_of!(AcquisitionRecord, path) == 80);
     assert!(offset_of!(AcquisitionRecord, error) == 80 + MAX_PATH);
-    assert!(size_of::<AcquisitionRecord>() == 80 + MAX_PATH + MAX_ERROR + 48);
+    assert!(offset_of!(AcquisitionRecord, end_reason) == 80 + MAX_PATH + MAX_ERROR);
+    assert!(offset_of!(AcquisitionRecord, reason) == 88 + MAX_PATH + MAX_ERROR);
+    assert!(size_of::<AcquisitionRecord>() == 88 + MAX_PATH + 2 * MAX_ERROR + 40);
 };
 
 #[cfg(test)]
@@ -288,5 +410,27 @@ mod tests {
         unsafe { rec.fail(&"x".repeat(MAX_ERROR + 10)) };
         assert_eq!(rec.state(), AcquisitionState::Failed);
         assert_eq!(rec.error().len(), MAX_ERROR);
+    }
+
+    #[test]
+    fn the_first_end_reason_wins_and_arming_clears_it() {
+        // SAFETY: all-zero bytes are a valid record (atomics and byte arrays), an EMPTY one.
+        let rec: Box<AcquisitionRecord> = unsafe { Box::new(std::mem::zeroed()) };
+        // SAFETY: the record is ours alone.
+        unsafe { rec.arm(1, 10, SyncMode::Immediate, "/d/a.npy", 0) };
+        assert_eq!(rec.end_reason(), None);
+        assert!(rec.claim_end(EndReason::StreamIdle, "no frame for 5 s"));
+        assert!(!rec.claim_end(EndReason::Shutdown, "shutdown"));
+        assert_eq!((rec.end_reason(), rec.reason()), (Some(EndReason::StreamIdle), "no frame for 5 s".into()));
+        rec.settle_complete();
+        assert_eq!(rec.end_reason(), Some(EndReason::Complete));
+        // SAFETY: the record is ours alone.
+        unsafe { rec.arm(2, 10, SyncMode::Immediate, "/d/b.npy", 0) };
+        assert_eq!((rec.end_reason(), rec.reason()), (None, String::new()));
+        for r in EndReason::ALL {
+            assert_eq!(EndReason::from_raw(r as u32), Some(r));
+            assert_eq!(serde_json::to_string(&r).ok(), Some(format!("\"{}\"", r.as_str())));
+        }
+        assert_eq!(EndReason::from_raw(0), None);
     }
 }

@@ -6,10 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::Stage;
-pub use crate::pipeline::{AcquisitionState, SyncMode};
+pub use crate::pipeline::{AcquisitionState, CONTINUOUS, EndReason, SyncMode};
 
 /// Version of this protocol; a peer speaking another is refused with both versions named.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Who connects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +36,7 @@ pub enum Request {
     Status,
     /// Arm an acquisition.
     Acquire {
-        /// Frames to acquire.
+        /// Frames to acquire ([`CONTINUOUS`]: until `Stop`).
         frames: u64,
         /// Final path of the `.npy` file (absolute).
         path: String,
@@ -143,8 +143,10 @@ pub struct AcquisitionStatus {
     pub path: String,
     /// Where it is.
     pub state: AcquisitionState,
-    /// Frames requested.
+    /// Frames requested ([`CONTINUOUS`], 18446744073709551615: until stopped; see `continuous`).
     pub frames: u64,
+    /// Whether it runs until stopped rather than for a number of frames.
+    pub continuous: bool,
     /// Frames assigned so far.
     pub assigned: u64,
     /// Frames written so far.
@@ -153,6 +155,11 @@ pub struct AcquisitionStatus {
     pub complete: u64,
     /// Why it failed, if it did.
     pub error: Option<String>,
+    /// How it ended (or is ending), once that is recorded: `complete`, `stopped` (by the user), `stream_idle`,
+    /// `shutdown`, `pipeline_failed`, `disk_full`, `write_error`.
+    pub ended: Option<EndReason>,
+    /// How it ended, in words (for every ending but `complete`).
+    pub reason: Option<String>,
 }
 
 /// What a stage is doing, as `ringdaq status` says it; serialised as the names of [`StageLabel::as_str`].

@@ -23,7 +23,7 @@ mod counters;
 pub mod messages;
 pub mod session;
 
-pub use acquisition::{AcquisitionRecord, AcquisitionState, SyncMode};
+pub use acquisition::{AcquisitionRecord, AcquisitionState, CONTINUOUS, EndReason, SyncMode};
 
 /// Index of the block ring (receiver → assembler).
 pub const BLOCK_RING: usize = 0;

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Context;
 use shm_protocol::messages::{AcquisitionStatus, SyncMode};
-use shm_protocol::pipeline::{self, AcquisitionState, BLOCK_RING};
+use shm_protocol::pipeline::{self, AcquisitionState, BLOCK_RING, EndReason};
 
 use super::Supervisor;
 
@@ -65,15 +65,20 @@ impl Supervisor {
             return None;
         }
         let state = rec.state();
+        let frames = rec.frames.load(Ordering::Relaxed);
+        let ended = rec.end_reason();
         Some(AcquisitionStatus {
             id,
             path: rec.path(),
             state,
-            frames: rec.frames.load(Ordering::Relaxed),
+            frames,
+            continuous: frames == pipeline::CONTINUOUS,
             assigned: rec.assigned.load(Ordering::Relaxed),
             written: rec.written.load(Ordering::Relaxed),
             complete: rec.complete.load(Ordering::Relaxed),
             error: (state == AcquisitionState::Failed).then(|| rec.error()),
+            ended,
+            reason: ended.filter(|&e| e != EndReason::Complete).map(|_| rec.reason()),
         })
     }
 }

@@ -13,7 +13,7 @@ mod watch;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -64,6 +64,9 @@ pub struct Supervisor {
     started: Instant,
     /// Rates over the last second, from counter samples the watcher takes.
     rates: Mutex<Rates>,
+    /// Client connections waiting for an acquisition to end (`acquire --wait`): answered before the supervisor
+    /// exits.
+    waiters: AtomicUsize,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -141,6 +144,7 @@ impl Supervisor {
             failure: Mutex::new(None),
             started: Instant::now(),
             rates: Mutex::new(Rates::default()),
+            waiters: AtomicUsize::new(0),
         });
         Ok((sup, listener))
     }
@@ -181,6 +185,10 @@ impl Supervisor {
 
     fn fail(&self, why: String) {
         tracing::error!("{why}");
+        // The running acquisition is cut short: it says why (its file is finished at the stop, see `stop_all`).
+        if let Some(rec) = self.area().active() {
+            rec.claim_end(pipeline::EndReason::PipelineFailed, &format!("the pipeline stopped: {why}"));
+        }
         *self.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
         self.request_shutdown();
     }
@@ -220,7 +228,17 @@ impl Supervisor {
             // However the watcher ended, the server must end too.
             self.request_shutdown();
         });
+        self.answer_waiters();
         Ok(())
+    }
+
+    /// Gives clients waiting for an acquisition (`acquire --wait`, polling every 100 ms) the time to read its
+    /// final state before the process exits and their connections close: until none waits, at most 2 s.
+    fn answer_waiters(&self) {
+        let t = Instant::now();
+        while self.waiters.load(Ordering::Acquire) > 0 && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

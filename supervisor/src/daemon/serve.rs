@@ -3,13 +3,13 @@
 
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use shm_protocol::Region;
 use shm_protocol::control::{Connection, ControlError, ControlListener};
 use shm_protocol::messages::{PROTOCOL_VERSION, Reply, Request, Role};
-use shm_protocol::pipeline::{FRAME_RING, Stage};
+use shm_protocol::pipeline::{EndReason, FRAME_RING, Stage};
 
 use super::Supervisor;
 
@@ -35,6 +35,36 @@ impl Subscriber<'_> {
             let _ = ring.release_consumer(self.index);
         }
         tracing::info!(cursor = self.index, "consumer gone");
+    }
+}
+
+/// Whether one client connection waits for an acquisition to end, counted in the supervisor's `waiters` (see
+/// `Supervisor::answer_waiters`); uncounted when dropped.
+struct Waiting<'a> {
+    count: &'a AtomicUsize,
+    on: bool,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        Self { count, on: false }
+    }
+
+    fn set(&mut self, on: bool) {
+        if on != self.on {
+            if on {
+                self.count.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.count.fetch_sub(1, Ordering::AcqRel);
+            }
+            self.on = on;
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.set(false);
     }
 }
 
@@ -184,6 +214,7 @@ impl Supervisor {
 
     fn serve_client(&self, mut conn: Connection) {
         let mut subscription: Option<Subscriber<'_>> = None;
+        let mut waiting = Waiting::new(&self.waiters);
         loop {
             let req = match conn.recv::<Request>() {
                 Ok(r) => r.msg,
@@ -238,6 +269,9 @@ impl Supervisor {
                 },
                 other => self.handle(other),
             };
+            if let Reply::Acquisition(st) = &reply {
+                waiting.set(!st.state.is_over());
+            }
             if conn.send(&reply).is_err() {
                 break;
             }
@@ -281,6 +315,9 @@ impl Supervisor {
             },
             Request::Stop => match self.area().active() {
                 Some(rec) => {
+                    if rec.state().takes_frames() {
+                        rec.claim_end(EndReason::Stopped, "stopped by the user (ringdaq stop)");
+                    }
                     rec.stop_requested.store(1, Ordering::Release);
                     Reply::Ok
                 }

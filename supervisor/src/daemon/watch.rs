@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use shm_protocol::messages::StageCommand;
-use shm_protocol::pipeline::{self, BLOCK_RING, FRAME_RING, Stage};
+use shm_protocol::pipeline::{self, AcquisitionState, BLOCK_RING, EndReason, FRAME_RING, Stage};
 
 use super::Supervisor;
 use crate::restart_policy::{Budget, Death, Decision};
@@ -211,39 +211,98 @@ impl Supervisor {
         }
     }
 
-    /// Stops the stages in pipeline order, each after the one before it has drained into it.
+    /// Stops the stages in pipeline order, each after the one before it has drained into it. The running
+    /// acquisition ends with the frames so far, its file finished: by the writer as it drains, or, if no writer
+    /// runs (it died past its budget), here (see `finish_acquisitions`).
     fn stop_all(&self) {
         if let Some(rec) = self.area().active() {
-            rec.stop_requested.store(1, Ordering::Release);
-        }
-        for st in Stage::ALL {
-            let stopping = self.lock().stages[st as usize].state.stop();
-            let Some((mut child, conn)) = stopping else { continue };
-            if let Some(c) = &conn {
-                let _ = c.send(&StageCommand::Shutdown);
-            } else {
-                let _ = rustix::process::kill_process(
-                    rustix::process::Pid::from_child(&child),
-                    rustix::process::Signal::TERM,
+            // Unless a reason was recorded first (the restart budget, a user's stop).
+            if rec.state().takes_frames() {
+                rec.claim_end(
+                    EndReason::Shutdown,
+                    "the pipeline was shut down before the acquisition had all its frames",
                 );
             }
-            let t = Instant::now();
-            loop {
-                match child.try_wait() {
-                    Ok(Some(st_)) => {
-                        tracing::info!(stage = st.name(), "stage {}", stages::describe_exit(st_));
-                        break;
-                    }
-                    Ok(None) if t.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(5)),
-                    _ => {
-                        tracing::warn!(stage = st.name(), "stage did not stop in 10 s; killing it");
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
+            rec.stop_requested.store(1, Ordering::Release);
+        }
+        // A writer that is gone (out of its budget, or between restarts) makes no room in the frame ring, so the
+        // assembler could not drain into it: this process writes in its place while the stages before it stop.
+        let writer_gone = self.lock().stages[Stage::Writer as usize].state.pid() == 0;
+        let standing_in = AtomicBool::new(writer_gone);
+        std::thread::scope(|s| {
+            if writer_gone {
+                let (span, standing_in) = (tracing::Span::current(), &standing_in);
+                s.spawn(move || span.in_scope(|| self.stand_in_writer(standing_in)));
+            }
+            self.stop_stage(Stage::Receiver);
+            self.stop_stage(Stage::Assembler);
+            standing_in.store(false, Ordering::Release);
+        });
+        self.stop_stage(Stage::Writer);
+        self.finish_acquisitions();
+    }
+
+    /// Stops one stage: asks it to finish what it holds and exit, and kills it after 10 s.
+    fn stop_stage(&self, st: Stage) {
+        let stopping = self.lock().stages[st as usize].state.stop();
+        let Some((mut child, conn)) = stopping else { return };
+        if let Some(c) = &conn {
+            let _ = c.send(&StageCommand::Shutdown);
+        } else {
+            let _ =
+                rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM);
+        }
+        let t = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(st_)) => {
+                    tracing::info!(stage = st.name(), "stage {}", stages::describe_exit(st_));
+                    break;
+                }
+                Ok(None) if t.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(5)),
+                _ => {
+                    tracing::warn!(stage = st.name(), "stage did not stop in 10 s; killing it");
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
                 }
             }
-            self.area().stage(st).pid.store(0, Ordering::Relaxed);
+        }
+        self.area().stage(st).pid.store(0, Ordering::Relaxed);
+    }
+
+    /// Writes in place of a writer that is gone, until `run` turns false, then drains: the writer crate's loop
+    /// in this process, from the cursors and records in the region, as a restarted writer would.
+    fn stand_in_writer(&self, run: &AtomicBool) {
+        tracing::warn!("no writer runs: writing in its place while the pipeline stops");
+        let cfg = writer::WriterConfig { direct_io: self.cfg.writer.direct_io };
+        let r = writer::Writer::new(&self.region, cfg).and_then(|mut w| w.run(|| !run.load(Ordering::Acquire)));
+        if let Err(e) = r {
+            tracing::error!(error = %e, "writing in place of the writer failed");
+        }
+    }
+
+    /// After the stages stopped: ends and finishes an acquisition that no stage did. An assembler that is gone
+    /// (out of its budget) did not end the running one: its frames are those already assigned. A writer that is
+    /// gone did not finish its file: it is finished here, in this process, as a restarted writer would (the
+    /// writer crate, from the records and cursors in the region), so that the frames written stay a valid file.
+    fn finish_acquisitions(&self) {
+        let area = self.area();
+        if let Some(rec) = area.active() {
+            let id = rec.id.load(Ordering::Acquire);
+            for from in [AcquisitionState::Armed, AcquisitionState::Running] {
+                rec.transition(from, AcquisitionState::Assigned);
+            }
+            let _ = area.active_acquisition.compare_exchange(id, 0, Ordering::AcqRel, Ordering::Relaxed);
+        }
+        if area.acquisitions.iter().all(|r| r.id.load(Ordering::Acquire) == 0 || r.state().is_over()) {
+            return;
+        }
+        tracing::warn!("an acquisition was not finished by the writer; finishing its file here");
+        let cfg = writer::WriterConfig { direct_io: self.cfg.writer.direct_io };
+        match writer::Writer::new(&self.region, cfg).and_then(|mut w| w.drain()) {
+            Ok(()) => {}
+            Err(e) => tracing::error!(error = %e, "finishing the acquisition's file failed"),
         }
     }
 }

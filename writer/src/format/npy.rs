@@ -48,16 +48,9 @@ impl Npy {
         let mut f = NpyFile { file, tmp, path: path.to_owned(), plan: *plan };
         // Sizing and the header are repeated on a resume (the same bytes at the same place): the previous writer
         // may have died between creating the file and writing them.
-        let total = f.len(plan.frames);
-        // The frames get their space now: a disk that fills up later (another process, a long run) cannot fail
-        // a frame write, and one that is too small fails here, before any frame.
-        match rustix::fs::fallocate(f.file.file(), rustix::fs::FallocateFlags::empty(), 0, total) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::NOSPC) => {
-                f.discard();
-                return Err(FormatError::NoSpace { frames: plan.frames, bytes: total, path: f.tmp });
-            }
-            Err(_) => f.file.file().set_len(total).map_err(|e| f.err("sizing", e))?,
+        if let Err(e) = f.reserve(plan.frames) {
+            f.discard();
+            return Err(e);
         }
         f.file.write_at(&header(&f.shape(plan.frames)), 0).map_err(|e| f.err("writing the header of", e))?;
         Ok(Box::new(f))
@@ -124,6 +117,19 @@ impl NpyFile {
     fn err(&self, step: &str, e: std::io::Error) -> FormatError {
         FormatError::io(format!("{step} {}", self.tmp.display()), e)
     }
+
+    /// Gives the file the space of `frames` frames (it never shrinks here). The frames get their space before
+    /// they come: a disk that fills up later (another process, a long run) cannot fail a frame write, and one
+    /// that is too small fails here, before any frame of the step.
+    fn reserve(&self, frames: u64) -> Result<(), FormatError> {
+        let total = self.len(frames);
+        match rustix::fs::fallocate(self.file.file(), rustix::fs::FallocateFlags::empty(), 0, total) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::NOSPC) => Err(FormatError::NoSpace { frames, bytes: total, path: self.tmp.clone() }),
+            Err(_) if self.file.file().metadata().is_ok_and(|m| m.len() >= total) => Ok(()),
+            Err(_) => self.file.file().set_len(total).map_err(|e| self.err("sizing", e)),
+        }
+    }
 }
 
 impl FormatFile for NpyFile {
@@ -138,6 +144,17 @@ impl FormatFile for NpyFile {
         self.file
             .write_at(pixels, offset)
             .map_err(|e| FormatError::io(format!("writing frame {index} to {}", self.tmp.display()), e))
+    }
+
+    fn grow(&mut self, frames: u64) -> Result<(), FormatError> {
+        if frames <= self.plan.frames {
+            return Ok(());
+        }
+        self.reserve(frames)?;
+        // The header follows, so that a file kept after a crash reads as what it holds.
+        self.file.write_at(&header(&self.shape(frames)), 0).map_err(|e| self.err("writing the header of", e))?;
+        self.plan.frames = frames;
+        Ok(())
     }
 
     fn finish(&mut self, frames: u64) -> Result<(), FormatError> {
