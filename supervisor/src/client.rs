@@ -120,11 +120,13 @@ pub fn wait_for(conn: &mut Connection, id: u64, progress: bool) -> anyhow::Resul
             if st.continuous {
                 eprint!("\r{:>8}: {} frames written, {:.0} frames/s   ", st.state, st.written, rate);
             } else {
-                let left = if rate > 0.0 { (st.frames.saturating_sub(st.written)) as f64 / rate } else { f64::NAN };
-                eprint!(
-                    "\r{:>8}: {}/{} frames written, {:.0} frames/s, {:.1} s left   ",
-                    st.state, st.written, st.frames, rate, left
-                );
+                // No frame yet (armed, or waiting for the sync flag): no rate, so no time left to tell.
+                let left = if st.written > 0 {
+                    format!("{:.0} frames/s, {:.1} s left", rate, st.frames.saturating_sub(st.written) as f64 / rate)
+                } else {
+                    "waiting for the first frame".to_string()
+                };
+                eprint!("\r{:>8}: {}/{} frames written, {left}   ", st.state, st.written, st.frames);
             }
             let _ = std::io::stderr().flush();
         }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use shm_protocol::messages::AcquisitionStatus;
+use shm_protocol::pipeline::EndReason;
 
 use crate::daemon::Supervisor;
 
@@ -39,7 +40,16 @@ pub fn show(sup: &Supervisor) {
                 if let Some((_, old)) = bar.take() {
                     old.abandon();
                 }
-                let b = ProgressBar::new(a.frames).with_style(style.clone()).with_prefix(a.id.to_string());
+                let b = if a.continuous {
+                    // Until stopped: no length to fill, a count.
+                    ProgressBar::new_spinner().with_style(
+                        ProgressStyle::with_template("acquisition {prefix} {msg:8} {pos} frames, until stopped")
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                    )
+                } else {
+                    ProgressBar::new(a.frames).with_style(style.clone())
+                }
+                .with_prefix(a.id.to_string());
                 bar = Some((a.id, b));
             }
             if let Some((_, b)) = &bar {
@@ -65,8 +75,10 @@ pub fn show(sup: &Supervisor) {
 
 /// The line an ended acquisition leaves on screen.
 fn ending(a: &AcquisitionStatus) -> String {
-    match &a.error {
-        Some(e) => format!("failed: {e}"),
-        None => format!("{}: {} frames ({} complete) in {}", a.state, a.written, a.complete, a.path),
+    let frames = format!("{} frames ({} complete) in {}", a.written, a.complete, a.path);
+    match (&a.error, a.ended, &a.reason) {
+        (Some(e), ..) => format!("failed: {e}"),
+        (None, Some(r), Some(why)) if r != EndReason::Complete => format!("{} ({r}): {frames}; {why}", a.state),
+        _ => format!("{}: {frames}", a.state),
     }
 }

@@ -13,6 +13,7 @@
 //! [`conformance`] (the checks every format passes). The writer crate alone names the files it writes:
 //! [`temp_files`] lists an acquisition's temporary files.
 
+mod baseline;
 pub mod conformance;
 mod direct;
 pub mod format;

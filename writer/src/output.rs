@@ -13,6 +13,7 @@ use crate::sidecar::{self, FrameMeta, Sidecar};
 pub fn temp_files(path: &Path) -> Result<Vec<PathBuf>, FormatError> {
     let mut files = format::for_path(path)?.temp_files(path);
     files.push(journal::path(path));
+    files.push(crate::baseline::path(path));
     files.push(sidecar::temp_path(path));
     Ok(files)
 }

@@ -209,6 +209,10 @@ impl Files<'_> {
         if resume {
             tracing::info!(acquisition = id, path = %path.display(), "file reopened after a restart");
         } else {
+            // The sidecar's counters are the acquisition's own: differences from here.
+            if let Err(e) = crate::baseline::save(&path, &self.area.counters()) {
+                tracing::warn!(error = %e, "recording the counters at the start; the sidecar will show totals");
+            }
             tracing::info!(acquisition = id, path = %path.display(), frames = requested, direct = out.is_direct(), "file opened");
         }
         self.open = Some(OpenAcquisition { id, out, continuous });
@@ -228,6 +232,7 @@ impl Files<'_> {
             // Keep what was written, with a header that says how much: the frames so far stay readable.
             let n = rec.written.load(Ordering::Acquire);
             msg = format!("{msg}; {}", o.out.keep(n));
+            crate::baseline::remove(o.out.path());
         }
         tracing::error!(acquisition = rec.id.load(Ordering::Relaxed), error = msg, "acquisition failed");
         rec.claim_end(reason, &msg);
@@ -302,7 +307,8 @@ impl Files<'_> {
         let (ended, reason) = self.ending(o, rec, n);
         let (id, shape, continuous) = (o.id, self.shape, o.continuous);
         let requested = if continuous { n } else { planned };
-        let path = o.out.path().display().to_string();
+        let o_path = o.out.path().to_owned();
+        let path = o_path.display().to_string();
         o.out.finish(n, |frame_list| {
             let complete = frame_list.iter().filter(|m| m.complete).count() as u64;
             Sidecar {
@@ -319,10 +325,12 @@ impl Files<'_> {
                 shape: [n, shape.rows, shape.cols],
                 dtype: "uint16".into(),
                 fill_value: self.area.params.fill_value,
-                counters: self.area.counters(),
+                counters: crate::baseline::since_start(&o_path, self.area.counters()),
                 frame_list,
             }
-        })
+        })?;
+        crate::baseline::remove(&o_path);
+        Ok(())
     }
 }
 
