@@ -244,10 +244,22 @@ pub fn render_status(s: &StatusReport) -> String {
     o
 }
 
-/// `ringdaq stop`.
+/// How long a command that answers once its change is done (`stop`, `restart`, `detach`, `attach`) waits for
+/// the answer: longer than the supervisor's own bounds (30 s for a file to be final, 10 s for a stage to drain
+/// plus 20 s for a new one to be ready), so that the supervisor's error, which says what is not done, arrives.
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sends a request that is answered once its change is done (see [`CHANGE_TIMEOUT`]).
+fn call_change(runtime_dir: &Path, req: Request) -> anyhow::Result<Reply> {
+    let mut conn = connect(runtime_dir)?;
+    conn.set_recv_timeout(Some(CHANGE_TIMEOUT))?;
+    call(&mut conn, req)
+}
+
+/// `ringdaq stop`: returns once the acquisition's file is final.
 pub fn stop(runtime_dir: &Path) -> anyhow::Result<()> {
-    call(&mut connect(runtime_dir)?, Request::Stop)?;
-    eprintln!("acquisition stopped; its file is being finished");
+    call_change(runtime_dir, Request::Stop)?;
+    eprintln!("acquisition stopped; its file is final");
     Ok(())
 }
 
@@ -258,20 +270,21 @@ pub fn shutdown(runtime_dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `ringdaq restart STAGE`.
+/// `ringdaq restart STAGE`: returns once the new process is ready.
 pub fn restart(runtime_dir: &Path, stage: shm_protocol::pipeline::Stage) -> anyhow::Result<()> {
-    call(&mut connect(runtime_dir)?, Request::Restart { stage })?;
-    eprintln!("the {} is restarting", stage.name());
+    call_change(runtime_dir, Request::Restart { stage })?;
+    eprintln!("the {} was restarted: the old process has exited and the new one is ready", stage.name());
     Ok(())
 }
 
 /// `ringdaq detach STAGE`: prints the command line that runs the stage by hand.
 pub fn detach(runtime_dir: &Path, stage: shm_protocol::pipeline::Stage) -> anyhow::Result<()> {
-    let Reply::Detached { command } = call(&mut connect(runtime_dir)?, Request::Detach { stage })? else {
+    let Reply::Detached { command } = call_change(runtime_dir, Request::Detach { stage })? else {
         bail!("unexpected reply to detach")
     };
     eprintln!(
-        "the {} is detached; run it by hand (it attaches to the pipeline), then `ringdaq attach {}`:",
+        "the {} is detached and its process has exited; run it by hand (it attaches to the pipeline), then \
+         `ringdaq attach {}`:",
         stage.name(),
         stage.name()
     );
@@ -279,9 +292,9 @@ pub fn detach(runtime_dir: &Path, stage: shm_protocol::pipeline::Stage) -> anyho
     Ok(())
 }
 
-/// `ringdaq attach STAGE`.
+/// `ringdaq attach STAGE`: returns once the supervisor's process is ready.
 pub fn attach(runtime_dir: &Path, stage: shm_protocol::pipeline::Stage) -> anyhow::Result<()> {
-    call(&mut connect(runtime_dir)?, Request::Attach { stage })?;
-    eprintln!("the {} is managed by the supervisor again", stage.name());
+    call_change(runtime_dir, Request::Attach { stage })?;
+    eprintln!("the {} is managed by the supervisor again, and its process is ready", stage.name());
     Ok(())
 }

@@ -12,12 +12,15 @@
 //!
 //! The status labels (`ringdaq status`, field `state`) are produced here and only here: [`StageState::label`];
 //! their names are [`Label::as_str`], in the protocol's messages.
+//! Which process may hold the stage is decided here and only here: [`StageState::admit`] answers every stage
+//! hello (the supervisor's own process, started or restarted, and a process run by hand), and the stage is
+//! never held by two processes at once.
 
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use shm_protocol::control::Connection;
-use shm_protocol::messages::StageCommand;
+use shm_protocol::messages::{StageCommand, StopReason};
 use shm_protocol::pipeline::Stage;
 
 /// What `ringdaq status` says a stage is doing: the wire's enum (its names are public, `status --json`).
@@ -44,6 +47,34 @@ pub enum Refused {
     /// A second hand-run process while the first one's connection is open.
     #[error("a hand-run {0} (pid {1}) is attached already")]
     HandRunAttached(&'static str, u32),
+    /// A hand-run hello while the supervisor's process, detached, has not exited yet.
+    #[error(
+        "the supervisor's {0} (pid {1}) is still stopping; a process run by hand may take the stage once it has exited"
+    )]
+    LeavingStillRuns(&'static str, u32),
+    /// A stage hello from a process that is not the one the supervisor started.
+    #[error("the {0} is process {1}, not {2}")]
+    NotItsProcess(&'static str, u32, u32),
+    /// A stage hello while the supervisor has no process for it (and it is not detached).
+    #[error("no {0} is being started")]
+    NotStarting(&'static str),
+}
+
+impl Refused {
+    /// Whether a hello refused so may be accepted a moment later, without anyone acting: the supervisor's new
+    /// process is recorded just after it is spawned (it may say hello first), and a detached one is exiting.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Refused::NotStarting(_) | Refused::LeavingStillRuns(..))
+    }
+}
+
+/// Who a process that said hello as the stage is, as [`StageState::admit`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admitted {
+    /// The process the supervisor started (or restarted) for the stage.
+    Supervised,
+    /// A process run by hand for the detached stage.
+    HandRun,
 }
 
 /// A stage process the supervisor started.
@@ -62,9 +93,10 @@ impl Process {
         self.child.id()
     }
 
-    /// Asks it to finish what it holds and exit: with a Shutdown command over its connection, else with SIGTERM.
-    fn ask_to_stop(&self, conn: Option<&Connection>) {
-        let asked = conn.is_some_and(|c| c.send(&StageCommand::Shutdown).is_ok());
+    /// Asks it to finish what it holds and exit, saying `why`: with a Shutdown command over its connection, else
+    /// with SIGTERM.
+    fn ask_to_stop(&self, conn: Option<&Connection>, why: StopReason) {
+        let asked = conn.is_some_and(|c| c.send(&StageCommand::Shutdown { why }).is_ok());
         if !asked && let Some(pid) = rustix::process::Pid::from_raw(self.pid() as i32) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
@@ -313,12 +345,12 @@ impl StageState {
         match &mut self.state {
             State::Starting { proc } => {
                 proc.restart_requested = true;
-                proc.ask_to_stop(None);
+                proc.ask_to_stop(None, StopReason::Restart);
                 Ok(proc.pid())
             }
             State::Running { proc, conn } => {
                 proc.restart_requested = true;
-                proc.ask_to_stop(Some(conn));
+                proc.ask_to_stop(Some(conn), StopReason::Restart);
                 Ok(proc.pid())
             }
             State::Detached { .. } => Err(Refused::RestartDetached(name)),
@@ -339,22 +371,56 @@ impl StageState {
             }
         };
         if let Some((proc, conn)) = &leaving {
-            proc.ask_to_stop(conn.as_ref());
+            proc.ask_to_stop(conn.as_ref(), StopReason::Detach);
         }
         self.state = State::Detached { leaving, hand_run: None };
         Ok(())
     }
 
-    /// A process run by hand said hello as this detached stage: it holds the stage from now on, unless an
-    /// earlier one's connection is still open.
+    /// The pid of the supervisor's process of a detached stage while it has not exited (been reaped) yet.
+    pub fn leaving_pid(&self) -> Option<u32> {
+        match &self.state {
+            State::Detached { leaving: Some((proc, _)), .. } => Some(proc.pid()),
+            _ => None,
+        }
+    }
+
+    /// The one decision on a stage hello from process `pid`: accepted if `pid` is the process the supervisor
+    /// started (or restarted) for the stage, or, while the stage is detached, if nobody else holds it (see
+    /// [`StageState::hand_run_hello`]); the caller then hands it the region and records its Ready with
+    /// [`StageState::ready`] or [`StageState::hand_run_ready`]. A refusal that [`Refused::is_transient`] may be
+    /// retried a moment later.
+    pub fn admit(&mut self, pid: u32) -> Result<Admitted, Refused> {
+        let name = self.stage.name();
+        match &self.state {
+            State::Starting { proc } | State::Running { proc, .. } if proc.pid() == pid => Ok(Admitted::Supervised),
+            State::Starting { proc } | State::Running { proc, .. } => {
+                Err(Refused::NotItsProcess(name, proc.pid(), pid))
+            }
+            State::Stopped | State::Restarting { .. } => Err(Refused::NotStarting(name)),
+            State::Detached { .. } => self.hand_run_hello(pid).map(|()| Admitted::HandRun),
+        }
+    }
+
+    /// A process run by hand said hello as this detached stage: it holds the stage from now on, unless the
+    /// supervisor's process has not exited yet, or an earlier hand-run one still holds it (its connection is
+    /// open, or it said hello, has not said Ready yet and is alive).
     pub fn hand_run_hello(&mut self, pid: u32) -> Result<(), Refused> {
-        let State::Detached { hand_run, .. } = &mut self.state else {
-            return Err(Refused::NotDetached(self.stage.name()));
+        let name = self.stage.name();
+        let State::Detached { hand_run, leaving } = &mut self.state else {
+            return Err(Refused::NotDetached(name));
         };
-        if let Some(HandRun { pid: holder, conn: Some(c) }) = hand_run
-            && open(c)
-        {
-            return Err(Refused::HandRunAttached(self.stage.name(), *holder));
+        if let Some((proc, _)) = leaving {
+            return Err(Refused::LeavingStillRuns(name, proc.pid()));
+        }
+        match hand_run {
+            Some(HandRun { pid: holder, conn: Some(c) }) if open(c) => {
+                return Err(Refused::HandRunAttached(name, *holder));
+            }
+            Some(HandRun { pid: holder, conn: None }) if *holder != pid && crate::daemon::process_alive(*holder) => {
+                return Err(Refused::HandRunAttached(name, *holder));
+            }
+            _ => {}
         }
         *hand_run = Some(HandRun { pid, conn: None });
         Ok(())
@@ -384,9 +450,13 @@ impl StageState {
     }
 
     /// `ringdaq attach`, second half: `Detached` → `Restarting { at: now }`, so the watcher starts the stage.
-    /// A process that said hello as the stage meanwhile loses it (its connection is closed).
+    /// Refused while a process run by hand that said hello since [`StageState::attach_begin`] is alive (it runs
+    /// as soon as it is welcomed): the caller stops it first, so that it and the supervisor's never run at once.
     pub fn attach_end(&mut self, now: Instant) -> Result<(), Refused> {
-        match self.state {
+        match &self.state {
+            State::Detached { leaving: None, hand_run: Some(h) } if crate::daemon::process_alive(h.pid) => {
+                Err(Refused::HandRunAttached(self.stage.name(), h.pid))
+            }
             State::Detached { leaving: None, .. } => {
                 self.state = State::Restarting { at: now };
                 Ok(())
@@ -534,7 +604,7 @@ mod tests {
         s.ready(pid, conn).expect("ready");
         assert_eq!(s.request_restart(), Ok(pid));
         let got = peer.recv::<StageCommand>().expect("a command");
-        assert_eq!(got.msg, StageCommand::Shutdown);
+        assert_eq!(got.msg, StageCommand::Shutdown { why: StopReason::Restart });
         kill(s.stop().expect("child").0);
     }
 
@@ -591,6 +661,47 @@ mod tests {
         assert_eq!(s.attach_begin().err(), Some(Refused::NotDetached("assembler")));
         assert_eq!(s.attach_end(now), Err(Refused::NotDetached("assembler")));
         assert_eq!(s.hand_run_hello(1), Err(Refused::NotDetached("assembler")));
+    }
+
+    /// One decision for every hello: the supervisor's process, strangers, and a hand-run process only once the
+    /// detached process has exited and while nobody else holds the stage.
+    #[test]
+    fn admit_decides_every_hello() {
+        let mut s = StageState::new(Stage::Assembler);
+        assert_eq!(s.admit(1), Err(Refused::NotStarting("assembler")));
+        assert!(s.admit(1).is_err_and(|r| r.is_transient()));
+        s.started(long_child(), Instant::now()).expect("start");
+        let pid = s.pid();
+        assert_eq!(s.admit(pid), Ok(Admitted::Supervised));
+        assert_eq!(s.admit(pid + 1), Err(Refused::NotItsProcess("assembler", pid, pid + 1)));
+        assert!(s.admit(pid + 1).is_err_and(|r| !r.is_transient()));
+        s.ready(pid, pair().0).expect("ready");
+        assert_eq!(s.admit(pid), Ok(Admitted::Supervised), "a restarted session of its own process");
+
+        // Detached: while the supervisor's process has not exited, a hand-run one waits (the two never run at once).
+        s.detach().expect("detach");
+        assert_eq!((s.leaving_pid(), s.admit(4242)), (Some(pid), Err(Refused::LeavingStillRuns("assembler", pid))));
+        assert!(s.admit(4242).is_err_and(|r| r.is_transient()));
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).expect("pid"),
+            rustix::process::Signal::KILL,
+        );
+        assert!(reap(&mut s).detached);
+        assert_eq!(s.leaving_pid(), None);
+        // A live process that said hello holds the stage until it is gone, Ready or not.
+        let me = std::process::id();
+        // Above the largest pid the kernel gives (2^22 - 1): no process.
+        const NO_PID: u32 = 1 << 22;
+        assert_eq!(s.admit(me), Ok(Admitted::HandRun));
+        assert_eq!(s.admit(NO_PID), Err(Refused::HandRunAttached("assembler", me)));
+        assert_eq!(s.attach_end(Instant::now()), Err(Refused::HandRunAttached("assembler", me)));
+        let (conn, peer) = pair();
+        s.hand_run_ready(me, conn).expect("ready");
+        assert_eq!(s.admit(NO_PID), Err(Refused::HandRunAttached("assembler", me)));
+        drop(peer);
+        assert_eq!(s.admit(NO_PID), Ok(Admitted::HandRun), "the first one's connection closed");
+        // NO_PID is no process: it does not hold the stage against the next one.
+        assert_eq!(s.admit(NO_PID + 1), Ok(Admitted::HandRun));
     }
 
     #[test]

@@ -43,9 +43,10 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Bytes of the pixels of all planned frames.
+    /// Bytes of the pixels of all planned frames (saturating: a request of absurd size is refused by its size,
+    /// not by an overflow).
     pub fn pixel_bytes(&self) -> u64 {
-        self.frames * self.shape.frame_bytes()
+        self.frames.saturating_mul(self.shape.frame_bytes())
     }
 }
 
@@ -121,6 +122,10 @@ pub trait OutputFormat: Sync {
     /// The temporary files an acquisition into `path` creates, the file holding the frames first. They exist
     /// from [`OutputFormat::create`] until [`FormatFile::publish`], and are what [`OutputFormat::resume`] reopens.
     fn temp_files(&self, path: &Path) -> Vec<PathBuf>;
+
+    /// Bytes the files of an acquisition for `plan` take on disk once every frame is written (what `create`
+    /// preallocates), so that one that cannot fit is refused when it is armed.
+    fn file_bytes(&self, plan: &Plan) -> u64;
 
     /// Creates (truncating leftovers) and preallocates the temporary files for `plan`.
     fn create(&self, path: &Path, plan: &Plan) -> Result<Box<dyn FormatFile>, FormatError>;

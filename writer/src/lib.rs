@@ -10,7 +10,8 @@
 //!
 //! Modules: [`stage`] (the loop over the frame ring), [`output`] (an acquisition's files, format-agnostic),
 //! [`format`] (the output-format trait, its registry and the formats: [`npy`]), [`sidecar`],
-//! [`conformance`] (the checks every format passes). The writer crate alone names the files it writes:
+//! [`conformance`] (the checks every format passes), [`preflight`] (what an acquisition needs, checked when it
+//! is armed). The writer crate alone names the files it writes:
 //! [`temp_files`] lists an acquisition's temporary files.
 
 mod baseline;
@@ -19,6 +20,7 @@ mod direct;
 pub mod format;
 mod journal;
 pub mod output;
+pub mod preflight;
 pub mod sidecar;
 pub mod stage;
 

@@ -261,13 +261,25 @@ impl Files<'_> {
                 && rec.assigned.load(Ordering::Acquire) == 0
                 && self.open.as_ref().is_none_or(|o| o.id != id)
             {
-                // Stopped before its first frame: an empty but valid file.
-                match self.open_acquisition(rec) {
-                    Ok(()) => self.finish_open(),
-                    Err(e) => self.fail(rec, end_reason_of(&e), &e.to_string()),
-                }
+                self.finish_empty(rec);
             }
         }
+    }
+
+    /// An acquisition that ended before its first frame (stopped, or the pipeline shut down): there is nothing to
+    /// keep, so it leaves no file at all, neither data nor sidecar (its record says it got 0 frames), and
+    /// temporary files a killed writer may have left for it are removed.
+    fn finish_empty(&mut self, rec: &AcquisitionRecord) {
+        let path = PathBuf::from(rec.path());
+        for tmp in crate::temp_files(&path).unwrap_or_default() {
+            let _ = std::fs::remove_file(tmp);
+        }
+        // Whoever ended it recorded why first (a user's stop, the shutdown, an idle stream); this only covers a
+        // foreign stage, as `ending` does.
+        rec.claim_end(EndReason::Stopped, "ended after 0 frames");
+        rec.set_state(AcquisitionState::Done);
+        self.area.writer.done.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(acquisition = rec.id.load(Ordering::Relaxed), path = %path.display(), "acquisition ended before its first frame: no file written");
     }
 
     /// Fixes the file, writes the sidecar, syncs and renames; marks the acquisition DONE (or FAILED).

@@ -130,8 +130,39 @@ pub enum Reply {
 /// Messages from the supervisor to a stage, after `Welcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StageCommand {
-    /// Finish what is in flight and exit 0.
-    Shutdown,
+    /// Finish what is in flight and exit 0; `why` is logged by the stage.
+    Shutdown {
+        /// Why the supervisor asks.
+        why: StopReason,
+    },
+}
+
+/// Why the supervisor tells a stage to stop (the stage logs it, so that its `stopped` line says why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    /// The pipeline shuts down (`ringdaq shutdown`, a signal, or a stage out of its restart budget).
+    PipelineShutdown,
+    /// `ringdaq restart`: a new process takes over at once.
+    Restart,
+    /// `ringdaq detach`: the stage is to be run by hand.
+    Detach,
+    /// `ringdaq attach`: the supervisor runs the stage again, so the process run by hand must stop.
+    Attach,
+    /// This process said Ready after another one took the stage (or the stage was attached meanwhile).
+    NotTheStage,
+}
+
+impl StopReason {
+    /// The reason in words, as the stage logs it.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::PipelineShutdown => "the pipeline is shutting down",
+            Self::Restart => "`ringdaq restart` asked for a new process",
+            Self::Detach => "`ringdaq detach`: the stage is to be run by hand",
+            Self::Attach => "`ringdaq attach`: the supervisor runs the stage again",
+            Self::NotTheStage => "another process holds the stage (or it was attached meanwhile)",
+        }
+    }
 }
 
 /// An acquisition as the supervisor sees it.

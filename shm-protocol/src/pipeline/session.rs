@@ -79,11 +79,21 @@ pub fn poll_command(conn: &mut Connection) -> Result<Option<StageCommand>, Contr
     Ok(Some(conn.recv::<StageCommand>()?.msg))
 }
 
-/// Whether a stage should stop now: a Shutdown command arrived or the supervisor is gone.
+/// Whether a stage should stop now: a Shutdown command arrived or the supervisor is gone. Either is logged
+/// with who told the stage and why, so that its `stopped` line that follows has a cause.
 pub fn should_stop(conn: &mut Connection) -> bool {
     match poll_command(conn) {
-        Ok(Some(StageCommand::Shutdown)) => true,
-        Err(ControlError::Closed) => true,
+        Ok(Some(StageCommand::Shutdown { why })) => {
+            tracing::info!(reason = ?why, "the supervisor told this stage to stop: {}", why.describe());
+            true
+        }
+        Err(ControlError::Closed) => {
+            tracing::warn!(
+                "the supervisor closed this stage's connection (it exited, or the stage is not this process's); \
+                 stopping"
+            );
+            true
+        }
         Ok(None) | Err(_) => false,
     }
 }

@@ -9,6 +9,11 @@ use shm_protocol::pipeline::{self, AcquisitionState, BLOCK_RING, EndReason};
 
 use super::Supervisor;
 
+/// How long `stop` waits for the file to be final: the assembler ends the acquisition within its idle tick
+/// (250 ms), the writer then writes what the frame ring holds and syncs the file (seconds at most for a ring of
+/// a few GB).
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Supervisor {
     /// Arms an acquisition of `frames` frames into `path`.
     pub fn arm(&self, frames: u64, path: &str, sync: SyncMode) -> anyhow::Result<u64> {
@@ -29,6 +34,11 @@ impl Supervisor {
         for tmp in writer::temp_files(p)? {
             let _ = std::fs::remove_file(tmp);
         }
+        // What cannot succeed is refused now, not when its frames come: an unwritable directory, a file system
+        // without room for every frame (with the numbers).
+        let g = self.region.header().geometry;
+        let shape = writer::format::FrameShape { rows: g.frame_rows.into(), cols: g.frame_cols.into() };
+        writer::preflight::check(p, shape, frames).with_context(|| format!("refusing to acquire into {path}"))?;
         let _ = dir;
         let area = self.area();
         let mut g = self.lock();
@@ -56,6 +66,26 @@ impl Supervisor {
         shm_protocol::logging::set_acquisition(id);
         tracing::info!(frames, path, "acquisition armed");
         Ok(id)
+    }
+
+    /// `ringdaq stop`: ends the running acquisition at its next frame, and answers once its file is final (done
+    /// or failed), so that an `acquire` that follows is not refused as "still running".
+    pub fn stop_acquisition(&self) -> anyhow::Result<()> {
+        let rec = self.area().active().context("no acquisition is running")?;
+        let id = rec.id.load(Ordering::Acquire);
+        if rec.state().takes_frames() {
+            rec.claim_end(EndReason::Stopped, "stopped by the user (ringdaq stop)");
+        }
+        rec.stop_requested.store(1, Ordering::Release);
+        tracing::info!(acquisition = id, "stop requested");
+        let over = || self.acquisition_status(id).is_none_or(|s| s.state.is_over());
+        self.wait_until(STOP_WAIT, over).map_err(|waited| {
+            anyhow::anyhow!(
+                "acquisition {id} was told to stop, but its file is not final after {} s (is the writer running? see \
+                 `ringdaq status`)",
+                waited.as_secs()
+            )
+        })
     }
 
     /// The state of acquisition `id`, if its record still holds it.

@@ -8,10 +8,17 @@ use std::time::{Duration, Instant};
 
 use shm_protocol::Region;
 use shm_protocol::control::{Connection, ControlError, ControlListener};
-use shm_protocol::messages::{PROTOCOL_VERSION, Reply, Request, Role};
-use shm_protocol::pipeline::{EndReason, FRAME_RING, Stage};
+use shm_protocol::messages::{PROTOCOL_VERSION, Reply, Request, Role, StageCommand, StopReason};
+use shm_protocol::pipeline::{FRAME_RING, Stage};
 
 use super::Supervisor;
+use crate::stage_state::Admitted;
+
+/// How long a stage hello waits for a refusal that passes by itself (see
+/// [`Refused::is_transient`](crate::stage_state::Refused::is_transient)): a stage's Session waits 10 s for its
+/// welcome, and a detached process that drains is given 10 s by `detach` before it is killed; 5 s covers a
+/// drain of a full frame ring (8 to 64 frames at a few ms each) with room to spare.
+const ADMIT_WAIT: Duration = Duration::from_secs(5);
 
 /// An external consumer's hold on the frame ring, for as long as its connection lasts.
 struct Subscriber<'r> {
@@ -132,38 +139,49 @@ impl Supervisor {
         }
     }
 
+    /// A process says hello as stage `st`. [`StageState::admit`](crate::stage_state::StageState::admit) alone
+    /// decides whether it may hold the stage: only then does it get the region and the sockets (anything else that
+    /// says it is a stage, a stray binary or a confused script, would take over the stage). A refusal that can
+    /// pass by itself (the watcher records a child just after spawning it, a detached process is exiting) is
+    /// retried for up to [`ADMIT_WAIT`]; the two processes never run at once.
     fn welcome_stage(&self, st: Stage, conn: Connection) {
-        // Only the process the supervisor started for this stage gets the region and the sockets: anything else
-        // that says it is a stage (a stray binary, a confused script) would take over its control connection.
         let peer = conn.peer().pid as u32;
-        let detached = self.lock().stages[st as usize].state.is_detached();
-        if detached {
-            return self.welcome_hand_run(st, conn);
-        }
-        // The watcher records a child just after spawning it; a fast child may say hello first.
         let t = Instant::now();
-        let expected = loop {
-            let pid = self.lock().stages[st as usize].state.supervised_pid();
-            if pid == Some(peer) || t.elapsed() > Duration::from_secs(1) {
-                break pid;
+        let admitted = loop {
+            let r = self.lock().stages[st as usize].state.admit(peer);
+            match r {
+                Err(why) if why.is_transient() && t.elapsed() < ADMIT_WAIT && !self.shutting_down() => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                r => break r,
             }
-            std::thread::sleep(Duration::from_millis(5));
         };
-        if expected != Some(peer) {
-            let message = match expected {
-                Some(pid) => format!("the {} is process {pid}, not {peer}", st.name()),
-                None => format!("no {} is being started", st.name()),
-            };
-            tracing::warn!(stage = st.name(), pid = peer, "refused a stage hello: {message}");
-            let _ = conn.send(&Reply::Error { message });
-            return;
-        }
+        let kind = match admitted {
+            Ok(kind) => kind,
+            Err(why) => {
+                tracing::warn!(stage = st.name(), pid = peer, "refused a stage hello: {why}");
+                let _ = conn.send(&Reply::Error { message: why.to_string() });
+                return;
+            }
+        };
         let Some(conn) = self.hand_over(st, conn) else { return };
-        let ready = self.lock().stages[st as usize].state.ready(peer, conn);
-        match ready {
-            Ok(()) => tracing::info!(stage = st.name(), pid = peer, "stage ready"),
-            // It died (or was detached) during its welcome: its connection closes here.
-            Err(_conn) => tracing::warn!(stage = st.name(), pid = peer, "stage ready too late: it is not the stage's"),
+        let ready = {
+            let mut g = self.lock();
+            let state = &mut g.stages[st as usize].state;
+            match kind {
+                Admitted::Supervised => state.ready(peer, conn),
+                Admitted::HandRun => state.hand_run_ready(peer, conn),
+            }
+        };
+        match (ready, kind) {
+            (Ok(()), Admitted::Supervised) => tracing::info!(stage = st.name(), pid = peer, "stage ready"),
+            (Ok(()), Admitted::HandRun) => tracing::info!(stage = st.name(), pid = peer, "hand-run stage attached"),
+            // It died, was detached or attached, or another process took the stage during its welcome: it is told
+            // why, and its connection closes here.
+            (Err(conn), _) => {
+                tracing::warn!(stage = st.name(), pid = peer, "stage ready too late: it is not the stage's");
+                let _ = conn.send(&StageCommand::Shutdown { why: StopReason::NotTheStage });
+            }
         }
     }
 
@@ -191,23 +209,6 @@ impl Supervisor {
             Err(e) => {
                 tracing::warn!(stage = st.name(), error = %e, "stage never became ready");
                 None
-            }
-        }
-    }
-
-    /// A process the user started by hand for a detached stage: it holds the stage unless an earlier hand-run
-    /// process's connection is still open.
-    fn welcome_hand_run(&self, st: Stage, conn: Connection) {
-        let peer = conn.peer().pid as u32;
-        let hello = self.lock().stages[st as usize].state.hand_run_hello(peer);
-        if let Err(refused) = hello {
-            let _ = conn.send(&Reply::Error { message: refused.to_string() });
-            return;
-        }
-        if let Some(conn) = self.hand_over(st, conn) {
-            let ready = self.lock().stages[st as usize].state.hand_run_ready(peer, conn);
-            if ready.is_ok() {
-                tracing::info!(stage = st.name(), pid = peer, "hand-run stage attached");
             }
         }
     }
@@ -313,15 +314,9 @@ impl Supervisor {
                 Some(s) => Reply::Acquisition(s),
                 None => Reply::Error { message: format!("no acquisition {id}") },
             },
-            Request::Stop => match self.area().active() {
-                Some(rec) => {
-                    if rec.state().takes_frames() {
-                        rec.claim_end(EndReason::Stopped, "stopped by the user (ringdaq stop)");
-                    }
-                    rec.stop_requested.store(1, Ordering::Release);
-                    Reply::Ok
-                }
-                None => Reply::Error { message: "no acquisition is running".into() },
+            Request::Stop => match self.stop_acquisition() {
+                Ok(()) => Reply::Ok,
+                Err(e) => Reply::Error { message: format!("{e:#}") },
             },
             Request::Shutdown => {
                 self.request_shutdown();

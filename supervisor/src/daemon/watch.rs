@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use shm_protocol::messages::StageCommand;
+use shm_protocol::messages::{StageCommand, StopReason};
 use shm_protocol::pipeline::{self, AcquisitionState, BLOCK_RING, EndReason, FRAME_RING, Stage};
 
 use super::Supervisor;
@@ -247,7 +247,7 @@ impl Supervisor {
         let stopping = self.lock().stages[st as usize].state.stop();
         let Some((mut child, conn)) = stopping else { return };
         if let Some(c) = &conn {
-            let _ = c.send(&StageCommand::Shutdown);
+            let _ = c.send(&StageCommand::Shutdown { why: StopReason::PipelineShutdown });
         } else {
             let _ =
                 rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM);

@@ -47,12 +47,19 @@ impl Npy {
             .map_err(|e| FormatError::io(format!("creating {}", tmp.display()), e))?;
         let mut f = NpyFile { file, tmp, path: path.to_owned(), plan: *plan };
         // Sizing and the header are repeated on a resume (the same bytes at the same place): the previous writer
-        // may have died between creating the file and writing them.
+        // may have died between creating the file and writing them. A new file that cannot be sized or headed is
+        // removed: nothing is left behind for an acquisition that never got a frame.
         if let Err(e) = f.reserve(plan.frames) {
             f.discard();
             return Err(e);
         }
-        f.file.write_at(&header(&f.shape(plan.frames)), 0).map_err(|e| f.err("writing the header of", e))?;
+        if let Err(e) = f.file.write_at(&header(&f.shape(plan.frames)), 0) {
+            let e = f.err("writing the header of", e);
+            if !resume {
+                f.discard();
+            }
+            return Err(e);
+        }
         Ok(Box::new(f))
     }
 }
@@ -72,6 +79,10 @@ impl OutputFormat for Npy {
 
     fn temp_files(&self, path: &Path) -> Vec<PathBuf> {
         vec![with_suffix(path, ".partial")]
+    }
+
+    fn file_bytes(&self, plan: &Plan) -> u64 {
+        (HEADER_LEN as u64).saturating_add(plan.pixel_bytes())
     }
 
     fn create(&self, path: &Path, plan: &Plan) -> Result<Box<dyn FormatFile>, FormatError> {
