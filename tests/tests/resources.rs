@@ -97,14 +97,24 @@ fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
         other => panic!("acquire: {other:?}"),
     };
 
-    // 1. Too large from the start: 20 frames (152 MB) on 64 MB. Refused before any frame, files removed.
+    // 1. Too large from the start: 20 frames (152 MB) on 64 MB. Refused when armed, with the numbers; nothing
+    // is created.
     let big = mnt.join("big.npy");
-    let id = acquire_into(20, &big);
-    p.simulate(p.sim_config(30, 100.0));
+    let refused = p.call(Request::Acquire { frames: 20, path: big.display().to_string(), sync: SyncMode::Immediate });
+    let err = refused.expect_err("refused when armed").to_string();
+    assert!(err.contains("not enough space: needs 152 MB for 20 frames, ") && err.contains(" free on "), "{err}");
+    assert!(std::fs::read_dir(&mnt).expect("dir").next().is_none(), "nothing left behind on the small disk");
+    // The disk fills up between arming and the first frame (another process takes it): the writer refuses the
+    // acquisition before any frame, and removes what it created.
+    let early = mnt.join("early.npy");
+    let id = acquire_into(6, &early);
+    fill(&mnt);
+    p.simulate(p.sim_config(16, 100.0));
     let st = p.wait(id, Duration::from_secs(30));
     assert_eq!(st.state, "failed", "{st:?}");
     let err = st.error.unwrap_or_default();
-    assert!(err.contains("not enough space for 20 frames"), "{err}");
+    assert!(err.contains("not enough space for 6 frames"), "{err}");
+    std::fs::remove_file(mnt.join("filler")).expect("remove the filler");
     assert!(std::fs::read_dir(&mnt).expect("dir").next().is_none(), "nothing left behind on the small disk");
 
     // 2. The disk fills up during the acquisition (another process takes what is left): the frames had their
