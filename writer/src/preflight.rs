@@ -4,7 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use shm_protocol::pipeline::CONTINUOUS;
+
 use crate::format::{self, FormatError, FrameShape, Plan};
+use crate::stage::GROW_BYTES;
 
 /// Bytes of the frame journal per frame (see `journal`), which exists until the sidecar is written.
 const JOURNAL_BYTES_PER_FRAME: u64 = 64;
@@ -38,14 +41,17 @@ pub enum PreflightError {
     },
     /// The files would not fit.
     #[error(
-        "not enough space: needs {} for {frames} frames, {} free on {}",
+        "not enough space: needs {} for {}{frames} frames, {} free on {}",
         human_bytes(*needs),
+        if *continuous { "the first " } else { "" },
         human_bytes(*free),
         dir.display()
     )]
     NoRoom {
-        /// Frames requested.
+        /// Frames requested (of a continuous acquisition: its first preallocation step).
         frames: u64,
+        /// Whether the acquisition is continuous.
+        continuous: bool,
         /// Bytes the acquisition's files take.
         needs: u64,
         /// Bytes free (for an unprivileged user) on the directory's file system.
@@ -67,8 +73,12 @@ pub fn bytes_needed(path: &Path, shape: FrameShape, frames: u64) -> Result<u64, 
 }
 
 /// Checks that an acquisition of `frames` frames of `shape` into `path` (absolute, its directory existing) can
-/// be written: the directory is writable and its file system has room for all of it. Returns the bytes needed.
+/// be written: the directory is writable and its file system has room for all of it (a continuous one,
+/// `frames` = [`CONTINUOUS`]: for its first preallocation step, [`GROW_BYTES`] of frames). Returns the bytes
+/// needed.
 pub fn check(path: &Path, shape: FrameShape, frames: u64) -> Result<u64, PreflightError> {
+    let continuous = frames == CONTINUOUS;
+    let frames = if continuous { (GROW_BYTES / shape.frame_bytes().max(1)).max(1) } else { frames };
     let needs = bytes_needed(path, shape, frames)?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
@@ -78,7 +88,7 @@ pub fn check(path: &Path, shape: FrameShape, frames: u64) -> Result<u64, Preflig
         rustix::fs::statvfs(dir).map_err(|e| PreflightError::Statvfs { dir: dir.to_owned(), source: e.into() })?;
     let free = vfs.f_bavail.saturating_mul(vfs.f_frsize);
     if needs > free {
-        return Err(PreflightError::NoRoom { frames, needs, free, dir: dir.to_owned() });
+        return Err(PreflightError::NoRoom { frames, continuous, needs, free, dir: dir.to_owned() });
     }
     Ok(needs)
 }
@@ -129,6 +139,9 @@ mod tests {
         assert!(err.starts_with("not enough space: needs 762 TB for 100000000 frames, "), "{err}");
         assert!(err.ends_with(&format!(" free on {}", dir.path().display())), "{err}");
         assert!(check(&path, K2_IS, 1).is_ok_and(|n| n > K2_IS.frame_bytes()));
+        // A continuous acquisition needs room for its first step (1 GiB of frames: 140 of a K2 IS).
+        let first = bytes_needed(&path, K2_IS, 140).expect("npy");
+        assert_eq!(check(&path, K2_IS, CONTINUOUS).ok(), Some(first));
         // (Root may write anywhere but on a read-only file system, so a directory that is not there stands in.)
         let gone = dir.path().join("gone").join("run.npy");
         let err = check(&gone, K2_IS, 1).expect_err("no such directory").to_string();
