@@ -182,10 +182,17 @@ fn same(format: &'static dyn OutputFormat, check: &'static str, got: &[u8], want
     ))
 }
 
-/// Frames written out of order all land at their place; the file reads back whole.
+/// Frames written out of order all land at their place; the file reads back whole. Its size is what
+/// [`OutputFormat::file_bytes`] says (what `acquire` checks the file system has room for), at least the pixels.
 pub fn write_and_read_back(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), Failure> {
     let path = write_file(format, "write and read back", dir, FRAMES, &[3, 0, 4, 1, 2], FRAMES)?;
-    check_read(format, "write and read back", &path, FRAMES)
+    check_read(format, "write and read back", &path, FRAMES)?;
+    let len = std::fs::metadata(&path).map_err(|e| fail(format, "write and read back", e))?.len();
+    let said = format.file_bytes(&plan(FRAMES));
+    if len > said || said < plan(FRAMES).pixel_bytes() {
+        return Err(fail(format, "file size", format!("{len} bytes on disk, file_bytes says {said}")));
+    }
+    Ok(())
 }
 
 /// Finishing with fewer frames than planned (none, some) gives a valid file of just those frames.

@@ -39,7 +39,16 @@ impl Output {
     pub fn open(path: &Path, plan: &Plan, resume: bool) -> Result<Self, FormatError> {
         let format = format::for_path(path)?;
         let mut file = if resume { format.resume(path, plan)? } else { format.create(path, plan)? };
-        let journal = Journal::open(path, resume)?;
+        let journal = match Journal::open(path, resume) {
+            Ok(j) => j,
+            Err(e) => {
+                // Nothing is left behind for an acquisition that never got a frame.
+                if !resume {
+                    file.discard();
+                }
+                return Err(e);
+            }
+        };
         if let Err(e) = journal.reserve(plan.frames) {
             // Nothing is left behind on a disk too small for the acquisition.
             journal.remove();
