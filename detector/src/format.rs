@@ -128,6 +128,15 @@ pub trait DetectorFormat: Send + Sync + fmt::Debug {
     fn name(&self) -> &'static str;
     /// Numeric id recorded in the shared region's header; never 0 (0 means no detector), unique in the registry.
     fn id(&self) -> u32;
+    /// The detector family a format of several sizes belongs to (`--detector jungfrau`); by default the name.
+    fn family(&self) -> &'static str {
+        self.name()
+    }
+    /// Modules of the detector (`--modules N`): within a family, the formats differ by their module count;
+    /// by default 1.
+    fn modules(&self) -> usize {
+        1
+    }
     /// One line for humans.
     fn description(&self) -> &'static str;
 
@@ -145,6 +154,13 @@ pub trait DetectorFormat: Send + Sync + fmt::Debug {
     fn blocks_per_frame(&self) -> usize;
     /// Largest datagram of the format, bytes.
     fn max_datagram(&self) -> usize;
+
+    /// Whether datagrams carry the detector's sync (shutter) flag. A format without one (a JUNGFRAU sends only
+    /// while it acquires) reports every block as synchronised, so an acquisition that waits for the flag starts
+    /// at the first frame.
+    fn has_sync_flag(&self) -> bool {
+        true
+    }
 
     /// Names of the invalid reasons [`DetectorFormat::classify`] returns, in index order. They are public counter
     /// names: a format never reorders or renames them.

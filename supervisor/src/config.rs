@@ -15,8 +15,14 @@ pub struct Config {
     pub bind: IpAddr,
     /// UDP port of stream (sector) 0; stream s listens on port_base + s.
     pub port_base: u16,
-    /// Detector format, by its registry name (`"is"`, `"summit"`).
+    /// Detector format, by its registry name (`"is"`, `"summit"`, `"jungfrau-2"`).
     pub mode: Format,
+    /// Detector family (`"jungfrau"`); with `modules`, picks `mode` (see [`Config::resolve_detector`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detector: Option<String>,
+    /// Modules of the detector (with `detector`, or within the family of `mode`); default 1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modules: Option<usize>,
     /// Multicast group to join on every socket (the real K2 sends to 225.1.1.1).
     pub multicast_group: Option<std::net::Ipv4Addr>,
     /// Interface address for the multicast join.
@@ -95,6 +101,8 @@ impl Default for Config {
             bind: std::net::Ipv4Addr::LOCALHOST.into(),
             port_base: 2001,
             mode: Format::default(),
+            detector: None,
+            modules: None,
             multicast_group: None,
             multicast_interface: std::net::Ipv4Addr::UNSPECIFIED,
             recv_buffer_bytes: 64 << 20,
@@ -142,7 +150,38 @@ impl Config {
     /// Reads a TOML file; unknown keys are an error (a typo must not silently fall back to a default).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        let mut c: Self = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        c.resolve_detector().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(c)
+    }
+
+    /// Sets `mode` from `detector` and `modules`: the registry's format of that family (else of the family of
+    /// `mode`) with that many modules (else 1). Without either, `mode` stands.
+    pub fn resolve_detector(&mut self) -> anyhow::Result<()> {
+        if self.detector.is_none() && self.modules.is_none() {
+            return Ok(());
+        }
+        let family = self.detector.clone().unwrap_or_else(|| self.mode.family().to_string());
+        let modules = self.modules.unwrap_or(1);
+        self.mode = detector::registry::by_detector(&family, modules).ok_or_else(|| {
+            let sizes: Vec<String> = detector::registry::FORMATS
+                .iter()
+                .filter(|f| f.family().eq_ignore_ascii_case(&family))
+                .map(|f| f.modules().to_string())
+                .collect();
+            if sizes.is_empty() {
+                anyhow::anyhow!(
+                    "unknown detector {family:?} (expected one of {})",
+                    detector::registry::families().join(", ")
+                )
+            } else {
+                anyhow::anyhow!(
+                    "detector {family} with {modules} modules is not supported (modules: {})",
+                    sizes.join(", ")
+                )
+            }
+        })?;
+        Ok(())
     }
 
     /// Checks values that would make the pipeline unusable.
@@ -231,6 +270,23 @@ mod tests {
             toml::to_string(&Config::default()).unwrap().lines().find(|l| l.starts_with("mode")),
             Some("mode = \"is\"")
         );
+    }
+
+    #[test]
+    fn detector_and_modules_pick_the_format() {
+        let mut c: Config = toml::from_str("detector = \"jungfrau\"\nmodules = 2").unwrap();
+        c.resolve_detector().unwrap();
+        assert_eq!((c.mode.name(), c.mode.streams()), ("jungfrau-2", 2));
+        let mut c: Config = toml::from_str("mode = \"jungfrau-1\"\nmodules = 3").unwrap();
+        c.resolve_detector().unwrap();
+        assert_eq!(c.mode.name(), "jungfrau-3");
+        let mut c: Config = toml::from_str("detector = \"jungfrau\"\nmodules = 9").unwrap();
+        assert!(c.resolve_detector().unwrap_err().to_string().contains("not supported"));
+        let mut c: Config = toml::from_str("detector = \"k3\"").unwrap();
+        assert!(c.resolve_detector().unwrap_err().to_string().contains("unknown detector"));
+        let mut c = Config::default();
+        c.resolve_detector().unwrap();
+        assert_eq!(c.mode, detector::k2::IS);
     }
 
     #[test]

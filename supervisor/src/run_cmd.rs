@@ -27,9 +27,15 @@ pub struct RunArgs {
     /// UDP port of sector 0.
     #[arg(long)]
     pub port_base: Option<u16>,
-    /// Detector mode (format): "is" or "summit".
-    #[arg(long)]
+    /// Detector mode (format) by its full name: "is", "summit", "jungfrau-2", ...
+    #[arg(long, conflicts_with = "detector")]
     pub mode: Option<Format>,
+    /// Detector family: "jungfrau" (with --modules), or a K2 mode.
+    #[arg(long)]
+    pub detector: Option<String>,
+    /// Modules of the detector (default 1); module m listens on PORT_BASE + m.
+    #[arg(long)]
+    pub modules: Option<usize>,
     /// Run the built-in simulator against this pipeline.
     #[arg(long)]
     pub simulate: bool,
@@ -69,7 +75,15 @@ impl RunArgs {
         }
         if let Some(m) = self.mode {
             c.mode = m;
+            (c.detector, c.modules) = (None, None);
         }
+        if let Some(d) = &self.detector {
+            (c.detector, c.modules) = (Some(d.clone()), None);
+        }
+        if let Some(n) = self.modules {
+            c.modules = Some(n);
+        }
+        c.resolve_detector()?;
         if let Some(a) = self.metrics {
             c.metrics = Some(a);
         }

@@ -21,9 +21,15 @@ pub struct SimArgs {
     /// Frames per second (default: as fast as possible).
     #[arg(long)]
     pub fps: Option<f64>,
-    /// Detector mode (format): "is" or "summit".
+    /// Detector mode (format) by its full name: "is", "summit", "jungfrau-2", ...
     #[arg(long, default_value = "is")]
     pub mode: Format,
+    /// Detector family: "jungfrau" (with --modules); overrides --mode.
+    #[arg(long)]
+    pub detector: Option<String>,
+    /// Modules of the detector (default 1); module m sends to PORT_BASE + m.
+    #[arg(long)]
+    pub modules: Option<usize>,
     /// frame_id of the first frame.
     #[arg(long, default_value_t = 0)]
     pub first_frame_id: u32,
@@ -60,14 +66,26 @@ pub struct SimArgs {
 }
 
 impl SimArgs {
-    /// The simulator configuration these options describe.
+    /// The detector format: `--detector` and `--modules` (as in `ringdaq run`), else `--mode`.
+    pub fn format(&self) -> anyhow::Result<Format> {
+        let mut c = crate::config::Config {
+            mode: self.mode,
+            detector: self.detector.clone(),
+            modules: self.modules,
+            ..crate::config::Config::default()
+        };
+        c.resolve_detector()?;
+        Ok(c.mode)
+    }
+
+    /// The simulator configuration these options describe (the format as [`SimArgs::format`] picks it).
     pub fn config(&self) -> SimConfig {
         SimConfig {
             target: self.target,
             port_base: self.port_base,
             frames: self.frames,
             fps: self.fps,
-            mode: self.mode,
+            mode: self.format().unwrap_or(self.mode),
             first_frame_id: self.first_frame_id,
             sync_at: self.sync_at,
             drop: self.drop,
@@ -90,6 +108,7 @@ pub fn run(args: &SimArgs) -> anyhow::Result<()> {
         println!("replayed {n} datagrams from {} in {:.3} s", path.display(), t.elapsed().as_secs_f64());
         return Ok(());
     }
+    args.format()?;
     let sim = Simulator::new(args.config())?;
     let r = sim.run(stop)?;
     if args.json {
