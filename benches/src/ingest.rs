@@ -1,13 +1,13 @@
-//! Ingest: the highest IS frame rate that the simulator → receiver → assembler path (the writer discarding:
-//! no acquisition armed) takes with no datagram lost, beside a bare `recvmmsg` loop receiving the same traffic
-//! through the same kind of sockets.
+//! Ingest: the highest frame rate of a detector format (K2 IS; JUNGFRAU of 1 and 2 modules) that the simulator →
+//! receiver → assembler path (the writer discarding: no acquisition armed) takes with no datagram lost, beside a
+//! bare `recvmmsg` loop receiving the same traffic through the same kind of sockets.
 
 use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use detector::k2;
+use detector::Format;
 use detector::sim::{SimConfig, SimReport, Simulator};
 
 use crate::pipeline::Pipeline;
@@ -61,10 +61,20 @@ pub struct Search {
 /// Searches for the highest lossless rate: up from 400 frames/s in steps of 100 while lossless (and while the
 /// simulator reaches what is asked), then bisects between the best lossless and the lowest lossy rate down to
 /// `resolution` frames/s.
-pub fn search(resolution: f64, mut trial: impl FnMut(f64) -> anyhow::Result<Trial>) -> anyhow::Result<Search> {
+pub fn search(resolution: f64, trial: impl FnMut(f64) -> anyhow::Result<Trial>) -> anyhow::Result<Search> {
+    search_from(400.0, 100.0, resolution, trial)
+}
+
+/// [`search`] from `start` frames/s up in steps of `step`.
+pub fn search_from(
+    start: f64,
+    step: f64,
+    resolution: f64,
+    mut trial: impl FnMut(f64) -> anyhow::Result<Trial>,
+) -> anyhow::Result<Search> {
     let mut s = Search::default();
     let (mut lo, mut hi): (f64, Option<f64>) = (0.0, None);
-    let mut rate = 400.0;
+    let mut rate = start;
     loop {
         let t = trial(rate)?;
         tracing::info!(asked = rate, reached = t.sent_fps, sent = t.sent, received = t.received, complete = ?t.complete, "trial");
@@ -84,7 +94,7 @@ pub fn search(resolution: f64, mut trial: impl FnMut(f64) -> anyhow::Result<Tria
             hi = Some(rate);
         }
         rate = match hi {
-            None => rate + 100.0,
+            None => rate + step,
             Some(h) => (lo + h) / 2.0,
         };
         if hi.is_some_and(|h| h - lo <= resolution) || rate < resolution {
@@ -94,13 +104,14 @@ pub fn search(resolution: f64, mut trial: impl FnMut(f64) -> anyhow::Result<Tria
     Ok(s)
 }
 
-/// A trial of the pipeline: `frames` IS frames at `fps` into `p`'s sockets; counts what arrived.
-pub fn pipeline_trial(p: &mut Pipeline, fps: f64, frames: u64) -> anyhow::Result<Trial> {
+/// A trial of the pipeline: `frames` frames of format `mode` (the pipeline's) at `fps` into `p`'s sockets; counts
+/// what arrived.
+pub fn pipeline_trial(p: &mut Pipeline, mode: Format, fps: f64, frames: u64) -> anyhow::Result<Trial> {
     let (rx, asm) = (p.pid("receiver")?.0, p.pid("assembler")?.0);
     let cpu = || -> anyhow::Result<(u64, u64)> { Ok((crate::procfs::cpu_ns(rx)?, crate::procfs::cpu_ns(asm)?)) };
     let before = p.status()?;
     let cpu0 = cpu()?;
-    let cfg = SimConfig { port_base: p.port_base, frames, fps: Some(fps), mode: k2::IS, ..Default::default() };
+    let cfg = SimConfig { port_base: p.port_base, frames, fps: Some(fps), mode, ..Default::default() };
     let r = Simulator::new(cfg)?.run(&AtomicBool::new(false))?;
     let after = p.drain(Duration::from_millis(400), Duration::from_secs(30))?;
     let cpu1 = cpu()?;
@@ -139,15 +150,14 @@ impl BareSockets {
     }
 
     /// A trial of the bare loop: receives with `recvmmsg` (64 datagrams a call) from all eight sockets, polling
-    /// when they are empty, while the simulator sends `frames` frames at `fps`.
-    pub fn trial(&self, fps: f64, frames: u64) -> anyhow::Result<Trial> {
-        let g = k2::IS_GEOMETRY;
+    /// when they are empty, while the simulator sends `frames` frames of format `mode` at `fps`.
+    pub fn trial(&self, mode: Format, fps: f64, frames: u64) -> anyhow::Result<Trial> {
         let got = AtomicU64::new(0);
         let done = AtomicBool::new(false);
-        let cfg = SimConfig { port_base: self.port_base, frames, fps: Some(fps), mode: k2::IS, ..Default::default() };
+        let cfg = SimConfig { port_base: self.port_base, frames, fps: Some(fps), mode, ..Default::default() };
         let sim = Simulator::new(cfg)?;
         let (r, cpu): (SimReport, f64) = std::thread::scope(|s| -> anyhow::Result<(SimReport, f64)> {
-            let rx = s.spawn(|| self.receive(&got, &done, g.block_bytes() + 64));
+            let rx = s.spawn(|| self.receive(&got, &done, mode.max_datagram() + 64));
             let r = sim.run(&AtomicBool::new(false));
             done.store(true, Ordering::Relaxed);
             let cpu = rx.join().map_err(|_| anyhow::anyhow!("bare receiver panicked"))?;

@@ -109,10 +109,11 @@ class Pipeline:
         r = self.cli("acquire", "--frames", str(frames), "--out", str(path))
         return int(r.stdout.strip()), path
 
-    def simulate(self, frames: int, fps: float) -> subprocess.Popen:
-        """Starts the simulator sending `frames` frames at `fps` to this pipeline."""
+    def simulate(self, frames: int, fps: float, *sim_args: str) -> subprocess.Popen:
+        """Starts the simulator sending `frames` frames at `fps` to this pipeline (more `ringdaq sim` options in
+        `sim_args`, e.g. "--detector", "jungfrau", "--modules", "2")."""
         return subprocess.Popen([str(self.bin), "sim", "--port-base", str(self.port_base), "--frames",
-                                 str(frames), "--fps", str(fps)], stdout=subprocess.DEVNULL,
+                                 str(frames), "--fps", str(fps), *sim_args], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
 
     def wait_file(self, path: Path, timeout: float = 60) -> None:

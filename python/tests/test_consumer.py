@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import ringdaq
+from ringdaq.launch import SMALL_RINGS, Pipeline
 
 
 def test_frames_read_live_are_the_pixels_written(pipeline):
@@ -33,6 +34,28 @@ def test_frames_read_live_are_the_pixels_written(pipeline):
     assert sorted(got) == list(range(frames))
     for i, pixels in got.items():
         assert np.array_equal(pixels, written[i]), f"frame {i} differs from the file"
+
+
+def test_jungfrau_frames_are_the_stacked_modules():
+    frames = 10
+    # Top-level keys before the tables of SMALL_RINGS.
+    with Pipeline(config='detector = "jungfrau"\nmodules = 2\n' + SMALL_RINGS) as p:
+        with ringdaq.Subscription(p.rt, lossless=True) as sub:
+            assert sub.shape == (1024, 1024)
+            acq, path = p.acquire(frames, "jf.npy")
+            sim = p.simulate(frames + 10, 100, "--detector", "jungfrau", "--modules", "2", "--first-frame-id", "1")
+            got = {}
+            while len(got) < frames:
+                f = sub.next(timeout=20)
+                if f.acquisition_id == acq:
+                    got[f.index] = f.array.copy()
+                f.release()
+            sim.wait(timeout=60)
+        p.wait_file(path)
+        written = np.load(path, mmap_mode="r")
+        assert written.shape == (frames, 1024, 1024) and written.dtype == np.uint16
+        for i, pixels in got.items():
+            assert np.array_equal(pixels, written[i]), f"frame {i} differs from the file"
 
 
 def test_arrays_are_read_only_views_of_shared_memory(pipeline):

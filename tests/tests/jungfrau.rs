@@ -16,6 +16,7 @@ use detector::sim::SimConfig;
 use ringdaq_tests::pipeline::{Acquired, Pipeline, SMALL_RINGS, expected_frames, verify_large_acquisition};
 use ringdaq_tests::{XorShift, wait_for};
 use rustix::process::{Pid, Signal};
+use shm_protocol::consumer::{ConsumerError, Delivery, Subscription};
 use shm_protocol::messages::SyncMode;
 
 /// Two modules: 1024 × 1024 frames, 256 packets a frame, ports `port_base` and `port_base + 1`.
@@ -42,13 +43,34 @@ fn two_modules_end_to_end_pixel_exact() {
     let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 300;
     let p = start("", "");
+    // A lossless consumer sees the stacked frames, the same pixels as the file.
+    let mut sub = Subscription::connect(&p.runtime_dir(), Delivery::Lossless).expect("subscribe");
+    assert_eq!(sub.shape(), (1024, 1024));
     let (id, path) = p.acquire(FRAMES, "jf.npy", SyncMode::Immediate);
-    let report = p.simulate(jf_sim(&p, FRAMES + 10, 300.0));
-    assert_eq!(report.frames, FRAMES + 10);
+    let expected = expected_frames(JF2);
+    let seen = std::thread::scope(|s| {
+        let sim = s.spawn(|| p.simulate(jf_sim(&p, FRAMES + 10, 300.0)));
+        let mut seen = 0u64;
+        loop {
+            match sub.next_frame(Some(Duration::from_secs(3))) {
+                Ok(f) => {
+                    let want = &expected[(f.frame_id() % detector::pattern::PATTERN_PERIOD) as usize];
+                    assert!(f.pixels() == &want[..], "frame_id {}: the consumer's pixels", f.frame_id());
+                    seen += 1;
+                }
+                Err(ConsumerError::Timeout) => break,
+                Err(e) => panic!("consumer: {e}"),
+            }
+        }
+        assert_eq!(sim.join().expect("simulator").frames, FRAMES + 10);
+        seen
+    });
+    assert_eq!((seen, sub.missed()), (FRAMES + 10, 0), "the consumer got every frame");
     let st = p.wait(id, Duration::from_secs(60));
     assert_eq!(st.state, "done", "{st:?}");
     let sc = verify_large_acquisition(&path, JF2, FRAMES, FIRST_FRAME);
     assert_eq!((sc.frames, sc.complete_frames), (FRAMES, FRAMES));
+    drop(sub);
     let c = p.counters();
     assert_eq!(c["assembler.blocks"] % JF2.blocks_per_frame() as u64, 0, "{c:?}");
     assert!(c.keys().any(|k| k == "assembler.invalid.detector_type"), "the format's reasons are counters");

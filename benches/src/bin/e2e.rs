@@ -69,7 +69,7 @@ fn run(a: &Args, dir: &Path, g: &detector::k2::geometry::Geometry) -> anyhow::Re
 
     // 2. A bare recvmmsg loop on the same machine, the simulator sending at the same rate.
     let bare = ringdaq_benches::ingest::BareSockets::bind(supervisor::config::Config::default().recv_buffer_bytes)?;
-    let t = bare.trial(a.fps, a.frames)?;
+    let t = bare.trial(k2::IS, a.fps, a.frames)?;
     let (rx_fps, rx_loss) = (t.sent_fps * t.received as f64 / t.sent.max(1) as f64, t.sent - t.received);
 
     // 3. O_DIRECT writes of the same bytes to the same file system.

@@ -1,7 +1,7 @@
 //! Every performance figure of ringdaq beside its baseline, measured in one run on this machine, as a table.
 //!
-//! `cargo build --release && target/release/perf [--quick] [--only ingest,writer,decode,handoff,idle,steady]
-//! [--out DIR]`
+//! `cargo build --release && target/release/perf [--quick]
+//! [--only ingest,jungfrau,writer,decode,handoff,idle,steady] [--out DIR]`
 //!
 //! What each figure is, and what bounds it, is in BENCHMARKS.md. Progress goes to stderr (`RUST_LOG=info`).
 
@@ -21,7 +21,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these measurements.
-    #[arg(long, value_delimiter = ',', default_value = "decode,writer,idle,handoff,steady,ingest")]
+    #[arg(long, value_delimiter = ',', default_value = "decode,writer,idle,handoff,steady,ingest,jungfrau")]
     only: Vec<String>,
     /// A directory on the disk the writer is measured on (files are removed afterwards).
     #[arg(long)]
@@ -38,7 +38,7 @@ struct Args {
 }
 
 /// The measurements, in the order they run.
-const MEASUREMENTS: [&str; 6] = ["decode", "writer", "idle", "handoff", "steady", "ingest"];
+const MEASUREMENTS: [&str; 7] = ["decode", "writer", "idle", "handoff", "steady", "ingest", "jungfrau"];
 
 /// Configuration of the pipeline under test: the defaults, with more restarts allowed than a benchmark needs.
 const CONFIG: &str = "[supervisor]\nmax_restarts = 1000\n";
@@ -71,7 +71,10 @@ fn main() -> anyhow::Result<()> {
     let t = Instant::now();
     let mut rows = Vec::new();
     let mut notes = Vec::new();
-    let res = run(&a, &dir, &mut rows, &mut notes);
+    let mut res = run(&a, &dir, &mut rows, &mut notes);
+    if res.is_ok() && a.only.iter().any(|o| o == "jungfrau") {
+        res = jungfrau_ingest(&a, &mut rows, &mut notes);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     println!("{}", machine(&out_dir));
     println!();
@@ -157,10 +160,7 @@ fn run(a: &Args, dir: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> an
     if !needs_pipeline {
         return Ok(());
     }
-    let config = match &a.config {
-        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
-        None => CONFIG.to_string(),
-    };
+    let config = pipeline_config(a)?;
     let mut p = Pipeline::start("perf", &config)?;
     if want("idle") {
         tracing::info!("idle");
@@ -292,9 +292,9 @@ fn run(a: &Args, dir: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> an
         tracing::info!("ingest");
         let frames = a.ingest_frames.unwrap_or(if a.quick { 600 } else { 2000 });
         let bare = ingest::BareSockets::bind(supervisor::config::Config::default().recv_buffer_bytes)?;
-        let b = ingest::search(25.0, |fps| bare.trial(fps, frames))?;
+        let b = ingest::search(25.0, |fps| bare.trial(k2::IS, fps, frames))?;
         drop(bare);
-        let s = ingest::search(25.0, |fps| ingest::pipeline_trial(&mut p, fps, frames))?;
+        let s = ingest::search(25.0, |fps| ingest::pipeline_trial(&mut p, k2::IS, fps, frames))?;
         let rate = |s: &ingest::Search| s.best.as_ref().map_or(0.0, |t| t.sent_fps);
         let bound = |s: &ingest::Search| if s.sender_bound { " (sender's limit)" } else { "" };
         let (pr, br) = (rate(&s), rate(&b));
@@ -325,32 +325,94 @@ fn run(a: &Args, dir: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> an
                 None,
             ));
         }
-        for (name, srch) in [("pipeline", &s), ("bare recvmmsg", &b)] {
+        trial_notes("", &s, &b, notes);
+    }
+    Ok(())
+}
+
+/// The configuration of the pipeline under test (`--config`, else [`CONFIG`]).
+fn pipeline_config(a: &Args) -> anyhow::Result<String> {
+    Ok(match &a.config {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        None => CONFIG.to_string(),
+    })
+}
+
+/// Every trial of an ingest search, pipeline and bare loop, as notes (`what` names the detector, if not K2 IS).
+fn trial_notes(what: &str, s: &ingest::Search, b: &ingest::Search, notes: &mut Vec<String>) {
+    for (name, srch) in [("pipeline", s), ("bare recvmmsg", b)] {
+        notes.push(format!(
+            "ingest trials{what}, {name} (asked → reached frames/s, datagrams received/sent{}): {}",
+            if name == "pipeline" { ", frames complete" } else { "" },
+            srch.trials
+                .iter()
+                .map(|t| format!(
+                    "{:.0} → {:.0}: {}/{}{}{}",
+                    t.asked,
+                    t.sent_fps,
+                    t.received,
+                    t.sent,
+                    t.complete.map_or(String::new(), |c| format!(", {c}/{}", t.frames)),
+                    match t.assembler_cpu_s {
+                        Some(a) => format!(
+                            " (CPU per frame: receiver {:.0} µs, assembler {:.0} µs)",
+                            t.receive_us_per_frame(),
+                            a / t.frames as f64 * 1e6
+                        ),
+                        None => format!(" (CPU per frame {:.0} µs)", t.receive_us_per_frame()),
+                    }
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+    }
+}
+
+/// JUNGFRAU ingest, 1 and 2 modules: the highest zero-loss rate of the pipeline (a pipeline of its own, the
+/// format picked with `detector`/`modules`) beside the bare `recvmmsg` loop on the same traffic. A module runs
+/// at up to 2 kHz (8240-byte packets, about 2.1 GB/s on the wire), the target the hardware sets.
+fn jungfrau_ingest(a: &Args, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> anyhow::Result<()> {
+    const TARGET_HZ: f64 = 2000.0;
+    let config = pipeline_config(a)?;
+    for modules in [1usize, 2] {
+        tracing::info!(modules, "jungfrau ingest");
+        let mode = detector::registry::by_detector("jungfrau", modules).context("JUNGFRAU is registered")?;
+        // At 2 kHz, 4000 frames are 2 s.
+        let frames = a.ingest_frames.unwrap_or(if a.quick { 1000 } else { 4000 });
+        let bare = ingest::BareSockets::bind(supervisor::config::Config::default().recv_buffer_bytes)?;
+        let b = ingest::search_from(500.0, 250.0, 50.0, |fps| bare.trial(mode, fps, frames))?;
+        drop(bare);
+        // Top-level keys first: the configuration may open tables.
+        let cfg = format!("detector = \"jungfrau\"\nmodules = {modules}\n{config}");
+        let mut p = Pipeline::start(&format!("perf-jf{modules}"), &cfg)?;
+        let s = ingest::search_from(500.0, 250.0, 50.0, |fps| ingest::pipeline_trial(&mut p, mode, fps, frames))?;
+        drop(p);
+        let rate = |s: &ingest::Search| s.best.as_ref().map_or(0.0, |t| t.sent_fps);
+        let bound = |s: &ingest::Search| if s.sender_bound { " (sender's limit)" } else { "" };
+        let (pr, br) = (rate(&s), rate(&b));
+        let gbps = pr * (modules * detector::jungfrau::PACKETS_PER_MODULE * mode.max_datagram()) as f64 / 1e9;
+        rows.push(Row::new(
+            &format!(
+                "ingest: highest JUNGFRAU rate with zero loss, {modules} module{}, {frames}-frame trials (frames/s)",
+                if modules == 1 { "" } else { "s" }
+            ),
+            format!("{pr:.0}{} ({gbps:.2} GB/s)", bound(&s)),
+            format!("bare recvmmsg {br:.0}{}", bound(&b)),
+            format!("{:.2}×", pr / br),
+            "≥ 0.9× (2000 the hardware's)",
+            Some(pr >= 0.9 * br),
+        ));
+        if pr < 0.99 * TARGET_HZ {
             notes.push(format!(
-                "ingest trials, {name} (asked → reached frames/s, datagrams received/sent{}): {}",
-                if name == "pipeline" { ", frames complete" } else { "" },
-                srch.trials
-                    .iter()
-                    .map(|t| format!(
-                        "{:.0} → {:.0}: {}/{}{}{}",
-                        t.asked,
-                        t.sent_fps,
-                        t.received,
-                        t.sent,
-                        t.complete.map_or(String::new(), |c| format!(", {c}/{}", t.frames)),
-                        match t.assembler_cpu_s {
-                            Some(a) => format!(
-                                " (CPU per frame: receiver {:.0} µs, assembler {:.0} µs)",
-                                t.receive_us_per_frame(),
-                                a / t.frames as f64 * 1e6
-                            ),
-                            None => format!(" (CPU per frame {:.0} µs)", t.receive_us_per_frame()),
-                        }
-                    ))
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                "JUNGFRAU, {modules} module(s): {pr:.0} frames/s, below a module's {TARGET_HZ:.0} Hz{}",
+                if s.sender_bound && b.sender_bound {
+                    " (both sides at the simulator's limit on this machine)"
+                } else {
+                    ""
+                }
             ));
         }
+        trial_notes(&format!(" JUNGFRAU {modules}"), &s, &b, notes);
     }
     Ok(())
 }
