@@ -251,3 +251,50 @@ fn a_flood_of_jungfrau_shaped_garbage_is_counted_by_reason() {
     assert!(st.complete + 2 >= FRAMES || drops > 0, "{st:?}");
     assert!(p.shutdown());
 }
+
+/// A JUNGFRAU stream recorded from one pipeline (`ringdaq record`) and replayed into a fresh one (`ringdaq sim
+/// --replay`) gives the frames the simulator made: record and replay know no detector.
+#[test]
+fn recorded_jungfrau_stream_replays_into_a_fresh_pipeline() {
+    use std::process::{Command, Stdio};
+
+    use ringdaq_tests::{ChildGuard, TempDir, bin_path};
+    let _g = ringdaq_tests::serial();
+    const FRAMES: u64 = 40;
+    let datagrams = FRAMES * 2 * PACKETS_PER_MODULE as u64;
+    let keep = TempDir::new("jf-recording").expect("temp dir");
+    let rec = keep.path().join("jf.rdq");
+    let first = start("", "");
+    let mut recorder = ChildGuard::spawn(
+        Command::new(bin_path("ringdaq"))
+            .arg("--runtime-dir")
+            .arg(first.runtime_dir())
+            .args(["record", "--datagrams", &datagrams.to_string(), "--seconds", "60", "--out"])
+            .arg(&rec)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null()),
+    )
+    .expect("ringdaq record");
+    assert!(wait_for(Duration::from_secs(10), || rec.exists().then_some(())).is_some(), "the recorder started");
+    // The recorder copies from the block ring's next slot once it has opened its file.
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = first.simulate(jf_sim(&first, FRAMES, 100.0));
+    assert_eq!(sent.datagrams, datagrams);
+    let st = recorder.wait_timeout(Duration::from_secs(30)).expect("wait").expect("the recorder stops at --datagrams");
+    assert!(st.success(), "{st}");
+    assert!(first.shutdown());
+
+    let second = start("", "");
+    let (id, path) = second.acquire(FRAMES, "jf-replayed.npy", SyncMode::Immediate);
+    let out = Command::new(bin_path("ringdaq"))
+        .args(["sim", "--port-base", &second.port_base.to_string(), "--speed", "1", "--replay"])
+        .arg(&rec)
+        .output()
+        .expect("ringdaq sim --replay");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("replayed {datagrams} datagrams")));
+    let st = second.wait(id, Duration::from_secs(60));
+    assert_eq!(st.state, "done", "{st:?}");
+    verify_large_acquisition(&path, JF2, FRAMES, FIRST_FRAME);
+    assert!(second.shutdown());
+}
