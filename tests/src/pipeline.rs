@@ -184,6 +184,33 @@ impl Pipeline {
         st.is_some_and(|s| s.success())
     }
 
+    /// Runs `ringdaq --runtime-dir <this pipeline's> ARGS` to its end: (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(bin_path("ringdaq"))
+            .arg("--runtime-dir")
+            .arg(self.runtime_dir())
+            .args(args)
+            .output()
+            .expect("ringdaq");
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
+    /// Starts `ringdaq record --datagrams N --out FILE` against this pipeline and waits until its file exists.
+    pub fn start_recording(&self, datagrams: u64, out: &Path) -> ChildGuard {
+        let recorder = ChildGuard::spawn(
+            Command::new(bin_path("ringdaq"))
+                .arg("--runtime-dir")
+                .arg(self.runtime_dir())
+                .args(["record", "--datagrams", &datagrams.to_string(), "--seconds", "60", "--out"])
+                .arg(out)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null()),
+        )
+        .expect("ringdaq record");
+        assert!(wait_for(Duration::from_secs(10), || out.exists().then_some(())).is_some(), "the recorder started");
+        recorder
+    }
+
     /// Asks the pipeline to shut down and waits for it; returns whether it exited 0.
     pub fn shutdown(mut self) -> bool {
         let _ = self.call(Request::Shutdown);

@@ -256,26 +256,16 @@ fn a_flood_of_jungfrau_shaped_garbage_is_counted_by_reason() {
 /// --replay`) gives the frames the simulator made: record and replay know no detector.
 #[test]
 fn recorded_jungfrau_stream_replays_into_a_fresh_pipeline() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
 
-    use ringdaq_tests::{ChildGuard, TempDir, bin_path};
+    use ringdaq_tests::{TempDir, bin_path};
     let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 40;
     let datagrams = FRAMES * 2 * PACKETS_PER_MODULE as u64;
     let keep = TempDir::new("jf-recording").expect("temp dir");
     let rec = keep.path().join("jf.rdq");
     let first = start("", "");
-    let mut recorder = ChildGuard::spawn(
-        Command::new(bin_path("ringdaq"))
-            .arg("--runtime-dir")
-            .arg(first.runtime_dir())
-            .args(["record", "--datagrams", &datagrams.to_string(), "--seconds", "60", "--out"])
-            .arg(&rec)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    )
-    .expect("ringdaq record");
-    assert!(wait_for(Duration::from_secs(10), || rec.exists().then_some(())).is_some(), "the recorder started");
+    let mut recorder = first.start_recording(datagrams, &rec);
     // The recorder copies from the block ring's next slot once it has opened its file.
     std::thread::sleep(Duration::from_millis(200));
     let sent = first.simulate(jf_sim(&first, FRAMES, 100.0));

@@ -10,17 +10,6 @@ use ringdaq_tests::pipeline::{Pipeline, verify_large_acquisition};
 use ringdaq_tests::{ChildGuard, bin_path, wait_for};
 use shm_protocol::messages::SyncMode;
 
-/// `ringdaq --runtime-dir <rt> ARGS`: (success, stdout, stderr).
-fn cli(p: &Pipeline, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin_path("ringdaq"))
-        .arg("--runtime-dir")
-        .arg(p.runtime_dir())
-        .args(args)
-        .output()
-        .expect("ringdaq");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
-
 fn stage_state(p: &Pipeline, name: &str) -> String {
     p.status().stages.into_iter().find(|s| s.name == name).map(|s| s.state.to_string()).unwrap_or_default()
 }
@@ -31,7 +20,7 @@ fn a_detached_assembler_runs_by_hand_and_is_attached_back() {
     const FRAMES: u64 = 50;
     let p = Pipeline::start("");
     let supervised = p.stage_pid("assembler");
-    let (ok, command, err) = cli(&p, &["detach", "assembler"]);
+    let (ok, command, err) = p.cli(&["detach", "assembler"]);
     assert!(ok, "{err}");
     assert!(command.contains("ringdaq-assembler") && command.contains("--control"), "{command}");
     let stopped = wait_for(Duration::from_secs(10), || (stage_state(&p, "assembler") == "detached").then_some(()));
@@ -67,7 +56,7 @@ fn a_detached_assembler_runs_by_hand_and_is_attached_back() {
     assert!(std::fs::read_to_string(&log).unwrap_or_default().contains("DEBUG"), "the hand-run one logged at debug");
 
     // Attach: the hand-run process is told to stop (and exits cleanly), the supervisor starts its own.
-    let (ok, _, err) = cli(&p, &["attach", "assembler"]);
+    let (ok, _, err) = p.cli(&["attach", "assembler"]);
     assert!(ok, "{err}");
     let exited = hand.wait_timeout(Duration::from_secs(10)).expect("wait").expect("the hand-run assembler exits");
     assert!(exited.success(), "{exited}");
@@ -80,7 +69,7 @@ fn a_detached_assembler_runs_by_hand_and_is_attached_back() {
 
     // Restart: a new writer at once, counted, not against the budget.
     let writer = p.stage_pid("writer");
-    let (ok, _, err) = cli(&p, &["restart", "writer"]);
+    let (ok, _, err) = p.cli(&["restart", "writer"]);
     assert!(ok, "{err}");
     let restarted = wait_for(Duration::from_secs(10), || {
         let now = p.stage_pid("writer");
@@ -91,7 +80,7 @@ fn a_detached_assembler_runs_by_hand_and_is_attached_back() {
     assert_eq!(s.restarts, 1);
     assert!(s.last_exit.as_deref().is_some_and(|e| e.contains("restarted on request")), "{:?}", s.last_exit);
     // Errors are clear.
-    let (ok, _, err) = cli(&p, &["attach", "writer"]);
+    let (ok, _, err) = p.cli(&["attach", "writer"]);
     assert!(!ok && err.contains("not detached"), "{err}");
     assert!(p.shutdown());
 }
@@ -117,7 +106,7 @@ fn status_json_and_metrics_count_what_the_simulator_sent() {
         let h = s.spawn(|| p.simulate(cfg));
         // While it runs: the rates are live.
         let during = wait_for(Duration::from_secs(5), || {
-            let (ok, out, _) = cli(&p, &["status", "--json"]);
+            let (ok, out, _) = p.cli(&["status", "--json"]);
             let v: serde_json::Value = serde_json::from_str(&out).ok()?;
             let r = v["rates"].as_array()?.iter().find(|r| r[0] == "frames_per_s")?[1].as_f64()?;
             (ok && r > 10.0).then_some(v)
@@ -138,7 +127,7 @@ fn status_json_and_metrics_count_what_the_simulator_sent() {
         let c = p.counters();
         (invalid(&c) >= sim.corrupted && c["assembler.missing_blocks"] >= sim.dropped + sim.corrupted).then_some(())
     });
-    let (ok, out, err) = cli(&p, &["status", "--json"]);
+    let (ok, out, err) = p.cli(&["status", "--json"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect("status --json is JSON");
     let counters: std::collections::BTreeMap<String, u64> = v["counters"]
@@ -217,19 +206,8 @@ fn a_recorded_stream_replayed_into_a_fresh_pipeline_gives_the_same_frames() {
     let keep = ringdaq_tests::TempDir::new("recording").expect("temp dir");
     let rec = keep.path().join("stream.rdq");
     let first = Pipeline::start("");
-    let mut recorder = ChildGuard::spawn(
-        Command::new(bin_path("ringdaq"))
-            .arg("--runtime-dir")
-            .arg(first.runtime_dir())
-            .args(["record", "--datagrams", &datagrams.to_string(), "--seconds", "60", "--out"])
-            .arg(&rec)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null()),
-    )
-    .expect("ringdaq record");
-    // Wait until it records, then send exactly FRAMES frames.
-    let started = wait_for(Duration::from_secs(10), || rec.exists().then_some(()));
-    assert!(started.is_some(), "the recorder started");
+    // Once it records, send exactly FRAMES frames.
+    let mut recorder = first.start_recording(datagrams, &rec);
     std::thread::sleep(Duration::from_millis(200));
     let sent = first.simulate(first.sim_config(FRAMES, 50.0));
     assert_eq!(sent.datagrams, datagrams);
@@ -268,7 +246,7 @@ fn inspect_reads_the_region_even_with_the_supervisor_wedged() {
     let (id, _path) = p.acquire(10, "inspected.npy", SyncMode::Immediate);
     p.simulate(p.sim_config(20, 100.0));
     assert_eq!(p.wait(id, Duration::from_secs(30)).state, "done");
-    let (ok, out, err) = cli(&p, &["inspect"]);
+    let (ok, out, err) = p.cli(&["inspect"]);
     assert!(ok, "{err}");
     assert!(
         out.contains("from the supervisor")
@@ -282,7 +260,7 @@ fn inspect_reads_the_region_even_with_the_supervisor_wedged() {
     assert!(out.contains("stage assembler") && out.contains("acquisition 1: done, 10 of 10 frames"), "{out}");
     let sup = rustix::process::Pid::from_raw(p.supervisor_pid() as i32).expect("pid");
     rustix::process::kill_process(sup, rustix::process::Signal::STOP).expect("stop");
-    let (ok, out, err) = cli(&p, &["inspect"]);
+    let (ok, out, err) = p.cli(&["inspect"]);
     rustix::process::kill_process(sup, rustix::process::Signal::CONT).expect("cont");
     assert!(ok, "{err}");
     assert!(out.contains("through /proc/") && out.contains("acquisition 1: done"), "{out}");
@@ -299,7 +277,7 @@ fn json_logs_carry_stage_and_acquisition_and_top_renders() {
     std::thread::scope(|s| {
         let sim = s.spawn(|| p.simulate(p.sim_config(200, 100.0)));
         std::thread::sleep(Duration::from_millis(500));
-        let (ok, out, err) = cli(&p, &["top", "--once", "--width", "110", "--height", "30"]);
+        let (ok, out, err) = p.cli(&["top", "--once", "--width", "110", "--height", "30"]);
         assert!(ok, "{err}");
         for want in ["stages", "receiver", "assembler", "writer", "frames/s", "block ring", "acquisitions"] {
             assert!(out.contains(want), "top shows {want}:\n{out}");

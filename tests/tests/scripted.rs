@@ -13,19 +13,8 @@ use std::time::Duration;
 use detector::k2;
 use detector::sim::Simulator;
 use ringdaq_tests::pipeline::{Pipeline, verify_large_acquisition};
-use ringdaq_tests::{ChildGuard, TempDir, bin_path, wait_for};
+use ringdaq_tests::{ChildGuard, TempDir, wait_for};
 use shm_protocol::messages::SyncMode;
-
-/// `ringdaq --runtime-dir <rt> ARGS`: (success, stdout, stderr).
-fn cli(p: &Pipeline, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(bin_path("ringdaq"))
-        .arg("--runtime-dir")
-        .arg(p.runtime_dir())
-        .args(args)
-        .output()
-        .expect("ringdaq");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
-}
 
 /// Starts the command line `detach` printed, its log to `log`.
 fn run_by_hand(command: &str, log: &Path) -> ChildGuard {
@@ -54,7 +43,7 @@ fn detach_run_by_hand_acquire_attach_20_times_without_pauses() {
     let p = Pipeline::start("");
     for round in 0..20 {
         let supervised = p.stage_pid("assembler");
-        let (ok, command, err) = cli(&p, &["detach", "assembler"]);
+        let (ok, command, err) = p.cli(&["detach", "assembler"]);
         assert!(ok, "round {round}: {err}");
         assert!(err.contains("its process has exited"), "{err}");
         assert!(
@@ -73,7 +62,7 @@ fn detach_run_by_hand_acquire_attach_20_times_without_pauses() {
         std::fs::remove_file(&path).expect("remove");
         std::fs::remove_file(writer::sidecar_path(&path)).expect("remove sidecar");
 
-        let (ok, _, err) = cli(&p, &["attach", "assembler"]);
+        let (ok, _, err) = p.cli(&["attach", "assembler"]);
         assert!(ok, "round {round}: {err}");
         // Done when attach returns: the hand-run process has exited and the supervisor's is running.
         assert!(!alive(hand.id()), "round {round}: the hand-run assembler exited before attach returned");
@@ -93,7 +82,7 @@ fn detach_run_by_hand_acquire_attach_20_times_without_pauses() {
 fn a_second_hand_run_process_for_a_stage_is_refused() {
     let _g = ringdaq_tests::serial();
     let p = Pipeline::start("");
-    let (ok, command, err) = cli(&p, &["detach", "writer"]);
+    let (ok, command, err) = p.cli(&["detach", "writer"]);
     assert!(ok, "{err}");
     let mut first = run_by_hand(command.trim(), &p.dir.path().join("first.log"));
     let held = wait_for(Duration::from_secs(10), || (p.stage_pid("writer") == first.id()).then_some(()));
@@ -112,13 +101,13 @@ fn a_second_hand_run_process_for_a_stage_is_refused() {
     p.simulate(p.sim_config(6, 50.0));
     assert_eq!(p.wait(id, Duration::from_secs(30)).state, "done");
     verify_large_acquisition(&path, k2::IS, 3, 0);
-    let (ok, _, err) = cli(&p, &["attach", "writer"]);
+    let (ok, _, err) = p.cli(&["attach", "writer"]);
     assert!(ok, "{err}");
     assert!(first.wait_timeout(Duration::from_secs(5)).expect("wait").is_some_and(|s| s.success()));
 
     // `restart` is done when it returns: the old process has exited and a new one is running.
     let old = p.stage_pid("writer");
-    let (ok, _, err) = cli(&p, &["restart", "writer"]);
+    let (ok, _, err) = p.cli(&["restart", "writer"]);
     assert!(ok, "{err}");
     assert!(!alive(old));
     let s = p.status().stages.into_iter().find(|s| s.name == "writer").expect("writer");
@@ -148,11 +137,11 @@ fn stop_then_acquire_back_to_back_20_times() {
         });
         for round in 0..20 {
             let out = p.dir.path().join(format!("stopped-{round}.npy"));
-            let (ok, id, err) = cli(&p, &["acquire", "--frames", "1000", "--out", &out.display().to_string()]);
+            let (ok, id, err) = p.cli(&["acquire", "--frames", "1000", "--out", &out.display().to_string()]);
             assert!(ok, "round {round}: acquire right after stop: {err}");
             let id: u64 = id.trim().parse().expect("the id");
             p.wait_assigned(id, 2, Duration::from_secs(10));
-            let (ok, _, err) = cli(&p, &["stop"]);
+            let (ok, _, err) = p.cli(&["stop"]);
             assert!(ok, "round {round}: {err}");
             // Final when stop returns: the file is in place, valid, and says how many frames came.
             let st = p.wait(id, Duration::from_millis(1));
@@ -182,7 +171,7 @@ fn acquire_refuses_what_cannot_fit_and_an_armed_acquisition_leaves_nothing_at_sh
     let out = TempDir::new("scripted-out").expect("temp dir");
     let p = Pipeline::start("");
     let huge = out.path().join("huge.npy");
-    let (ok, _, err) = cli(&p, &["acquire", "--frames", "100000000", "--out", &huge.display().to_string()]);
+    let (ok, _, err) = p.cli(&["acquire", "--frames", "100000000", "--out", &huge.display().to_string()]);
     assert!(!ok, "armed: {err}");
     assert!(
         err.contains("not enough space: needs 762 TB for 100000000 frames, ")
@@ -191,23 +180,23 @@ fn acquire_refuses_what_cannot_fit_and_an_armed_acquisition_leaves_nothing_at_sh
     );
     let exists = out.path().join("exists.npy");
     std::fs::write(&exists, b"keep me").expect("write");
-    let (ok, _, err) = cli(&p, &["acquire", "--frames", "5", "--out", &exists.display().to_string()]);
+    let (ok, _, err) = p.cli(&["acquire", "--frames", "5", "--out", &exists.display().to_string()]);
     assert!(!ok && err.contains("exists; refusing to overwrite it"), "{err}");
-    let (ok, _, err) = cli(&p, &["acquire", "--frames", "5", "--out", "/nonexistent-dir/run.npy"]);
+    let (ok, _, err) = p.cli(&["acquire", "--frames", "5", "--out", "/nonexistent-dir/run.npy"]);
     assert!(!ok && err.contains("does not exist"), "{err}");
     std::fs::remove_file(&exists).expect("remove");
 
     // One stopped before its first frame ends with 0 frames and leaves no file.
     let early = out.path().join("stopped-early.npy");
-    let (ok, _, err) = cli(&p, &["acquire", "--frames", "1000", "--out", &early.display().to_string()]);
+    let (ok, _, err) = p.cli(&["acquire", "--frames", "1000", "--out", &early.display().to_string()]);
     assert!(ok, "{err}");
-    let (ok, _, err) = cli(&p, &["stop"]);
+    let (ok, _, err) = p.cli(&["stop"]);
     assert!(ok, "{err}");
     let st = p.status().acquisitions.into_iter().find(|a| a.path == early.display().to_string()).expect("it");
     assert_eq!((st.state.as_str(), st.assigned), ("done", 0), "{st:?}");
     // One armed, no frame yet, when the pipeline shuts down: the same.
     let armed = out.path().join("armed.npy");
-    let (ok, _, err) = cli(&p, &["acquire", "--frames", "1000", "--out", &armed.display().to_string()]);
+    let (ok, _, err) = p.cli(&["acquire", "--frames", "1000", "--out", &armed.display().to_string()]);
     assert!(ok, "{err}");
     assert!(p.shutdown());
     let left: Vec<_> = std::fs::read_dir(out.path()).expect("dir").flatten().map(|e| e.path()).collect();
