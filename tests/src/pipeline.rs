@@ -211,6 +211,18 @@ impl Pipeline {
         recorder
     }
 
+    /// Replays recording `rec` into this pipeline (`ringdaq sim --replay`, at the recorded spacing) and returns
+    /// what it printed; the replay must succeed.
+    pub fn replay(&self, rec: &Path) -> String {
+        let out = Command::new(bin_path("ringdaq"))
+            .args(["sim", "--port-base", &self.port_base.to_string(), "--speed", "1", "--replay"])
+            .arg(rec)
+            .output()
+            .expect("ringdaq sim --replay");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into()
+    }
+
     /// Asks the pipeline to shut down and waits for it; returns whether it exited 0.
     pub fn shutdown(mut self) -> bool {
         let _ = self.call(Request::Shutdown);

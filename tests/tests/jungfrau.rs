@@ -256,9 +256,7 @@ fn a_flood_of_jungfrau_shaped_garbage_is_counted_by_reason() {
 /// --replay`) gives the frames the simulator made: record and replay know no detector.
 #[test]
 fn recorded_jungfrau_stream_replays_into_a_fresh_pipeline() {
-    use std::process::Command;
-
-    use ringdaq_tests::{TempDir, bin_path};
+    use ringdaq_tests::TempDir;
     let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 40;
     let datagrams = FRAMES * 2 * PACKETS_PER_MODULE as u64;
@@ -276,13 +274,7 @@ fn recorded_jungfrau_stream_replays_into_a_fresh_pipeline() {
 
     let second = start("", "");
     let (id, path) = second.acquire(FRAMES, "jf-replayed.npy", SyncMode::Immediate);
-    let out = Command::new(bin_path("ringdaq"))
-        .args(["sim", "--port-base", &second.port_base.to_string(), "--speed", "1", "--replay"])
-        .arg(&rec)
-        .output()
-        .expect("ringdaq sim --replay");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("replayed {datagrams} datagrams")));
+    assert!(second.replay(&rec).contains(&format!("replayed {datagrams} datagrams")));
     let st = second.wait(id, Duration::from_secs(60));
     assert_eq!(st.state, "done", "{st:?}");
     verify_large_acquisition(&path, JF2, FRAMES, FIRST_FRAME);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use detector::k2;
 use ringdaq_tests::pipeline::{Pipeline, verify_large_acquisition};
-use ringdaq_tests::{ChildGuard, bin_path, wait_for};
+use ringdaq_tests::{ChildGuard, wait_for};
 use shm_protocol::messages::SyncMode;
 
 fn stage_state(p: &Pipeline, name: &str) -> String {
@@ -224,13 +224,7 @@ fn a_recorded_stream_replayed_into_a_fresh_pipeline_gives_the_same_frames() {
 
     let second = Pipeline::start("");
     let (id, path) = second.acquire(FRAMES, "replayed.npy", SyncMode::Immediate);
-    let out = Command::new(bin_path("ringdaq"))
-        .args(["sim", "--port-base", &second.port_base.to_string(), "--speed", "1", "--replay"])
-        .arg(&rec)
-        .output()
-        .expect("ringdaq sim --replay");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("replayed {datagrams} datagrams")));
+    assert!(second.replay(&rec).contains(&format!("replayed {datagrams} datagrams")));
     let st = second.wait(id, Duration::from_secs(60));
     assert_eq!(st.state, "done", "{st:?}");
     verify_large_acquisition(&path, k2::IS, FRAMES, 0);
