@@ -3,9 +3,11 @@
 //! Each of eight sectors sends UDP datagrams, one block of pixels each, to its own port. [`header`] parses and
 //! validates the 40-byte block header, [`decode`] turns payloads into u16 pixels placed in a frame (portable and
 //! AVX2), [`geometry`] holds the checked geometry of a mode. [`K2`] puts them behind
-//! [`crate::format::DetectorFormat`].
+//! [`crate::format::DetectorFormat`]. [`gatan`] writes and reads Gatan's raw recording layout (eight sector
+//! files and a `.gtg` tag file).
 
 pub mod decode;
+pub mod gatan;
 pub mod geometry;
 pub mod header;
 
