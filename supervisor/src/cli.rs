@@ -57,7 +57,7 @@ pub enum Command {
     /// Send simulated detector traffic (real K2 IS / Summit datagrams).
     Sim(SimArgs),
     /// Capture the raw datagrams the running pipeline receives (with sector and receive time) to a file, for
-    /// `ringdaq sim --replay`.
+    /// `ringdaq sim --replay`; or, `--format gatan`, its K2 frames in Gatan's raw layout (LiberTEM reads it).
     Record(crate::record_cmd::RecordArgs),
     /// A live view of the pipeline, refreshed every second (q quits).
     Top {

@@ -1,10 +1,12 @@
 //! The `ringdaq` command: the supervisor that owns the region and the sockets, runs the stages and serves
 //! clients, and the client commands that talk to it.
 
+pub mod block_tap;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod gatan_cmd;
 pub mod geometry;
 pub mod inspect_cmd;
 pub mod metrics;

@@ -2,114 +2,170 @@
 //! sector and kernel receive time, and send them again later (to reproduce a problem, or test a change on real
 //! traffic).
 //!
-//! The recorder reads the block ring through a read-only mapping, as a lossy reader: it never slows the pipeline,
-//! and a slot the receiver overwrote before it was copied is counted as missed, never written half.
+//! The datagrams come from a read-only tap on the block ring ([`crate::block_tap`]), which never slows the
+//! pipeline. Two formats: ringdaq's own (`.rdq`, below: every datagram with its sector and receive time) and
+//! Gatan's raw K2 layout (`--format gatan`, [`crate::gatan_cmd`]: whole frames, readable by LiberTEM).
 //!
 //! File format (little-endian): the 8 bytes `RDQREC01`, the detector mode id (u32) and 4 reserved bytes; then
 //! per datagram a 16-byte record head `recv_ns: u64, sector: u16, flags: u16, len: u32` and `len` bytes.
 
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{IpAddr, UdpSocket};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use shm_protocol::messages::{Reply, Request};
-use shm_protocol::pipeline::{self, BLOCK_RING, BlockSlotHeader, DatagramRecord};
-use shm_protocol::{Access, Region, RingError};
+
+use crate::block_tap::{self, Sink, TapInfo, Tapped};
 
 /// The first 8 bytes of a recording.
 pub const MAGIC: &[u8; 8] = b"RDQREC01";
 
+/// Formats `ringdaq record` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecordFormat {
+    /// ringdaq's own: every datagram with its sector and receive time (one `.rdq` file).
+    Rdq,
+    /// Gatan's raw K2 layout: `NAME.gtg` and `NAME1.bin` … `NAME8.bin`, whole frames (LiberTEM reads it).
+    Gatan,
+}
+
+/// A scan size, `WxH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scan {
+    /// Positions across.
+    pub width: u32,
+    /// Positions down.
+    pub height: u32,
+}
+
+impl std::str::FromStr for Scan {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (w, h) = s.split_once(['x', 'X']).ok_or_else(|| format!("{s:?}: a scan is WxH, e.g. 256x256"))?;
+        let parse = |v: &str| v.trim().parse::<u32>().ok().filter(|&n| n > 0 && n <= i32::MAX as u32);
+        match (parse(w), parse(h)) {
+            (Some(width), Some(height)) => Ok(Self { width, height }),
+            _ => Err(format!("{s:?}: a scan is WxH with positive sizes, e.g. 256x256")),
+        }
+    }
+}
+
 /// Options of `ringdaq record`.
 #[derive(Debug, Clone, Args)]
 pub struct RecordArgs {
-    /// The file to write.
+    /// The file to write (`--format gatan`: DIR/NAME, for NAME.gtg and NAME1.bin … NAME8.bin).
     #[arg(long)]
     pub out: PathBuf,
-    /// Stop after this many datagrams.
+    /// The format.
+    #[arg(long, value_enum, default_value_t = RecordFormat::Rdq)]
+    pub format: RecordFormat,
+    /// Stop after this many datagrams (`--format rdq`).
     #[arg(long)]
     pub datagrams: Option<u64>,
+    /// Stop after this many frames (`--format gatan`).
+    #[arg(long)]
+    pub frames: Option<u64>,
+    /// The scan, WxH (`--format gatan`): written into the .gtg, so readers see a scan of that shape; records
+    /// W·H + 1 frames unless --frames says otherwise.
+    #[arg(long)]
+    pub scan: Option<Scan>,
     /// Stop after this many seconds.
     #[arg(long)]
     pub seconds: Option<f64>,
 }
 
-/// Records until `stop`, `--datagrams` or `--seconds`; prints what it recorded to `out`.
+/// Records until `stop`, `--datagrams`/`--frames` or `--seconds`; prints what it recorded to `out`.
 pub fn record(runtime_dir: &Path, a: &RecordArgs, stop: &AtomicBool, out: &mut impl Write) -> anyhow::Result<()> {
-    let mut conn = crate::client::connect(runtime_dir)?;
-    let r = conn.call::<_, Reply>(&Request::MapRegion).context("asking for the region")?;
-    let fd = match r.msg {
-        Reply::Region => r.fds.into_iter().next().context("no region descriptor came")?,
-        Reply::Error { message } => bail!("{message}"),
-        other => bail!("unexpected reply {other:?}"),
-    };
-    let region = Region::attach(fd, Access::ReadOnly)?;
-    let params = pipeline::pipeline_area(&region)?.params;
-    let ring = region.ring(BLOCK_RING)?;
-    let file = std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut w = BufWriter::with_capacity(1 << 20, file);
-    w.write_all(MAGIC)?;
-    w.write_all(&region.header().geometry.mode.to_le_bytes())?;
-    w.write_all(&[0; 4])?;
-    let mut reader = ring.reader(ring.published(), false);
-    writeln!(out, "recording to {} (from block-ring slot {})", a.out.display(), reader.next_seq())?;
-    out.flush()?;
-    let started = Instant::now();
-    let (mut datagrams, mut missed) = (0u64, 0u64);
-    let slot_len = ring.slot_size();
-    let mut copy = vec![0u8; slot_len];
-    let mut last_report = Instant::now();
-    loop {
-        if stop.load(Ordering::Relaxed)
-            || a.datagrams.is_some_and(|n| datagrams >= n)
-            || a.seconds.is_some_and(|s| started.elapsed().as_secs_f64() >= s)
-        {
-            break;
-        }
-        // The receiver does not wake readers it does not know of: wait in short steps.
-        let slot = match reader.next(Some(Duration::from_millis(2))) {
-            Ok(s) => s,
-            Err(RingError::Timeout) => continue,
-            Err(RingError::Overrun { missed: m }) => {
-                missed += m;
-                continue;
+    match a.format {
+        RecordFormat::Gatan => {
+            if a.datagrams.is_some() {
+                bail!("--datagrams is for --format rdq; a Gatan recording counts --frames");
             }
-            Err(e) => return Err(e.into()),
-        };
-        // Copy, then check the slot was not rewritten meanwhile (seqlock): never write a torn slot.
-        if !slot.copy_to(0, &mut copy)? {
-            missed += 1;
-            continue;
+            return crate::gatan_cmd::record(runtime_dir, a, stop, out);
         }
-        let hdr: BlockSlotHeader = bytemuck::pod_read_unaligned(&copy[..size_of::<BlockSlotHeader>()]);
-        let count = (hdr.count as usize).min(params.datagrams_per_slot as usize);
-        let stride = params.datagram_stride as usize;
-        for i in 0..count {
-            let at = size_of::<BlockSlotHeader>() + i * size_of::<DatagramRecord>();
-            let rec: DatagramRecord = bytemuck::pod_read_unaligned(&copy[at..at + size_of::<DatagramRecord>()]);
-            let len = (rec.len as usize).min(stride);
-            let off = params.datagram_offset as usize + i * stride;
-            w.write_all(&rec.recv_ns.to_le_bytes())?;
-            w.write_all(&rec.sector.to_le_bytes())?;
-            w.write_all(&rec.flags.to_le_bytes())?;
-            w.write_all(&(len as u32).to_le_bytes())?;
-            w.write_all(&copy[off..off + len])?;
-            datagrams += 1;
-            if a.datagrams.is_some_and(|n| datagrams >= n) {
-                break;
+        RecordFormat::Rdq => {
+            if a.frames.is_some() || a.scan.is_some() {
+                bail!("--frames and --scan are for --format gatan; an .rdq recording counts --datagrams");
             }
-        }
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            last_report = Instant::now();
-            writeln!(out, "{datagrams} datagrams, {missed} block slots missed")?;
         }
     }
+    let file = std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let mut sink = RdqSink {
+        w: BufWriter::with_capacity(1 << 20, file),
+        a,
+        out,
+        datagrams: 0,
+        missed: 0,
+        last_report: Instant::now(),
+    };
+    block_tap::run(runtime_dir, stop, a.seconds, &mut sink)?;
+    let RdqSink { mut w, out, datagrams, missed, .. } = sink;
     w.flush()?;
     writeln!(out, "recorded {datagrams} datagrams ({missed} block slots missed) to {}", a.out.display())?;
     Ok(())
+}
+
+/// The `.rdq` writer behind the tap.
+struct RdqSink<'a, W: Write> {
+    w: BufWriter<std::fs::File>,
+    a: &'a RecordArgs,
+    out: &'a mut W,
+    datagrams: u64,
+    missed: u64,
+    last_report: Instant,
+}
+
+impl<W: Write> RdqSink<'_, W> {
+    fn done(&self) -> bool {
+        self.a.datagrams.is_some_and(|n| self.datagrams >= n)
+    }
+
+    fn report(&mut self) -> anyhow::Result<()> {
+        if self.last_report.elapsed() >= Duration::from_secs(1) {
+            self.last_report = Instant::now();
+            writeln!(self.out, "{} datagrams, {} block slots missed", self.datagrams, self.missed)?;
+        }
+        Ok(())
+    }
+}
+
+impl<W: Write> Sink for RdqSink<'_, W> {
+    fn start(&mut self, info: &TapInfo) -> anyhow::Result<()> {
+        self.w.write_all(MAGIC)?;
+        self.w.write_all(&info.mode.to_le_bytes())?;
+        self.w.write_all(&[0; 4])?;
+        writeln!(self.out, "recording to {} (from block-ring slot {})", self.a.out.display(), info.first_slot)?;
+        self.out.flush()?;
+        Ok(())
+    }
+
+    fn datagram(&mut self, d: Tapped<'_>) -> anyhow::Result<ControlFlow<()>> {
+        if self.done() {
+            return Ok(ControlFlow::Break(()));
+        }
+        self.w.write_all(&d.recv_ns.to_le_bytes())?;
+        self.w.write_all(&d.sector.to_le_bytes())?;
+        self.w.write_all(&d.flags.to_le_bytes())?;
+        self.w.write_all(&(d.bytes.len() as u32).to_le_bytes())?;
+        self.w.write_all(d.bytes)?;
+        self.datagrams += 1;
+        self.report()?;
+        Ok(if self.done() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+    }
+
+    fn idle(&mut self) -> anyhow::Result<ControlFlow<()>> {
+        self.report()?;
+        Ok(if self.done() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+    }
+
+    fn missed(&mut self, n: u64) {
+        self.missed += n;
+    }
 }
 
 /// One recorded datagram.

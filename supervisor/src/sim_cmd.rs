@@ -57,10 +57,11 @@ pub struct SimArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Send the datagrams of a recording (`ringdaq record`) instead of simulated frames.
+    /// Send the datagrams of a recording (`ringdaq record`) instead of simulated frames: an `.rdq` file, or a
+    /// Gatan recording by its `.gtg` or any of its `.bin` files (sent at --fps, or as fast as possible).
     #[arg(long)]
     pub replay: Option<std::path::PathBuf>,
-    /// With --replay: how much faster than recorded (0: as fast as possible).
+    /// With --replay of an `.rdq`: how much faster than recorded (0: as fast as possible).
     #[arg(long, default_value_t = 1.0, requires = "replay")]
     pub speed: f64,
 }
@@ -102,6 +103,21 @@ impl SimArgs {
 pub fn run(args: &SimArgs) -> anyhow::Result<()> {
     let stop: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     crate::signals::stop_on_signals(stop)?;
+    if let Some(path) = &args.replay
+        && crate::gatan_cmd::is_gatan(path)
+    {
+        let t = std::time::Instant::now();
+        let r = crate::gatan_cmd::replay(path, args.target, args.port_base, args.fps, stop)?;
+        println!(
+            "replayed {} datagrams ({} frames; {} placeholder blocks not sent) from {} in {:.3} s",
+            r.datagrams,
+            r.frames,
+            r.placeholders,
+            path.display(),
+            t.elapsed().as_secs_f64()
+        );
+        return Ok(());
+    }
     if let Some(path) = &args.replay {
         let t = std::time::Instant::now();
         let n = crate::record_cmd::replay(path, args.target, args.port_base, args.speed, stop)?;
