@@ -106,6 +106,9 @@ pub fn run(args: &SimArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.replay
         && crate::gatan_cmd::is_gatan(path)
     {
+        if args.speed != 1.0 {
+            anyhow::bail!("--speed is for .rdq recordings; a Gatan recording is sent at --fps (default: at once)");
+        }
         let t = std::time::Instant::now();
         let r = crate::gatan_cmd::replay(path, args.target, args.port_base, args.fps, stop)?;
         println!(

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use detector::k2;
-use ringdaq_tests::pipeline::{Acquired, Pipeline, verify_large_acquisition};
+use ringdaq_tests::pipeline::{Acquired, Pipeline, SMALL_RINGS, verify_large_acquisition};
 use ringdaq_tests::{ChildGuard, TempDir, bin_path, wait_for};
 use shm_protocol::messages::SyncMode;
 
@@ -206,4 +206,24 @@ fn unusable_names_are_refused() {
         assert!(!out.status.success() && err.contains(why), "{name}: {err}");
     }
     assert!(!keep.path().join("run7.gtg").exists() && !keep.path().join("taken_.gtg").exists());
+}
+
+/// A detector whose stream is not a K2's is refused with a message that says why, and nothing is written.
+#[test]
+fn a_jungfrau_pipeline_is_refused() {
+    let _g = ringdaq_tests::serial();
+    let keep = TempDir::new("gatan-jf").expect("temp dir");
+    let p = Pipeline::start_with_rings(&format!("detector = \"jungfrau\"\nmodules = 1\n{SMALL_RINGS}"));
+    let (ok, _out, err) = p.cli(&[
+        "record",
+        "--format",
+        "gatan",
+        "--frames",
+        "1",
+        "--out",
+        &keep.path().join("jf_").display().to_string(),
+    ]);
+    assert!(!ok && err.contains("the Gatan raw format holds K2 IS (and Summit) streams, not jungfrau-1"), "{err}");
+    assert_eq!(std::fs::read_dir(keep.path()).expect("dir").count(), 0, "nothing written");
+    assert!(p.shutdown());
 }
