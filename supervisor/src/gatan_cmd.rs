@@ -102,10 +102,10 @@ impl<W: Write> Sink for GatanSink<'_, W> {
         let w = Writer::create(paths, g, opts)?;
         writeln!(
             self.out,
-            "recording {} to {} (+ {} sector files; from block-ring slot {})",
-            format,
+            "recording to {} (+ {} sector files; detector mode {}; from block-ring slot {})",
             w.paths().gtg.display(),
             w.paths().bins.len(),
+            format,
             info.first_slot
         )?;
         self.out.flush()?;
