@@ -11,6 +11,15 @@ use ringdaq_tests::pipeline::{Acquired, Pipeline, SMALL_RINGS, verify_large_acqu
 use ringdaq_tests::{ChildGuard, TempDir, bin_path, wait_for};
 use shm_protocol::messages::SyncMode;
 
+/// Frames per second sent to a recording pipeline.
+const RATE: f64 = 50.0;
+
+/// The recorder is a lossy reader of the block ring: a ring of 96 slots spans at least 480 ms of stream (slots
+/// fill for up to 5 ms), so a recorder held up that long on a busy machine still misses nothing (32 slots, the
+/// tests' usual ring, span 160 ms).
+const RECORDING_RINGS: &str =
+    "[rings]\nblock_slots = 96\ndatagrams_per_slot = 64\nframe_slots = 8\n[assembler]\ntimeout_ms = 500\n";
+
 /// `ringdaq record --format gatan --out DIR/NAME ARGS` against `p`, its output in `DIR/NAME.log`; returns once
 /// the recorder has opened its files (it reads the block ring from there on).
 fn start_gatan_recording(p: &Pipeline, dir: &Path, name: &str, args: &[&str]) -> (ChildGuard, PathBuf) {
@@ -108,10 +117,10 @@ fn a_scan_recorded_in_gatan_layout_reads_in_libertem_and_replays() {
     // The 16 frames of the scan and the one after it (LiberTEM reads the last scan frame only when one follows).
     const FRAMES: u64 = 17;
     let keep = TempDir::new("gatan-scan").expect("temp dir");
-    let p = Pipeline::start("");
+    let p = Pipeline::start_with_rings(RECORDING_RINGS);
     let (recorder, log) = start_gatan_recording(&p, keep.path(), "scan_", &["--scan", "4x4"]);
     let (id, npy) = p.acquire(FRAMES, "scan.npy", SyncMode::Immediate);
-    let sent = p.simulate(p.sim_config(FRAMES, 50.0));
+    let sent = p.simulate(p.sim_config(FRAMES, RATE));
     assert_eq!(sent.frames, FRAMES);
     let (ok, printed) = finish_recording(recorder, &log);
     assert!(ok, "{printed}");
@@ -145,17 +154,17 @@ fn lost_blocks_become_counted_placeholders() {
     let _g = ringdaq_tests::serial();
     const FRAMES: u64 = 12;
     let keep = TempDir::new("gatan-lossy").expect("temp dir");
-    let p = Pipeline::start("");
+    let p = Pipeline::start_with_rings(RECORDING_RINGS);
     let (recorder, log) = start_gatan_recording(&p, keep.path(), "lossy_", &["--frames", &FRAMES.to_string()]);
     let (id, npy) = p.acquire(FRAMES, "lossy.npy", SyncMode::Immediate);
     // A first frame whole (the recorder keeps a first frame only if whole: it may have started in its middle),
     // then frames that lose blocks.
-    let first = p.simulate(p.sim_config(1, 50.0));
+    let first = p.simulate(p.sim_config(1, RATE));
     let lossy = p.simulate(detector::sim::SimConfig {
         first_frame_id: 1,
         drop: 0.004,
         seed: 7,
-        ..p.sim_config(FRAMES - 1, 50.0)
+        ..p.sim_config(FRAMES - 1, RATE)
     });
     assert_eq!(first.dropped, 0);
     let lost: u64 = lossy.lossy_frames.values().map(|&(_, n)| u64::from(n)).sum();

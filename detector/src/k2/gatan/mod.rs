@@ -160,6 +160,9 @@ impl Paths {
                 path.display()
             )));
         };
+        if name.is_empty() {
+            return Err(GatanError::Name(format!("{}: no recording name before the sector number", path.display())));
+        }
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
             _ => PathBuf::from("."),
@@ -284,6 +287,8 @@ mod tests {
         assert_eq!(Paths::discover(&d.join("cap_3.bin")).expect("from bin"), p);
         std::fs::remove_file(&p.bins[7]).expect("rm");
         assert!(matches!(Paths::discover(&p.gtg), Err(GatanError::Files { found: 7, .. })));
+        assert!(matches!(Paths::discover(&d.join("12.bin")), Err(GatanError::Name(_))));
+        assert!(matches!(Paths::discover(&d.join("cap_.npy")), Err(GatanError::Name(_))));
     }
 
     #[test]
