@@ -94,25 +94,20 @@ pub fn record(runtime_dir: &Path, a: &RecordArgs, stop: &AtomicBool, out: &mut i
             }
         }
     }
-    let file = std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let mut sink = RdqSink {
-        w: BufWriter::with_capacity(1 << 20, file),
-        a,
-        out,
-        datagrams: 0,
-        missed: 0,
-        last_report: Instant::now(),
-    };
+    let mut sink = RdqSink { w: None, a, out, datagrams: 0, missed: 0, last_report: Instant::now() };
     block_tap::run(runtime_dir, stop, a.seconds, &mut sink)?;
-    let RdqSink { mut w, out, datagrams, missed, .. } = sink;
-    w.flush()?;
+    let RdqSink { w, out, datagrams, missed, .. } = sink;
+    if let Some(mut w) = w {
+        w.flush()?;
+    }
     writeln!(out, "recorded {datagrams} datagrams ({missed} block slots missed) to {}", a.out.display())?;
     Ok(())
 }
 
 /// The `.rdq` writer behind the tap.
 struct RdqSink<'a, W: Write> {
-    w: BufWriter<std::fs::File>,
+    /// The file, created once the tap is attached (its existence tells scripts the recording has begun).
+    w: Option<BufWriter<std::fs::File>>,
     a: &'a RecordArgs,
     out: &'a mut W,
     datagrams: u64,
@@ -136,9 +131,13 @@ impl<W: Write> RdqSink<'_, W> {
 
 impl<W: Write> Sink for RdqSink<'_, W> {
     fn start(&mut self, info: &TapInfo) -> anyhow::Result<()> {
-        self.w.write_all(MAGIC)?;
-        self.w.write_all(&info.mode.to_le_bytes())?;
-        self.w.write_all(&[0; 4])?;
+        let a = self.a;
+        let file = std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+        let mut w = BufWriter::with_capacity(1 << 20, file);
+        w.write_all(MAGIC)?;
+        w.write_all(&info.mode.to_le_bytes())?;
+        w.write_all(&[0; 4])?;
+        self.w = Some(w);
         writeln!(self.out, "recording to {} (from block-ring slot {})", self.a.out.display(), info.first_slot)?;
         self.out.flush()?;
         Ok(())
@@ -148,11 +147,12 @@ impl<W: Write> Sink for RdqSink<'_, W> {
         if self.done() {
             return Ok(ControlFlow::Break(()));
         }
-        self.w.write_all(&d.recv_ns.to_le_bytes())?;
-        self.w.write_all(&d.sector.to_le_bytes())?;
-        self.w.write_all(&d.flags.to_le_bytes())?;
-        self.w.write_all(&(d.bytes.len() as u32).to_le_bytes())?;
-        self.w.write_all(d.bytes)?;
+        let w = self.w.as_mut().context("the recording is not open")?;
+        w.write_all(&d.recv_ns.to_le_bytes())?;
+        w.write_all(&d.sector.to_le_bytes())?;
+        w.write_all(&d.flags.to_le_bytes())?;
+        w.write_all(&(d.bytes.len() as u32).to_le_bytes())?;
+        w.write_all(d.bytes)?;
         self.datagrams += 1;
         self.report()?;
         Ok(if self.done() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
