@@ -15,7 +15,7 @@ use crate::k2::header::{BlockHeader, HeaderError};
 /// The assembler's default window: frames in flight before the oldest is given up.
 pub const DEFAULT_WINDOW: usize = 4;
 
-/// Frame ids remembered after their frame left, to recognise their late blocks.
+/// Frames remembered after they left, to recognise their late blocks.
 const RECENT: usize = 64;
 
 /// One frame's blocks, as they arrived (raw datagrams, header included), by block index
@@ -99,7 +99,8 @@ pub struct Collector {
     window: usize,
     open: VecDeque<Frame>,
     pool: Vec<Frame>,
-    recent: VecDeque<u32>,
+    /// Frames that left: (frame id, `block_count` of their sectors' first blocks).
+    recent: VecDeque<(u32, Option<u32>)>,
     taken_any: bool,
     skipped_leading: u64,
 }
@@ -139,12 +140,16 @@ impl Collector {
             return Pushed::NoSuchSector(sector);
         }
         let index = self.g.block_index(sector, usize::from(h.x_start), usize::from(h.y_start));
-        let pos = match self.open.iter().position(|f| f.id == h.frame_id) {
+        // A frame is its id and its place in the camera's block count: after the camera starts its frame ids
+        // over, an id seen before is a new frame, not late blocks of the old one.
+        let base = h.block_count.wrapping_sub((index % self.g.blocks_per_sector()) as u32);
+        let pos = match self.open.iter().position(|f| f.id == h.frame_id && f.base_count == Some(base)) {
             Some(p) => p,
-            None if self.recent.contains(&h.frame_id) => return Pushed::Late,
+            None if self.recent.contains(&(h.frame_id, Some(base))) => return Pushed::Late,
             None => {
                 let mut f = self.pool.pop().unwrap_or_else(|| Frame::new(&self.g));
                 f.reset(h.frame_id);
+                f.base_count = Some(base);
                 self.open.push_back(f);
                 self.open.len() - 1
             }
@@ -157,8 +162,7 @@ impl Collector {
         f.data[index * b..(index + 1) * b].copy_from_slice(datagram);
         f.present[index] = true;
         f.arrived += 1;
-        let k = (index % self.g.blocks_per_sector()) as u32;
-        f.base_count.get_or_insert(h.block_count.wrapping_sub(k));
+        f.base_count = Some(base);
         Pushed::Accepted
     }
 
@@ -197,7 +201,7 @@ impl Collector {
         if self.recent.len() == RECENT {
             self.recent.pop_front();
         }
-        self.recent.push_back(f.id);
+        self.recent.push_back((f.id, f.base_count));
         let leading = !self.taken_any;
         self.taken_any = true;
         if leading && f.missing() > 0 {
@@ -269,6 +273,20 @@ mod tests {
         let f13 = c.give_up().expect("frame 13");
         assert_eq!((f13.id(), f13.arrived()), (13, 1));
         assert_eq!(c.skipped_leading(), 0);
+    }
+
+    #[test]
+    fn frame_ids_started_over_are_new_frames() {
+        let g = IS_GEOMETRY;
+        let mut c = Collector::new(g, 2);
+        let mut ids = Vec::new();
+        for (id, seq) in [(10, 0), (11, 1), (10, 2), (11, 3)] {
+            ids.extend(send(&mut c, &g, id, seq, &[]).iter().map(|f| (f.id(), f.base_count())));
+        }
+        assert_eq!(ids, [(10, Some(0)), (11, Some(32)), (10, Some(64)), (11, Some(96))]);
+        // A block of the first frame 10 comes late.
+        let (s, d) = block(&g, 10, 0, 3);
+        assert_eq!(c.push(s, &d), Pushed::Late);
     }
 
     #[test]
