@@ -70,8 +70,8 @@ impl<W: Write> GatanSink<'_, W> {
             if w.summary().frames >= limit {
                 return Ok(ControlFlow::Break(()));
             }
-            let Some(f) = (if idle { c.give_up() } else { c.pop() }) else { break };
-            w.write_frame(&f, limit)?;
+            let Some(mut f) = (if idle { c.give_up() } else { c.pop() }) else { break };
+            w.write_frame(&mut f, limit)?;
             c.recycle(f);
         }
         if self.last_report.elapsed() >= Duration::from_secs(1) {
@@ -99,6 +99,8 @@ impl<W: Write> Sink for GatanSink<'_, W> {
                 ("Recorder".into(), format!("ringdaq {}", env!("CARGO_PKG_VERSION"))),
             ],
         };
+        // The frames' memory first: the recording has begun, for whoever watches for the files, once it is ready.
+        self.collector = Some(Collector::new(g, DEFAULT_WINDOW));
         let w = Writer::create(paths, g, opts)?;
         writeln!(
             self.out,
@@ -109,7 +111,6 @@ impl<W: Write> Sink for GatanSink<'_, W> {
             info.first_slot
         )?;
         self.out.flush()?;
-        self.collector = Some(Collector::new(g, DEFAULT_WINDOW));
         self.writer = Some(w);
         self.last_datagram = Instant::now();
         Ok(())
@@ -170,7 +171,7 @@ pub fn record(runtime_dir: &Path, a: &RecordArgs, stop: &AtomicBool, out: &mut i
     writeln!(
         out,
         "recorded {} frames to {}: {} placeholder blocks in {} frames ({} of them whole frames); \
-         {} leading partial frames skipped, {} frames still arriving at the end not written; dropped {} invalid, \
+         leading partial frames skipped: {}; frames in flight at the end, not written: {}; dropped {} invalid, \
          {} late, {} duplicate datagrams; {} block slots missed",
         s.frames,
         gtg.display(),

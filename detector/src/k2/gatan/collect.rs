@@ -35,7 +35,10 @@ impl Frame {
         Self {
             id: 0,
             block_bytes: g.block_bytes(),
-            data: vec![0; g.blocks_per_frame() * g.block_bytes()],
+            // Not zero: `vec![0; n]` maps pages lazily, and faulting 5.7 MB (IS) in at the stream's first frames
+            // would stall the recorder; every byte is written before it is read (a block that arrived, or a
+            // placeholder).
+            data: vec![0xA5; g.blocks_per_frame() * g.block_bytes()],
             present: vec![false; g.blocks_per_frame()],
             arrived: 0,
             base_count: None,
@@ -58,6 +61,19 @@ impl Frame {
     pub fn block(&self, i: usize) -> Option<&[u8]> {
         let b = self.block_bytes;
         self.present.get(i).copied().unwrap_or(false).then(|| &self.data[i * b..(i + 1) * b])
+    }
+
+    /// Block `i`'s bytes in the frame's buffer, whether it arrived or not (the writer fills in placeholders and
+    /// flags in place, then writes each sector in one piece).
+    pub(super) fn slot_mut(&mut self, i: usize) -> &mut [u8] {
+        let b = self.block_bytes;
+        &mut self.data[i * b..(i + 1) * b]
+    }
+
+    /// The bytes of blocks `range` (by block index), contiguous: a sector's blocks, in the camera's order.
+    pub(super) fn blocks_bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        let b = self.block_bytes;
+        &self.data[range.start * b..range.end * b]
     }
 
     /// Blocks that arrived.
@@ -107,13 +123,15 @@ pub struct Collector {
 
 impl Collector {
     /// A collector for geometry `g` that gives the oldest frame up when `window` newer ones are in flight
-    /// (`window` at least 1).
+    /// (`window` at least 1). The memory of the `window + 1` frames it can hold at once is taken and touched
+    /// here, so that taking frames in allocates nothing.
     pub fn new(g: Geometry, window: usize) -> Self {
+        let window = window.max(1);
         Self {
             g,
-            window: window.max(1),
-            open: VecDeque::new(),
-            pool: Vec::new(),
+            window,
+            open: VecDeque::with_capacity(window + 1),
+            pool: (0..=window).map(|_| Frame::new(&g)).collect(),
             recent: VecDeque::with_capacity(RECENT),
             taken_any: false,
             skipped_leading: 0,
