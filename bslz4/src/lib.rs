@@ -10,8 +10,9 @@
 //! [`decompress`] decodes what hdf5plugin writes; the crate's `interop` test proves both through h5py.
 //!
 //! The bit transposition has a scalar reference and SSE2 (always on x86_64) and AVX2 (chosen at run time) versions,
-//! proven equal by proptest. LZ4 is `lz4_flex`'s block format: the same LZ4 block format the reference writes with
-//! `LZ4_compress_default` and reads with `LZ4_decompress_safe`.
+//! proven equal by proptest. LZ4 is `lz4_flex`'s block format (its encoder without the `safe-encode` feature, its
+//! safe and checked decoder): the LZ4 block format the reference writes with `LZ4_compress_default` and reads with
+//! `LZ4_decompress_safe`.
 
 #![deny(missing_docs)]
 
@@ -125,19 +126,22 @@ pub fn default_block_size(elem_size: usize) -> usize {
 }
 
 /// The largest chunk [`compress`] can write for `len` bytes of `elem_size`-byte elements: header, a length
-/// prefix and LZ4's worst case per block, and the raw tail. With `elem_size` 0 it is the header's size.
+/// prefix and LZ4's worst case per block, and the raw tail (the reference's `bshuf_compress_lz4_bound` + 12).
+/// With `elem_size` 0 it is the header's size.
 pub fn max_compressed_len(len: usize, elem_size: usize) -> usize {
     if elem_size == 0 {
         return HEADER_BYTES;
     }
     let layout = Layout::new(len / elem_size, elem_size, default_block_size(elem_size));
-    let full = layout.full_blocks * (4 + lz4_flex::block::get_maximum_output_size(layout.block_bytes()));
-    let last = if layout.last_block > 0 {
-        4 + lz4_flex::block::get_maximum_output_size(layout.last_block * elem_size)
-    } else {
-        0
-    };
+    let full = layout.full_blocks * (4 + lz4_bound(layout.block_bytes()));
+    let last = if layout.last_block > 0 { 4 + lz4_bound(layout.last_block * elem_size) } else { 0 };
     HEADER_BYTES + full + last + layout.tail_bytes()
+}
+
+/// The worst-case size of an LZ4 block of `len` bytes (`LZ4_COMPRESSBOUND`: all literals, a length byte per 255,
+/// and slack).
+const fn lz4_bound(len: usize) -> usize {
+    len + len / 255 + 16
 }
 
 /// How a chunk of `elems` elements divides into blocks.
@@ -182,44 +186,60 @@ impl Layout {
 }
 
 /// Compresses `input` (elements of `elem_size` bytes) into one chunk of filter 32008's format with the default
-/// block size. Clears `out`, fills it with the chunk and returns its length.
+/// block size. Clears `out`, fills it with the chunk and returns its length. (A [`Compressor`] does the same
+/// without allocating its working buffers each time.)
 pub fn compress(input: &[u8], elem_size: usize, out: &mut Vec<u8>) -> Result<usize, Error> {
-    if elem_size == 0 {
-        return Err(Error::ZeroElemSize);
+    Compressor::default().compress(input, elem_size, out)
+}
+
+/// Compresses chunk after chunk, keeping its working buffers (about 3 blocks): after the first chunk of an
+/// element size, [`Compressor::compress`] allocates nothing unless `out` must grow.
+#[derive(Debug, Clone, Default)]
+pub struct Compressor {
+    shuffled: Vec<u8>,
+    scratch: Vec<u8>,
+    packed: Vec<u8>,
+}
+
+impl Compressor {
+    /// As [`compress`]: clears `out`, writes one whole chunk into it and returns its length.
+    pub fn compress(&mut self, input: &[u8], elem_size: usize, out: &mut Vec<u8>) -> Result<usize, Error> {
+        if elem_size == 0 {
+            return Err(Error::ZeroElemSize);
+        }
+        if !input.len().is_multiple_of(elem_size) {
+            return Err(Error::PartialElement { len: input.len(), elem_size });
+        }
+        let block = default_block_size(elem_size);
+        let block_bytes = u32::try_from(block * elem_size).map_err(|_| Error::ElemSizeTooLarge(elem_size))?;
+        let layout = Layout::new(input.len() / elem_size, elem_size, block);
+        out.clear();
+        // Reserved, not zeroed: a frame's worth of memset would cost a tenth of the compression.
+        out.reserve(max_compressed_len(input.len(), elem_size));
+        out.extend_from_slice(&(input.len() as u64).to_be_bytes());
+        out.extend_from_slice(&block_bytes.to_be_bytes());
+        let bytes = layout.block_bytes();
+        // lz4_flex wants room for its own bound (about 1.1 × the input), a little above the reference's.
+        let packed = lz4_flex::block::get_maximum_output_size(bytes);
+        for (buf, len) in [(&mut self.shuffled, bytes), (&mut self.scratch, bytes), (&mut self.packed, packed)] {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+        }
+        let mut src = input;
+        for (index, bytes) in layout.blocks().enumerate() {
+            let (this, rest) = src.split_at(bytes);
+            src = rest;
+            shuffle::bitshuffle(this, &mut self.shuffled[..bytes], &mut self.scratch[..bytes], elem_size);
+            let n = lz4_flex::block::compress_into(&self.shuffled[..bytes], &mut self.packed[..packed])
+                .map_err(|e| Error::Lz4 { index, expected: bytes, reason: format!("compressing: {e}") })?;
+            // At most LZ4's bound of the block (all literals), which fits a u32 as the block size does.
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+            out.extend_from_slice(&self.packed[..n]);
+        }
+        out.extend_from_slice(src);
+        Ok(out.len())
     }
-    if !input.len().is_multiple_of(elem_size) {
-        return Err(Error::PartialElement { len: input.len(), elem_size });
-    }
-    let block = default_block_size(elem_size);
-    let block_bytes = u32::try_from(block * elem_size).map_err(|_| Error::ElemSizeTooLarge(elem_size))?;
-    let layout = Layout::new(input.len() / elem_size, elem_size, block);
-    out.clear();
-    out.resize(max_compressed_len(input.len(), elem_size), 0);
-    out[..8].copy_from_slice(&(input.len() as u64).to_be_bytes());
-    out[8..12].copy_from_slice(&block_bytes.to_be_bytes());
-    let mut pos = HEADER_BYTES;
-    let mut shuffled = vec![0u8; layout.block_bytes()];
-    let mut scratch = vec![0u8; layout.block_bytes()];
-    let mut src = input;
-    for (index, bytes) in layout.blocks().enumerate() {
-        let (this, rest) = src.split_at(bytes);
-        src = rest;
-        shuffle::bitshuffle(this, &mut shuffled[..bytes], &mut scratch[..bytes], elem_size);
-        let (prefix, body) = out[pos..].split_at_mut(4);
-        // The buffer is sized by max_compressed_len, which reserves LZ4's worst case for every block.
-        let n = lz4_flex::block::compress_into(&shuffled[..bytes], body).map_err(|e| Error::Lz4 {
-            index,
-            expected: bytes,
-            reason: e.to_string(),
-        })?;
-        // A block's compressed length is at most about 1.1 × its size, which fits a u32.
-        prefix.copy_from_slice(&(n as u32).to_be_bytes());
-        pos += 4 + n;
-    }
-    out[pos..pos + src.len()].copy_from_slice(src);
-    pos += src.len();
-    out.truncate(pos);
-    Ok(pos)
 }
 
 /// The uncompressed length in bytes a chunk's header announces.

@@ -94,6 +94,15 @@ pub fn bitshuffle_with(kernel: Kernel, input: &[u8], out: &mut [u8], scratch: &m
         bits_to_rows(kernel, input, out);
         return;
     }
+    // 16-bit pixels, the common case, in one pass without the scratch buffer.
+    #[cfg(target_arch = "x86_64")]
+    if elem_size == 2 {
+        match kernel.checked() {
+            Kernel::Sse2 => return x86::shuffle2_sse2(input, out),
+            Kernel::Avx2 => return x86::shuffle2_avx2(input, out),
+            Kernel::Scalar => {}
+        }
+    }
     let scratch = &mut scratch[..input.len()];
     byte_transpose(input, scratch, n, elem_size);
     for (src, dst) in scratch.chunks_exact(n).zip(out.chunks_exact_mut(n)) {

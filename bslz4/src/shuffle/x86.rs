@@ -176,3 +176,88 @@ fn rows_to_bits_avx2_inner(src: &[u8], dst: &mut [u8]) {
     }
     rows_to_bits_scalar(src, dst, 32 * steps);
 }
+
+/// Groups of 8 two-byte elements from group `from` on, scalar: the tail of the fused kernels.
+fn shuffle2_tail(src: &[u8], dst: &mut [u8], from: usize) {
+    let row = src.len() / 16;
+    for g in from..row {
+        let (mut lo, mut hi) = (0u64, 0u64);
+        for m in 0..8 {
+            lo |= u64::from(src[16 * g + 2 * m]) << (8 * m);
+            hi |= u64::from(src[16 * g + 2 * m + 1]) << (8 * m);
+        }
+        let (lo, hi) = (super::transpose8(lo).to_le_bytes(), super::transpose8(hi).to_le_bytes());
+        for k in 0..8 {
+            dst[k * row + g] = lo[k];
+            dst[(8 + k) * row + g] = hi[k];
+        }
+    }
+}
+
+/// The whole bitshuffle of a block of two-byte elements in one pass with SSE2: 16 elements a step, split into
+/// their low and high bytes with `packuswb`, then `pmovmskb` as in [`bits_to_rows_sse2`].
+pub(super) fn shuffle2_sse2(src: &[u8], dst: &mut [u8]) {
+    // SAFETY: SSE2 is part of the x86_64 baseline: every x86_64 CPU runs it.
+    unsafe { shuffle2_sse2_inner(src, dst) }
+}
+
+#[target_feature(enable = "sse2")]
+fn shuffle2_sse2_inner(src: &[u8], dst: &mut [u8]) {
+    let row = src.len() / 16;
+    let steps = src.len() / 32;
+    let low = _mm_set1_epi16(0x00FF);
+    for i in 0..steps {
+        // SAFETY: i < src.len() / 32, so the 32 bytes at 32·i are inside `src`; loadu has no alignment need.
+        let (v0, v1) = unsafe {
+            (_mm_loadu_si128(src.as_ptr().add(32 * i).cast()), _mm_loadu_si128(src.as_ptr().add(32 * i + 16).cast()))
+        };
+        let mut lo = _mm_packus_epi16(_mm_and_si128(v0, low), _mm_and_si128(v1, low));
+        let mut hi = _mm_packus_epi16(_mm_srli_epi16::<8>(v0), _mm_srli_epi16::<8>(v1));
+        for k in (0..8).rev() {
+            let (ml, mh) = (_mm_movemask_epi8(lo) as u16, _mm_movemask_epi8(hi) as u16);
+            dst[k * row + 2 * i..k * row + 2 * i + 2].copy_from_slice(&ml.to_le_bytes());
+            dst[(8 + k) * row + 2 * i..(8 + k) * row + 2 * i + 2].copy_from_slice(&mh.to_le_bytes());
+            lo = _mm_add_epi8(lo, lo);
+            hi = _mm_add_epi8(hi, hi);
+        }
+    }
+    shuffle2_tail(src, dst, 2 * steps);
+}
+
+/// [`shuffle2_sse2`] with AVX2, 32 elements a step (`vpackuswb` works within 128-bit lanes, so a
+/// `vpermq` puts the elements back in order).
+pub(super) fn shuffle2_avx2(src: &[u8], dst: &mut [u8]) {
+    // SAFETY: this kernel is only chosen when `is_x86_feature_detected!("avx2")` said yes (Kernel::checked).
+    unsafe { shuffle2_avx2_inner(src, dst) }
+}
+
+#[target_feature(enable = "avx2")]
+fn shuffle2_avx2_inner(src: &[u8], dst: &mut [u8]) {
+    let row = src.len() / 16;
+    let steps = src.len() / 64;
+    let low = _mm256_set1_epi16(0x00FF);
+    for i in 0..steps {
+        // SAFETY: i < src.len() / 64, so the 64 bytes at 64·i are inside `src`; loadu has no alignment need.
+        let (v0, v1) = unsafe {
+            (
+                _mm256_loadu_si256(src.as_ptr().add(64 * i).cast()),
+                _mm256_loadu_si256(src.as_ptr().add(64 * i + 32).cast()),
+            )
+        };
+        // Packed lanes hold elements [0..8, 16..24 | 8..16, 24..32]: 64-bit quarters 0, 2, 1, 3 put them in order.
+        let mut lo =
+            _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi16(_mm256_and_si256(v0, low), _mm256_and_si256(v1, low)));
+        let mut hi = _mm256_permute4x64_epi64::<0xD8>(_mm256_packus_epi16(
+            _mm256_srli_epi16::<8>(v0),
+            _mm256_srli_epi16::<8>(v1),
+        ));
+        for k in (0..8).rev() {
+            let (ml, mh) = (_mm256_movemask_epi8(lo) as u32, _mm256_movemask_epi8(hi) as u32);
+            dst[k * row + 4 * i..k * row + 4 * i + 4].copy_from_slice(&ml.to_le_bytes());
+            dst[(8 + k) * row + 4 * i..(8 + k) * row + 4 * i + 4].copy_from_slice(&mh.to_le_bytes());
+            lo = _mm256_add_epi8(lo, lo);
+            hi = _mm256_add_epi8(hi, hi);
+        }
+    }
+    shuffle2_tail(src, dst, 4 * steps);
+}
