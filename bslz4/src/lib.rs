@@ -133,15 +133,15 @@ pub fn max_compressed_len(len: usize, elem_size: usize) -> usize {
         return HEADER_BYTES;
     }
     let layout = Layout::new(len / elem_size, elem_size, default_block_size(elem_size));
-    let full = layout.full_blocks * (4 + lz4_bound(layout.block_bytes()));
-    let last = if layout.last_block > 0 { 4 + lz4_bound(layout.last_block * elem_size) } else { 0 };
-    HEADER_BYTES + full + last + layout.tail_bytes()
+    let full = layout.full_blocks.saturating_mul(lz4_bound(layout.block_bytes()).saturating_add(4));
+    let last = if layout.last_block > 0 { lz4_bound(layout.last_block * elem_size).saturating_add(4) } else { 0 };
+    HEADER_BYTES.saturating_add(full).saturating_add(last).saturating_add(layout.tail_bytes())
 }
 
 /// The worst-case size of an LZ4 block of `len` bytes (`LZ4_COMPRESSBOUND`: all literals, a length byte per 255,
 /// and slack).
 const fn lz4_bound(len: usize) -> usize {
-    len + len / 255 + 16
+    len.saturating_add(len / 255).saturating_add(16)
 }
 
 /// How a chunk of `elems` elements divides into blocks.
@@ -170,8 +170,9 @@ impl Layout {
         }
     }
 
+    /// Saturating: an absurd element size must not overflow (such a layout has no whole block anyway).
     fn block_bytes(&self) -> usize {
-        self.block * self.elem_size
+        self.block.saturating_mul(self.elem_size)
     }
 
     fn tail_bytes(&self) -> usize {
@@ -211,7 +212,10 @@ impl Compressor {
             return Err(Error::PartialElement { len: input.len(), elem_size });
         }
         let block = default_block_size(elem_size);
-        let block_bytes = u32::try_from(block * elem_size).map_err(|_| Error::ElemSizeTooLarge(elem_size))?;
+        let block_bytes = block
+            .checked_mul(elem_size)
+            .and_then(|b| u32::try_from(b).ok())
+            .ok_or(Error::ElemSizeTooLarge(elem_size))?;
         let layout = Layout::new(input.len() / elem_size, elem_size, block);
         out.clear();
         // Reserved, not zeroed: a frame's worth of memset would cost a tenth of the compression.

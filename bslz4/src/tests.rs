@@ -96,6 +96,17 @@ fn bad_arguments_and_chunks_are_clear_errors() {
 }
 
 #[test]
+fn absurd_element_sizes_are_errors_not_overflows() {
+    let mut chunk = Vec::new();
+    assert_eq!(compress(&[], usize::MAX, &mut chunk), Err(Error::ElemSizeTooLarge(usize::MAX)));
+    assert_eq!(compress(&[], 1 << 40, &mut chunk), Err(Error::ElemSizeTooLarge(1 << 40)));
+    assert!(max_compressed_len(0, usize::MAX) >= HEADER_BYTES);
+    assert!(max_compressed_len(usize::MAX, 1) >= HEADER_BYTES);
+    let header = [0u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20, 0];
+    assert!(decompress(&header, usize::MAX, &mut []).is_err());
+}
+
+#[test]
 fn the_bound_holds_for_incompressible_data() {
     // xorshift bytes: LZ4's worst case.
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
