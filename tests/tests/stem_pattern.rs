@@ -1,6 +1,7 @@
 //! The simulator's 4D-STEM pattern end to end: frames made as they are sent (no period), through the real
-//! pipeline, every pixel of every frame checked against the pattern's formula; and `ringdaq run --simulate
-//! --pattern`, whose flag overrides the configuration's `[simulator] pattern`.
+//! pipeline, every pixel of every frame checked against the pattern's formula, on a K2 IS and on a two-module
+//! JUNGFRAU; and `ringdaq run --simulate --pattern`, whose flag overrides the configuration's
+//! `[simulator] pattern`.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use detector::k2;
 use detector::pattern::Pattern;
 use detector::sim::SimConfig;
-use ringdaq_tests::pipeline::{ExpectedFrames, Pipeline, verify_large_acquisition_of};
+use ringdaq_tests::pipeline::{ExpectedFrames, Pipeline, SMALL_RINGS, verify_large_acquisition_of};
 use ringdaq_tests::{ChildGuard, TempDir, bin_path, free_udp_port_base};
 use shm_protocol::messages::SyncMode;
 
@@ -29,6 +30,22 @@ fn stem_frames_arrive_pixel_exact_across_the_scan_wrap() {
     let counting = ExpectedFrames::new(k2::IS, Pattern::Counting);
     let stem = ExpectedFrames::new(k2::IS, STEM);
     assert_ne!(counting.frame(4080), stem.frame(4080));
+}
+
+#[test]
+fn stem_frames_on_a_jungfrau_are_gain_0_and_pixel_exact() {
+    let _g = ringdaq_tests::serial();
+    let jf2 = detector::jungfrau::FORMATS[1];
+    let p = Pipeline::start_with_rings(&format!("detector = \"jungfrau\"\nmodules = 2\n{SMALL_RINGS}"));
+    let (id, path) = p.acquire(30, "jf-stem.npy", SyncMode::Immediate);
+    let sim = p.simulate(SimConfig { mode: jf2, pattern: STEM, first_frame_id: 1, ..p.sim_config(34, 200.0) });
+    assert_eq!(sim.frames, 34);
+    let st = p.wait(id, Duration::from_secs(60));
+    assert_eq!(st.state, "done", "{st:?}");
+    verify_large_acquisition_of(&path, jf2, STEM, 30, 1);
+    // Gain bits (the top two) 00 everywhere, values within 14 bits.
+    let frame = ExpectedFrames::new(jf2, STEM).frame(5).into_owned();
+    assert!(frame.iter().all(|&v| v <= 0x3FFF));
 }
 
 #[test]
