@@ -127,6 +127,8 @@ fn hdf5plugin_reads_our_chunks_and_we_read_its() {
     let dir = TempDir(std::env::temp_dir().join(format!("bslz4-interop-{}", std::process::id())));
     std::fs::create_dir_all(&dir.0).unwrap();
     let mut meta = Vec::new();
+    // One compressor for every case, as the writer keeps one: its buffers are reused across element sizes.
+    let mut compressor = bslz4::Compressor::default();
     for (i, case) in CASES.iter().enumerate() {
         let raw = pixels(case, i);
         std::fs::write(dir.0.join(format!("{i}.raw")), &raw).unwrap();
@@ -134,7 +136,10 @@ fn hdf5plugin_reads_our_chunks_and_we_read_its() {
         let mut blob = Vec::new();
         let mut chunk = Vec::new();
         for frame in raw.chunks_exact(frame_bytes) {
-            let n = bslz4::compress(frame, case.elem_size, &mut chunk).unwrap();
+            let n = compressor.compress(frame, case.elem_size, &mut chunk).unwrap();
+            let mut alone = Vec::new();
+            assert_eq!(bslz4::compress(frame, case.elem_size, &mut alone), Ok(n));
+            assert_eq!(alone, chunk, "a reused compressor writes what a fresh one does");
             blob.extend_from_slice(&(n as u64).to_le_bytes());
             blob.extend_from_slice(&chunk);
         }
