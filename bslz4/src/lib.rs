@@ -195,7 +195,7 @@ pub fn compress(input: &[u8], elem_size: usize, out: &mut Vec<u8>) -> Result<usi
 
 /// Compresses chunk after chunk, keeping its working buffers (about 3 blocks and `out`'s capacity). What is left
 /// is one allocation per block inside `lz4_flex::block::compress_into` (its 8 KiB hash table): an encoder of our
-/// own that reuses its table (no allocation) ran at 1.36–1.39 GB/s a core on 4D-STEM frames against lz4_flex's
+/// own that reuses its table (no allocation) ran at 1.36–1.45 GB/s a core on 4D-STEM frames against lz4_flex's
 /// 1.65–1.70, below the 1.5 GB/s aim, so the aim won (BENCHMARKS.md).
 #[derive(Debug, Clone, Default)]
 pub struct Compressor {
