@@ -84,17 +84,28 @@ impl Shared {
 /// (`missed`); a lossless one receives every frame and holds the pipeline until it releases them. Iterating
 /// yields frames until the pipeline shuts down (releasing each frame when the next is taken); `next(timeout)`
 /// waits at most `timeout` seconds. Use it as a context manager to unsubscribe at the end.
-#[pyclass(module = "ringdaq._ringdaq")]
+///
+/// Every method takes the object shared (it is `frozen`): one thread may wait in `next()` while others release
+/// frames or read `missed`.
+#[pyclass(module = "ringdaq._ringdaq", frozen)]
 pub(crate) struct Subscription {
     shared: Arc<Shared>,
     /// The frame handed out last by iteration, released when the next is taken.
-    current: Option<Py<Frame>>,
-    closed: bool,
+    current: Mutex<Option<Py<Frame>>>,
+    closed: AtomicBool,
 }
 
 impl Subscription {
-    fn take(&mut self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Frame> {
-        if self.closed {
+    /// Releases the frame iteration handed out last.
+    fn release_current(&self) {
+        let prev = self.current.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(prev) = prev {
+            prev.get().release();
+        }
+    }
+
+    fn take(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Frame> {
+        if self.closed.load(Ordering::Acquire) {
             return Err(PipelineGone::new_err("the subscription is closed"));
         }
         let deadline = timeout.map(|t| Instant::now() + t);
@@ -140,15 +151,15 @@ impl Subscription {
                 rows,
                 cols,
             }),
-            current: None,
-            closed: false,
+            current: Mutex::new(None),
+            closed: AtomicBool::new(false),
         })
     }
 
     /// The next frame, waiting at most `timeout` seconds (None: until one comes). Raises `Timeout`, or
     /// `PipelineGone` when the pipeline shut down.
     #[pyo3(signature = (timeout = None))]
-    fn next(&mut self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Frame> {
+    fn next(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Frame> {
         let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
         self.take(py, timeout)
     }
@@ -157,14 +168,12 @@ impl Subscription {
         slf
     }
 
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Py<Frame>> {
-        if let Some(prev) = self.current.take() {
-            prev.borrow(py).release();
-        }
+    fn __next__(&self, py: Python<'_>) -> PyResult<Py<Frame>> {
+        self.release_current();
         match self.take(py, None) {
             Ok(f) => {
                 let f = Py::new(py, f)?;
-                self.current = Some(f.clone_ref(py));
+                *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some(f.clone_ref(py));
                 Ok(f)
             }
             Err(e) if e.is_instance_of::<PipelineGone>(py) => Err(PyStopIteration::new_err(())),
@@ -177,7 +186,7 @@ impl Subscription {
     }
 
     fn __exit__(
-        &mut self,
+        &self,
         py: Python<'_>,
         _t: Option<Bound<'_, PyAny>>,
         _v: Option<Bound<'_, PyAny>>,
@@ -187,12 +196,11 @@ impl Subscription {
     }
 
     /// Ends the subscription: a lossless gate is dropped at once. Arrays already taken stay readable.
-    fn close(&mut self, py: Python<'_>) {
-        if let Some(prev) = self.current.take() {
-            prev.borrow(py).release();
-        }
-        self.shared.read().unsubscribe();
-        self.closed = true;
+    fn close(&self, py: Python<'_>) {
+        self.release_current();
+        let shared = self.shared.clone();
+        py.detach(move || shared.read().unsubscribe());
+        self.closed.store(true, Ordering::Release);
     }
 
     /// Releases frames by sequence (an int or an iterable of ints), from any thread: for frames handed over
@@ -238,7 +246,7 @@ impl Subscription {
             if self.shared.lossless { "lossless" } else { "lossy" },
             self.shared.rows,
             self.shared.cols,
-            if self.closed { " closed" } else { "" }
+            if self.closed.load(Ordering::Acquire) { " closed" } else { "" }
         )
     }
 }
