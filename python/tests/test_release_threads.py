@@ -114,3 +114,19 @@ def test_the_default_runtime_dir_is_the_clis(pipeline, monkeypatch):
     monkeypatch.delenv("XDG_RUNTIME_DIR")
     import os
     assert str(ringdaq.default_runtime_dir()) == f"/tmp/ringdaq-{os.getuid()}"
+
+
+def test_the_cli_arms_a_live_only_acquisition(pipeline):
+    r = pipeline.cli("acquire", "--frames", "4", "--live")
+    acq = int(r.stdout.strip())
+    assert "consumers only" in r.stderr
+    ctl = ringdaq.Control(pipeline.rt)
+    assert ctl.acquisition(acq)["live_only"]
+    sim = pipeline.simulate(8, 100)
+    st = ctl.wait(acq, timeout=30)
+    sim.wait(timeout=60)
+    assert st["ended"] == "complete" and st["assigned"] == 4 and st["written"] == 4
+    assert not list(pipeline.root.glob("*.npy"))
+    # One or the other.
+    assert pipeline.cli("acquire", "--frames", "4", "--live", "--out", "x.npy", check=False).returncode != 0
+    assert pipeline.cli("acquire", "--frames", "4", check=False).returncode != 0

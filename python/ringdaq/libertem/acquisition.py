@@ -37,6 +37,9 @@ logger = logging.getLogger(__name__)
 #: The topic workers signal released frames on.
 RELEASE_TOPIC = "ringdaq.release"
 
+#: The largest tile, bytes (see `RingdaqAcquisition.get_max_io_size`).
+MAX_IO_BYTES = 128 * 2**20
+
 #: How often (s) the main process, waiting for a frame, checks that the acquisition still runs and that every
 #: worker lives.
 CHECK_EVERY = 0.25
@@ -175,6 +178,19 @@ def _reader(runtime_dir: str, supervisor_pid: int) -> ringdaq.RegionReader:
     return r
 
 
+# The worker's tile buffer, kept from one partition to the next: a fresh one (8 K2 IS frames as float32 are
+# 120 MB) would be faulted in page by page for every partition.
+_BUFFER: list = []
+
+
+def _tile_buffer(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    if _BUFFER and _BUFFER[0].dtype == dtype and _BUFFER[0].shape[1:] == shape[1:] and _BUFFER[0].shape[0] >= shape[0]:
+        return _BUFFER[0][:shape[0]]
+    _BUFFER.clear()
+    _BUFFER.append(np.empty(shape, dtype=dtype))
+    return _BUFFER[0]
+
+
 class RingdaqLivePartition(Partition):
     """Frames `start_idx`..`end_idx` - 1 of a live acquisition, read from the region by the worker."""
 
@@ -218,7 +234,7 @@ class RingdaqLivePartition(Partition):
         total = self._end_idx - self._start_idx
         sig = tuple(tiling_scheme[0].shape)
         depth = total if tiling_scheme.intent == "partition" else min(tiling_scheme.depth, total)
-        buf = np.empty((depth,) + sig, dtype=dest_dtype)
+        buf = _tile_buffer((depth,) + sig, np.dtype(dest_dtype))
         direct = True
         ident = f"ringdaq-worker-{os.getpid()}"
         filled, tile_start, got = 0, self._start_idx, 0
@@ -366,6 +382,14 @@ class RingdaqAcquisition(AcquisitionMixin, DataSet):
     def get_base_shape(self, roi):
         ""
         return (1, *self.meta.shape.sig)
+
+    def get_max_io_size(self):
+        ""
+        # Tiles of several frames: a UDF then adds a tile's sum into its result once per tile rather than once
+        # per frame. Measured for SumUDF on K2 IS frames (15 MB as float32): 4.6 ms a frame at depth 1, 2.6 ms
+        # at 4, 2.1 ms at 8 (this limit gives 8). Frames are released as they are copied into a tile, so a
+        # deeper tile holds no more of the frame ring.
+        return MAX_IO_BYTES
 
     def start_acquisition(self):
         """Subscribes (lossless), arms the acquisition (active mode) and calls `hooks.on_ready_for_data`."""
