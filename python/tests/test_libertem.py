@@ -28,17 +28,17 @@ SCAN = (16, 16)
 N = SCAN[0] * SCAN[1]
 SMALL = (8, 8)
 
-# Rings deep enough (32 frames, about 430 MB of shared memory) that a lossless consumer on a busy 2-core
+# Rings deep enough (48 + 48 frames, about 650 MB of shared memory) that a lossless consumer on a busy 2-core
 # machine does not back the pipeline up into the kernel's socket buffers, and a rate that leaves the workers
 # room: the tests check what LiberTEM computes, not how fast.
 RINGS = """[rings]
-block_slots = 128
+block_slots = 192
 datagrams_per_slot = 64
-frame_slots = 32
+frame_slots = 48
 [assembler]
 timeout_ms = 500
 """
-FPS = 50
+FPS = 40
 
 
 @pytest.fixture
@@ -58,6 +58,11 @@ def make_context() -> LiveContext:
 def ctx():
     c = make_context()
     try:
+        # Warm the workers up (imports, compilation on a UDF's first run take seconds), as before a scan: a
+        # lossless consumer that stalls that long would back the pipeline up into the kernel's socket buffers.
+        ds = c.load("memory", data=np.zeros((2, 2, 1860, 2048), np.uint16), num_partitions=2)
+        mask = ring_mask((1860, 2048))
+        c.run_udf(ds, [SumUDF(), ApplyMasksUDF(mask_factories=[lambda: mask], mask_dtype=np.float64)])
         yield c
     finally:
         c.close()
