@@ -205,3 +205,33 @@ def test_a_killed_worker_stops_the_acquisition_and_the_next_one_runs(ctx, pipeli
             doomed.close()
         except Exception:  # noqa: BLE001 (a pool with a killed worker may complain while closing)
             pass
+
+
+def test_passive_mode_takes_an_acquisition_armed_elsewhere(ctx, pipeline):
+    import threading
+
+    scan, n = SMALL, SMALL[0] * SMALL[1]
+    sims = []
+
+    def operator():
+        # Someone else arms (as `ringdaq acquire --frames 64 --live` would) and starts the scan.
+        ringdaq.Control(pipeline.rt).acquire(n)
+        sims.append(pipeline.simulate(n, FPS))
+
+    with RingdaqConnection(pipeline.rt) as conn:
+        t = threading.Timer(0.5, operator)
+        t.start()
+        try:
+            pending = conn.wait_for_acquisition(timeout=30)
+            assert pending is not None and pending.nimages == n
+            aq = ctx.make_acquisition(conn=conn, pending_aq=pending, nav_shape=scan)
+            res = ctx.run_udf(aq, SumUDF())
+        finally:
+            t.join()
+            for s in sims:
+                s.wait(timeout=60)
+    assert aq.status["ended"] == "complete" and aq.acquisition_id == pending.acquisition_id
+    expected = np.sum([f.astype(np.float64) for f in sim_frames(0, 8)], axis=0) * (n // 8)
+    assert np.array_equal(res["intensity"].data, expected)
+    with RingdaqConnection(pipeline.rt) as conn:
+        assert conn.wait_for_acquisition(timeout=0.3) is None

@@ -417,7 +417,12 @@ class RingdaqAcquisition(AcquisitionMixin, DataSet):
         self.incomplete_frames = []
         logger.info("ringdaq acquisition %d armed: %d frames", acq, nframes)
         if self._pending_aq is None:
-            self._hooks.on_ready_for_data(ReadyForDataEnv(aq=self))
+            try:
+                self._hooks.on_ready_for_data(ReadyForDataEnv(aq=self))
+            except BaseException:
+                # LiveContext ends only what started: the armed acquisition and the gate must not stay behind.
+                self.end_acquisition()
+                raise
 
     def end_acquisition(self):
         """Ends the acquisition: one that did not hand out all its frames (a cancelled run, a dead worker) is
