@@ -115,7 +115,10 @@ def plain(p: Pipeline, n: int, fps: float, expect: np.ndarray) -> None:
         sim = Sim(p, n, fps)
         got = 0
         while got < n:
-            f = sub.next(timeout=10)
+            try:
+                f = sub.next(timeout=10)
+            except ringdaq.Timeout:
+                break  # frames lost before the pipeline took them never come
             if f.acquisition_id == acq:
                 acc += f.array
                 got += 1
@@ -126,7 +129,7 @@ def plain(p: Pipeline, n: int, fps: float, expect: np.ndarray) -> None:
     ok, text = account(p, ctl, acq, drops0)
     same = np.array_equal(acc, expect)
     text = f"{'no loss' if ok and same else 'LOSS'}: {text}; sum {'equal' if same else 'DIFFERS'}"
-    report("plain lossless Subscription, sum in one process  ", n, n / t, text, sim, sim_rate, c1 - c0, s1 - s0)
+    report("plain lossless Subscription, sum in one process  ", n, got / t, text, sim, sim_rate, c1 - c0, s1 - s0)
 
 
 def libertem(p: Pipeline, ctx, n: int, fps: float, expect: np.ndarray, per_partition: int) -> None:
@@ -150,12 +153,16 @@ def libertem(p: Pipeline, ctx, n: int, fps: float, expect: np.ndarray, per_parti
     with RingdaqConnection(p.rt) as conn:
         aq = ctx.make_acquisition(conn=conn, nav_shape=(n // 40, 40), frames_per_partition=per_partition,
                                   hooks=hooks)
-        res = ctx.run_udf(aq, SumUDF())
+        try:
+            res = ctx.run_udf(aq, SumUDF())
+        except Exception as e:  # noqa: BLE001 (an acquisition that lost frames is cancelled: reported below)
+            print(f"the run failed: {e!r}")
+            res = None
         t = time.perf_counter() - hooks.t0
         c1, s1, m1 = cpu(consumers), cpu(stages), cpu([os.getpid()])
     sim_rate = hooks.sim.wait()
     ok, text = account(p, ctl, aq.acquisition_id, drops0)
-    same = np.array_equal(res["intensity"].data, expect)
+    same = res is not None and np.array_equal(res["intensity"].data, expect)
     text = f"{'no loss' if ok and same else 'LOSS'}: {text}; sum {'equal' if same else 'DIFFERS'}"
     report("LiberTEM SumUDF, pipelined executor, 2 workers", n, n / t, text, hooks.sim, sim_rate, c1 - hooks.c0,
            s1 - hooks.s0, m1 - hooks.m0)
