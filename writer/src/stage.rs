@@ -209,9 +209,13 @@ impl Files<'_> {
     /// Ends the live-only acquisition whose frames were passing: complete if every frame came, else as recorded
     /// by whoever ended it.
     fn finish_live(&mut self) {
-        let Some(id) = self.live.take() else {
-            return;
-        };
+        if let Some(id) = self.live.take() {
+            self.end_live(id);
+        }
+    }
+
+    /// Ends live-only acquisition `id` (see [`Files::finish_live`]).
+    fn end_live(&self, id: u64) {
         let rec = self.area.acquisition(id);
         if rec.id.load(Ordering::Acquire) != id || rec.state().is_over() {
             return;
@@ -309,6 +313,18 @@ impl Files<'_> {
         }
         for rec in &self.area.acquisitions {
             let id = rec.id.load(Ordering::Acquire);
+            // A live-only acquisition whose last frame passed before a restart of this stage: the new process
+            // sees no frame of it, and ends it here.
+            let (first, n) = (rec.first_seq.load(Ordering::Acquire), rec.assigned.load(Ordering::Acquire));
+            if id != 0
+                && self.live != Some(id)
+                && rec.is_live_only()
+                && rec.state() == AcquisitionState::Assigned
+                && n > 0
+                && committed >= first.saturating_add(n)
+            {
+                self.end_live(id);
+            }
             if id != 0
                 && rec.state() == AcquisitionState::Assigned
                 && rec.assigned.load(Ordering::Acquire) == 0
