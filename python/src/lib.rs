@@ -1,22 +1,33 @@
-//! `ringdaq._ringdaq`: the Python face of [`shm_protocol::consumer`]. Frames are exposed through the buffer
-//! protocol (read-only, 2-D, `uint16`), so `numpy.asarray(frame)` is a view of the shared memory, not a copy.
+//! `ringdaq._ringdaq`: the Python face of [`shm_protocol::consumer`] and of the supervisor's control socket.
+//!
+//! - [`subscription`]: `Subscription` and `Frame`. Frames are exposed through the buffer protocol (read-only,
+//!   2-D, `uint16`), so `numpy.asarray(frame)` is a view of the shared memory, not a copy.
+//! - [`reader`]: `RegionReader`, a read-only mapping of the region that reads frames by sequence, for processes
+//!   that hold no subscription of their own (LiberTEM's workers).
+//! - [`control`]: `Control`, arming, stopping and querying acquisitions; the CLI's runtime directory defaults.
+//!
 //! The Python package (`ringdaq/__init__.py`) re-exports these names.
 
-use std::ffi::{c_int, c_void};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
-
 use pyo3::create_exception;
-use pyo3::exceptions::{PyBufferError, PyException, PyStopIteration};
-use pyo3::ffi;
+use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use shm_protocol::consumer::{self, ConsumerError as Error, Delivery, FrameInfo};
+use shm_protocol::consumer::ConsumerError as Error;
+
+mod control;
+mod reader;
+mod subscription;
 
 create_exception!(ringdaq, ConsumerError, PyException, "A consumer operation failed.");
 create_exception!(ringdaq, Refused, ConsumerError, "The pipeline refused the subscription, or is not there.");
 create_exception!(ringdaq, Timeout, ConsumerError, "No frame arrived within the timeout.");
 create_exception!(ringdaq, PipelineGone, ConsumerError, "The pipeline shut down, or the subscription was closed.");
+create_exception!(
+    ringdaq,
+    FrameOverwritten,
+    ConsumerError,
+    "The frame asked for is no longer in the region (overwritten, or never published)."
+);
+create_exception!(ringdaq, ControlError, PyException, "The supervisor refused a command, or could not be reached.");
 
 fn to_py(e: Error) -> PyErr {
     match e {
@@ -27,325 +38,19 @@ fn to_py(e: Error) -> PyErr {
     }
 }
 
-/// The subscription and its mapping, shared by the Python `Subscription` and every `Frame` taken from it: the
-/// mapping lives until the last of them is gone, so an array over a frame never outlives its memory.
-struct Shared {
-    sub: Mutex<consumer::Subscription>,
-    lossless: bool,
-    rows: usize,
-    cols: usize,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, consumer::Subscription> {
-        self.sub.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A subscription to a running pipeline's frames.
-///
-/// `Subscription(runtime_dir, lossless=False)`. A lossy subscription never slows the pipeline and counts the
-/// frames it missed (`missed`); a lossless one receives every frame and holds the pipeline until it releases
-/// them. Iterating yields frames until the pipeline shuts down (releasing each frame when the next is taken);
-/// `next(timeout)` waits at most `timeout` seconds. Use it as a context manager to unsubscribe at the end.
-#[pyclass(module = "ringdaq._ringdaq")]
-struct Subscription {
-    shared: Arc<Shared>,
-    /// The frame handed out last by iteration, released when the next is taken.
-    current: Option<Py<Frame>>,
-    closed: bool,
-}
-
-impl Subscription {
-    fn take(&mut self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Frame> {
-        if self.closed {
-            return Err(PipelineGone::new_err("the subscription is closed"));
-        }
-        let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            // Wait in slices with the GIL released, so other threads run and Ctrl-C is seen.
-            let slice = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)),
-                None => Duration::from_millis(100),
-            };
-            let shared = self.shared.clone();
-            let got = py.detach(move || shared.lock().next_info(Some(slice)));
-            match got {
-                Ok(info) => return Ok(Frame::new(self.shared.clone(), info)),
-                Err(Error::Timeout) if deadline.is_none_or(|d| Instant::now() < d) => py.check_signals()?,
-                Err(e) => return Err(to_py(e)),
-            }
-        }
-    }
-}
-
-#[pymethods]
-impl Subscription {
-    #[new]
-    #[pyo3(signature = (runtime_dir, lossless = false))]
-    fn new(py: Python<'_>, runtime_dir: PathBuf, lossless: bool) -> PyResult<Self> {
-        let delivery = if lossless { Delivery::Lossless } else { Delivery::Lossy };
-        let sub = py.detach(|| consumer::Subscription::connect(&runtime_dir, delivery)).map_err(to_py)?;
-        let (rows, cols) = sub.shape();
-        Ok(Self {
-            shared: Arc::new(Shared { sub: Mutex::new(sub), lossless, rows, cols }),
-            current: None,
-            closed: false,
-        })
-    }
-
-    /// The next frame, waiting at most `timeout` seconds (None: until one comes). Raises `Timeout`, or
-    /// `PipelineGone` when the pipeline shut down.
-    #[pyo3(signature = (timeout = None))]
-    fn next(&mut self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Frame> {
-        let timeout = timeout.map(|t| Duration::from_secs_f64(t.max(0.0)));
-        self.take(py, timeout)
-    }
-
-    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<Py<Frame>> {
-        if let Some(prev) = self.current.take() {
-            prev.borrow(py).release();
-        }
-        match self.take(py, None) {
-            Ok(f) => {
-                let f = Py::new(py, f)?;
-                self.current = Some(f.clone_ref(py));
-                Ok(f)
-            }
-            Err(e) if e.is_instance_of::<PipelineGone>(py) => Err(PyStopIteration::new_err(())),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
-        slf
-    }
-
-    fn __exit__(
-        &mut self,
-        py: Python<'_>,
-        _t: Option<Bound<'_, PyAny>>,
-        _v: Option<Bound<'_, PyAny>>,
-        _tb: Option<Bound<'_, PyAny>>,
-    ) {
-        self.close(py);
-    }
-
-    /// Ends the subscription: a lossless gate is dropped at once. Arrays already taken stay readable.
-    fn close(&mut self, py: Python<'_>) {
-        if let Some(prev) = self.current.take() {
-            prev.borrow(py).release();
-        }
-        self.shared.lock().unsubscribe();
-        self.closed = true;
-    }
-
-    /// Whether every frame is delivered (the subscription holds a gate).
-    #[getter]
-    fn lossless(&self) -> bool {
-        self.shared.lossless
-    }
-
-    /// Frames missed so far (overwritten before this lossy subscription read them).
-    #[getter]
-    fn missed(&self) -> u64 {
-        self.shared.lock().missed()
-    }
-
-    /// (rows, cols) of a frame.
-    #[getter]
-    fn shape(&self) -> (usize, usize) {
-        (self.shared.rows, self.shared.cols)
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "<ringdaq.Subscription {} frames {}x{}{}>",
-            if self.shared.lossless { "lossless" } else { "lossy" },
-            self.shared.rows,
-            self.shared.cols,
-            if self.closed { " closed" } else { "" }
-        )
-    }
-}
-
-/// One frame in the pipeline's shared memory. `numpy.asarray(frame)` (or `frame.array`) is a read-only
-/// `uint16` array of shape (rows, cols) over that memory, without a copy. For a lossless subscription it holds
-/// this frame until the frame is released (`release()`, the next iteration step, or when the frame is garbage
-/// collected); copy what must outlive that. For a lossy one the pipeline may overwrite it at any time: check
-/// `valid()` after computing from it.
-#[pyclass(module = "ringdaq._ringdaq", frozen)]
-struct Frame {
-    shared: Arc<Shared>,
-    info: FrameInfo,
-    /// Address of the first pixel in this process's mapping.
-    pixels: usize,
-    shape: [isize; 2],
-    strides: [isize; 2],
-    released: std::sync::atomic::AtomicBool,
-}
-
-impl Frame {
-    fn new(shared: Arc<Shared>, info: FrameInfo) -> Self {
-        let pixels = shared.lock().pixels(info.seq).as_ptr() as usize;
-        let (rows, cols) = (shared.rows as isize, shared.cols as isize);
-        Self {
-            shared,
-            info,
-            pixels,
-            shape: [rows, cols],
-            strides: [cols * 2, 2],
-            released: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-}
-
-impl Drop for Frame {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
-#[pymethods]
-impl Frame {
-    /// The pixels as a read-only numpy array (rows, cols) of uint16 over the shared memory.
-    #[getter]
-    fn array<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
-        slf.py().import("numpy")?.call_method1("asarray", (slf,))
-    }
-
-    /// Lets the pipeline reuse this frame's slot (and every earlier one); lossless subscriptions only.
-    fn release(&self) {
-        if !self.released.swap(true, std::sync::atomic::Ordering::Relaxed) && self.shared.lossless {
-            self.shared.lock().release(self.info.seq + 1);
-        }
-    }
-
-    /// Whether the memory still holds this frame (always, for a lossless subscription until released).
-    fn valid(&self) -> bool {
-        self.shared.lock().holds(self.info.seq)
-    }
-
-    /// The frame-ring sequence number.
-    #[getter]
-    fn seq(&self) -> u64 {
-        self.info.seq
-    }
-
-    /// The acquisition this frame belongs to (0: none).
-    #[getter]
-    fn acquisition_id(&self) -> u64 {
-        self.info.acquisition_id()
-    }
-
-    /// The frame's index in its acquisition, or None.
-    #[getter]
-    fn index(&self) -> Option<u64> {
-        self.info.index()
-    }
-
-    /// The detector's frame id.
-    #[getter]
-    fn frame_id(&self) -> u32 {
-        self.info.frame_id()
-    }
-
-    /// Whether every block of the frame arrived.
-    #[getter]
-    fn complete(&self) -> bool {
-        self.info.is_complete()
-    }
-
-    /// Kernel receive time of the frame's first block, ns since the Unix epoch.
-    #[getter]
-    fn first_block_ns(&self) -> u64 {
-        self.info.header.first_block_ns
-    }
-
-    /// Kernel receive time of the frame's last block, ns since the Unix epoch.
-    #[getter]
-    fn last_block_ns(&self) -> u64 {
-        self.info.header.last_block_ns
-    }
-
-    /// When the assembler published the frame, ns since the Unix epoch.
-    #[getter]
-    fn published_ns(&self) -> u64 {
-        self.info.header.published_ns
-    }
-
-    /// Frames skipped just before this one (a lossy subscription fell behind).
-    #[getter]
-    fn missed_before(&self) -> u64 {
-        self.info.missed_before
-    }
-
-    /// (rows, cols).
-    #[getter]
-    fn shape(&self) -> (usize, usize) {
-        (self.shape[0] as usize, self.shape[1] as usize)
-    }
-
-    fn __repr__(&self) -> String {
-        let i = self.info;
-        format!(
-            "<ringdaq.Frame seq {} frame_id {} acquisition {} index {:?} {}>",
-            i.seq,
-            i.frame_id(),
-            i.acquisition_id(),
-            i.index(),
-            if i.is_complete() { "complete" } else { "incomplete" }
-        )
-    }
-
-    /// The buffer protocol: read-only, 2-D, native `uint16` ("H"), C-contiguous.
-    ///
-    /// # Safety
-    /// Called by Python with a valid `view` to fill.
-    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut ffi::Py_buffer, flags: c_int) -> PyResult<()> {
-        if view.is_null() {
-            return Err(PyBufferError::new_err("view is null"));
-        }
-        if flags & ffi::PyBUF_WRITABLE == ffi::PyBUF_WRITABLE {
-            return Err(PyBufferError::new_err("frames are read-only"));
-        }
-        let f = slf.get();
-        // SAFETY: `view` is non-null and Python's to fill. `buf` points at rows × cols u16 in the mapping, which
-        // `f.shared` keeps alive, and the view keeps `f` alive through `obj` (a new reference). `shape` and
-        // `strides` point into `f`, which does not move while referenced; readers do not write them.
-        unsafe {
-            (*view).buf = f.pixels as *mut c_void;
-            (*view).len = f.shape[0] * f.shape[1] * 2;
-            (*view).readonly = 1;
-            (*view).itemsize = 2;
-            (*view).format = if flags & ffi::PyBUF_FORMAT == ffi::PyBUF_FORMAT {
-                c"H".as_ptr() as *mut _
-            } else {
-                std::ptr::null_mut()
-            };
-            (*view).ndim = 2;
-            (*view).shape = f.shape.as_ptr() as *mut isize;
-            (*view).strides = f.strides.as_ptr() as *mut isize;
-            (*view).suboffsets = std::ptr::null_mut();
-            (*view).internal = std::ptr::null_mut();
-            (*view).obj = slf.into_ptr();
-        }
-        Ok(())
-    }
-}
-
 #[pymodule]
 fn _ringdaq(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<Subscription>()?;
-    m.add_class::<Frame>()?;
+    m.add_class::<subscription::Subscription>()?;
+    m.add_class::<subscription::Frame>()?;
+    m.add_class::<reader::RegionReader>()?;
+    m.add_class::<control::Control>()?;
+    m.add_function(wrap_pyfunction!(control::default_runtime_dir, m)?)?;
     let py = m.py();
     m.add("ConsumerError", py.get_type::<ConsumerError>())?;
     m.add("Refused", py.get_type::<Refused>())?;
     m.add("Timeout", py.get_type::<Timeout>())?;
     m.add("PipelineGone", py.get_type::<PipelineGone>())?;
+    m.add("FrameOverwritten", py.get_type::<FrameOverwritten>())?;
+    m.add("ControlError", py.get_type::<ControlError>())?;
     Ok(())
 }

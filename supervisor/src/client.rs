@@ -58,8 +58,12 @@ pub struct AcquireArgs {
     #[arg(long)]
     pub frames: Option<u64>,
     /// Output .npy file (its sidecar is the same path with .json).
-    #[arg(long)]
-    pub out: PathBuf,
+    #[arg(long, required_unless_present = "live")]
+    pub out: Option<PathBuf>,
+    /// A live-only acquisition: its frames go to subscribed consumers (with the acquisition's id and indices;
+    /// lossless ones gate them), and nothing is written.
+    #[arg(long, conflicts_with = "out")]
+    pub live: bool,
     /// When frame 0 is.
     #[arg(long, value_enum, default_value = "immediate")]
     pub sync: SyncArg,
@@ -71,7 +75,13 @@ pub struct AcquireArgs {
 
 /// `ringdaq acquire`.
 pub fn acquire(runtime_dir: &Path, a: &AcquireArgs) -> anyhow::Result<()> {
-    let path = if a.out.is_absolute() { a.out.clone() } else { std::env::current_dir()?.join(&a.out) };
+    let path = match &a.out {
+        Some(out) if out.is_absolute() => out.clone(),
+        Some(out) => std::env::current_dir()?.join(out),
+        // Live-only: the empty path.
+        None => PathBuf::new(),
+    };
+    let to = if a.live { "consumers only (live)".to_string() } else { path.display().to_string() };
     let sync = match a.sync {
         SyncArg::Immediate => SyncMode::Immediate,
         SyncArg::Flag => SyncMode::Flag,
@@ -81,8 +91,8 @@ pub fn acquire(runtime_dir: &Path, a: &AcquireArgs) -> anyhow::Result<()> {
     let req = Request::Acquire { frames, path: path.display().to_string(), sync };
     let Reply::Armed { id } = call(&mut conn, req)? else { bail!("unexpected reply to acquire") };
     match a.frames {
-        Some(n) => eprintln!("acquisition {id} armed: {n} frames to {}", path.display()),
-        None => eprintln!("acquisition {id} armed: frames to {} until `ringdaq stop`", path.display()),
+        Some(n) => eprintln!("acquisition {id} armed: {n} frames to {to}"),
+        None => eprintln!("acquisition {id} armed: frames to {to} until `ringdaq stop`"),
     }
     if !a.wait {
         println!("{id}");

@@ -2,7 +2,8 @@
 //! maturin compiles it (`PYO3_BUILD_EXTENSION_MODULE=1`, release), laid out next to `ringdaq/__init__.py`, and
 //! its pytest suite runs against real pipelines of this build's binaries.
 //!
-//! Needs python3 with numpy and pytest (`.ci/run` installs them).
+//! Needs python3 with numpy and pytest, and LiberTEM and LiberTEM-live for `ringdaq.libertem`'s tests
+//! (`.ci/run` installs them).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,6 +12,20 @@ use ringdaq_tests::{TempDir, bin_path};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("repository root").to_path_buf()
+}
+
+/// Copies the package's sources, subpackages (`ringdaq.libertem`) included; no bytecode caches.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("package dir");
+    for entry in std::fs::read_dir(from).expect("package sources") {
+        let p = entry.expect("entry").path();
+        let name = p.file_name().expect("name");
+        if p.is_dir() && name != "__pycache__" {
+            copy_tree(&p, &to.join(name));
+        } else if p.is_file() {
+            std::fs::copy(&p, to.join(name)).expect("copy");
+        }
+    }
 }
 
 #[test]
@@ -28,13 +43,7 @@ fn the_python_package_reads_live_frames_zero_copy() {
     // The package as pip installs it: the Python sources plus the extension module inside.
     let site = TempDir::new("pyringdaq").expect("temp dir");
     let pkg = site.path().join("ringdaq");
-    std::fs::create_dir(&pkg).expect("package dir");
-    for entry in std::fs::read_dir(python.join("ringdaq")).expect("python/ringdaq") {
-        let p = entry.expect("entry").path();
-        if p.is_file() {
-            std::fs::copy(&p, pkg.join(p.file_name().expect("name"))).expect("copy");
-        }
-    }
+    copy_tree(&python.join("ringdaq"), &pkg);
     std::fs::copy(python.join("target/release/lib_ringdaq.so"), pkg.join("_ringdaq.so")).expect("extension module");
     let bin_dir = bin_path("ringdaq").parent().expect("bin dir").to_path_buf();
     let out = Command::new("python3")

@@ -63,6 +63,8 @@ struct Files<'r> {
     shape: FrameShape,
     frame_bytes: usize,
     open: Option<OpenAcquisition>,
+    /// The live-only acquisition (no output path) whose frames are passing: counted, not written.
+    live: Option<u64>,
 }
 
 impl<'r> Writer<'r> {
@@ -72,7 +74,7 @@ impl<'r> Writer<'r> {
         let g = region.header().geometry;
         let frames = region.ring(FRAME_RING)?.consumer(WRITER_CURSOR)?;
         let shape = FrameShape { rows: g.frame_rows.into(), cols: g.frame_cols.into() };
-        let files = Files { area, cfg, shape, frame_bytes: shape.frame_bytes() as usize, open: None };
+        let files = Files { area, cfg, shape, frame_bytes: shape.frame_bytes() as usize, open: None, live: None };
         Ok(Self { frames, files })
     }
 
@@ -139,6 +141,10 @@ impl Files<'_> {
         if rec.state() == AcquisitionState::Failed {
             return;
         }
+        if rec.is_live_only() {
+            self.pass_live(rec, h);
+            return;
+        }
         if self.open.as_ref().is_none_or(|o| o.id != h.acquisition_id) {
             self.finish_open();
             if let Err(e) = self.open_acquisition(rec) {
@@ -183,6 +189,47 @@ impl Files<'_> {
                 self.fail(rec, end_reason_of(&e), &e.to_string());
             }
         }
+    }
+
+    /// A frame of a live-only acquisition: counted as passed (`written`), nothing written.
+    fn pass_live(&mut self, rec: &AcquisitionRecord, h: &FrameHeader) {
+        if self.live != Some(h.acquisition_id) {
+            self.finish_open();
+            self.finish_live();
+            self.live = Some(h.acquisition_id);
+            shm_protocol::logging::set_acquisition(h.acquisition_id);
+            tracing::info!(acquisition = h.acquisition_id, "live-only acquisition: frames pass, nothing is written");
+        }
+        let requested = rec.frames.load(Ordering::Acquire);
+        if requested == CONTINUOUS || h.index < requested {
+            rec.written.fetch_max(h.index + 1, Ordering::Release);
+        }
+    }
+
+    /// Ends the live-only acquisition whose frames were passing: complete if every frame came, else as recorded
+    /// by whoever ended it.
+    fn finish_live(&mut self) {
+        if let Some(id) = self.live.take() {
+            self.end_live(id);
+        }
+    }
+
+    /// Ends live-only acquisition `id` (see [`Files::finish_live`]).
+    fn end_live(&self, id: u64) {
+        let rec = self.area.acquisition(id);
+        if rec.id.load(Ordering::Acquire) != id || rec.state().is_over() {
+            return;
+        }
+        let requested = rec.frames.load(Ordering::Acquire);
+        let n = rec.assigned.load(Ordering::Acquire);
+        if requested != CONTINUOUS && n >= requested {
+            rec.settle_complete();
+        } else {
+            rec.claim_end(EndReason::Stopped, &format!("ended after {n} frames"));
+        }
+        rec.set_state(AcquisitionState::Done);
+        self.area.writer.done.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(acquisition = id, frames = n, "live-only acquisition done");
     }
 
     /// Frames a continuous acquisition's file has room for once it holds `frames`: whole steps of
@@ -244,6 +291,16 @@ impl Files<'_> {
     /// Finishes the open acquisition if all its frames are written (`committed`: the writer's cursor), and
     /// acquisitions that got no frame at all.
     fn housekeeping(&mut self, committed: u64) {
+        if let Some(id) = self.live {
+            let rec = self.area.acquisition(id);
+            let first = rec.first_seq.load(Ordering::Acquire);
+            let n = rec.assigned.load(Ordering::Acquire);
+            if rec.id.load(Ordering::Acquire) != id
+                || (rec.state() == AcquisitionState::Assigned && (n == 0 || committed >= first.saturating_add(n)))
+            {
+                self.finish_live();
+            }
+        }
         if let Some(o) = &self.open {
             let rec = self.area.acquisition(o.id);
             // Done once the writer's own cursor has passed the acquisition's last frame (its frames are
@@ -256,6 +313,18 @@ impl Files<'_> {
         }
         for rec in &self.area.acquisitions {
             let id = rec.id.load(Ordering::Acquire);
+            // A live-only acquisition whose last frame passed before a restart of this stage: the new process
+            // sees no frame of it, and ends it here.
+            let (first, n) = (rec.first_seq.load(Ordering::Acquire), rec.assigned.load(Ordering::Acquire));
+            if id != 0
+                && self.live != Some(id)
+                && rec.is_live_only()
+                && rec.state() == AcquisitionState::Assigned
+                && n > 0
+                && committed >= first.saturating_add(n)
+            {
+                self.end_live(id);
+            }
             if id != 0
                 && rec.state() == AcquisitionState::Assigned
                 && rec.assigned.load(Ordering::Acquire) == 0

@@ -281,6 +281,11 @@ impl AcquisitionRecord {
         read_text(&self.path, &self.path_len)
     }
 
+    /// Whether the acquisition is live-only: armed without an output path, its frames go to consumers only.
+    pub fn is_live_only(&self) -> bool {
+        self.path_len.load(Ordering::Acquire) == 0
+    }
+
     /// The error message, if the acquisition failed (else empty).
     pub fn error(&self) -> String {
         read_text(&self.error, &self.error_len)

@@ -161,6 +161,29 @@ impl Subscription {
         &self.region
     }
 
+    /// The frame-ring sequence the next [`Subscription::next_info`] looks at (at subscription: the first one
+    /// this subscription gets, which a lossless subscriber releases first).
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
+    /// Waits at most `timeout` until a frame is there for [`Subscription::next_info`] to take, without taking
+    /// it. Needs only `&self`: bindings wait here without holding the lock that `next_info` needs, so that other
+    /// threads release frames and read counters meanwhile. [`ConsumerError::Timeout`] if none came,
+    /// [`ConsumerError::Closed`] if the pipeline shut down.
+    pub fn wait_frame(&self, timeout: Option<Duration>) -> Result<(), ConsumerError> {
+        let ring = self.region.ring(FRAME_RING)?;
+        let mut reader = ring.reader(self.next, self.delivery == Delivery::Lossless);
+        match reader.next(timeout) {
+            // Something to take (an overrun is reported, and skipped, by `next_info`).
+            Ok(_) | Err(RingError::Overrun { .. }) => Ok(()),
+            Err(RingError::Timeout) => {
+                Err(if self.connection_closed() { ConsumerError::Closed } else { ConsumerError::Timeout })
+            }
+            Err(e) => Err(ConsumerError::Ring(e)),
+        }
+    }
+
     /// The next frame, waiting for it at most `timeout` (`None`: without limit). Frames come in order; for a
     /// lossy subscription, [`Frame::missed_before`] says how many were skipped just before this one.
     ///

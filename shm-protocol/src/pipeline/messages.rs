@@ -38,7 +38,8 @@ pub enum Request {
     Acquire {
         /// Frames to acquire ([`CONTINUOUS`]: until `Stop`).
         frames: u64,
-        /// Final path of the `.npy` file (absolute).
+        /// Final path of the `.npy` file (absolute); empty: a live-only acquisition, whose frames go to
+        /// consumers (with the acquisition's id and indices, gated by lossless ones) and to no file.
         path: String,
         /// When frame 0 is.
         sync: SyncMode,
@@ -170,7 +171,7 @@ impl StopReason {
 pub struct AcquisitionStatus {
     /// Id.
     pub id: u64,
-    /// Final path.
+    /// Final path (empty: a live-only acquisition, nothing written).
     pub path: String,
     /// Where it is.
     pub state: AcquisitionState,

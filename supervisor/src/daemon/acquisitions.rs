@@ -15,10 +15,20 @@ use super::Supervisor;
 const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Supervisor {
-    /// Arms an acquisition of `frames` frames into `path`.
+    /// Arms an acquisition of `frames` frames into `path`; an empty `path` arms a live-only acquisition (its
+    /// frames get the acquisition's id and indices for consumers, and the writer writes nothing).
     pub fn arm(&self, frames: u64, path: &str, sync: SyncMode) -> anyhow::Result<u64> {
         anyhow::ensure!(frames > 0, "an acquisition needs at least one frame");
         anyhow::ensure!(!self.shutting_down(), "the pipeline is shutting down");
+        if !path.is_empty() {
+            self.check_output(frames, path)?;
+        }
+        self.arm_record(frames, path, sync)
+    }
+
+    /// Refuses an output path that cannot succeed: relative, too long, in a missing or unwritable directory,
+    /// existing, or on a file system without room for every frame (with the numbers).
+    fn check_output(&self, frames: u64, path: &str) -> anyhow::Result<()> {
         let p = Path::new(path);
         anyhow::ensure!(p.is_absolute(), "output path {path} must be absolute");
         anyhow::ensure!(
@@ -40,6 +50,11 @@ impl Supervisor {
         let shape = writer::format::FrameShape { rows: g.frame_rows.into(), cols: g.frame_cols.into() };
         writer::preflight::check(p, shape, frames).with_context(|| format!("refusing to acquire into {path}"))?;
         let _ = dir;
+        Ok(())
+    }
+
+    /// Arms the next acquisition record (refused while another acquisition runs).
+    fn arm_record(&self, frames: u64, path: &str, sync: SyncMode) -> anyhow::Result<u64> {
         let area = self.area();
         let mut g = self.lock();
         if let Some(rec) = area.active() {
@@ -64,7 +79,7 @@ impl Supervisor {
         unsafe { rec.arm(id, frames, sync, path, armed_at) };
         area.active_acquisition.store(id, Ordering::Release);
         shm_protocol::logging::set_acquisition(id);
-        tracing::info!(frames, path, "acquisition armed");
+        tracing::info!(frames, path, live_only = path.is_empty(), "acquisition armed");
         Ok(id)
     }
 
