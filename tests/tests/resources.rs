@@ -92,6 +92,7 @@ fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
         frames,
         path: path.display().to_string(),
         sync: SyncMode::Immediate,
+        compression: Default::default(),
     }) {
         Ok(Reply::Armed { id }) => id,
         other => panic!("acquire: {other:?}"),
@@ -100,7 +101,12 @@ fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
     // 1. Too large from the start: 20 frames (152 MB) on 64 MB. Refused when armed, with the numbers; nothing
     // is created.
     let big = mnt.join("big.npy");
-    let refused = p.call(Request::Acquire { frames: 20, path: big.display().to_string(), sync: SyncMode::Immediate });
+    let refused = p.call(Request::Acquire {
+        frames: 20,
+        path: big.display().to_string(),
+        sync: SyncMode::Immediate,
+        compression: Default::default(),
+    });
     let err = refused.expect_err("refused when armed").to_string();
     assert!(err.contains("not enough space: needs 152 MB for 20 frames, ") && err.contains(" free on "), "{err}");
     assert!(std::fs::read_dir(&mnt).expect("dir").next().is_none(), "nothing left behind on the small disk");

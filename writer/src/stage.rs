@@ -37,6 +37,8 @@ struct OpenAcquisition {
     out: Output,
     /// It runs until stopped: its file grows in steps of `grow_frames`.
     continuous: bool,
+    /// The output's compression statistics last added to the writer's counters.
+    counted: (u64, u64),
 }
 
 /// Why a format error ends an acquisition: a full disk, or another write error.
@@ -61,6 +63,8 @@ struct Files<'r> {
     area: &'r PipelineArea,
     cfg: WriterConfig,
     shape: FrameShape,
+    /// The detector mode (the region's geometry), for formats that record it.
+    mode: u32,
     frame_bytes: usize,
     open: Option<OpenAcquisition>,
 }
@@ -72,7 +76,7 @@ impl<'r> Writer<'r> {
         let g = region.header().geometry;
         let frames = region.ring(FRAME_RING)?.consumer(WRITER_CURSOR)?;
         let shape = FrameShape { rows: g.frame_rows.into(), cols: g.frame_cols.into() };
-        let files = Files { area, cfg, shape, frame_bytes: shape.frame_bytes() as usize, open: None };
+        let files = Files { area, cfg, shape, mode: g.mode, frame_bytes: shape.frame_bytes() as usize, open: None };
         Ok(Self { frames, files })
     }
 
@@ -171,7 +175,14 @@ impl Files<'_> {
             last_block_ns: h.last_block_ns,
             published_ns: h.published_ns,
         };
-        match open.out.write(&meta, pixels) {
+        let written = open.out.write(&meta, pixels);
+        // Compression CPU time and output, counted as they come (a restarted writer counts its own).
+        let (cpu, bytes) = open.out.compression_stats();
+        let w = &self.area.writer;
+        w.compress_cpu_ns.fetch_add(cpu.saturating_sub(open.counted.0), Ordering::Relaxed);
+        w.compressed_bytes.fetch_add(bytes.saturating_sub(open.counted.1), Ordering::Relaxed);
+        open.counted = (cpu, bytes);
+        match written {
             Ok(()) => {
                 // The highest index written, + 1: idempotent, so a frame rewritten after a restart counts once.
                 rec.written.fetch_max(h.index + 1, Ordering::Release);
@@ -204,7 +215,8 @@ impl Files<'_> {
         // A continuous acquisition's file starts with one step, or, reopened after a restart, the steps that hold
         // the frames written so far (the next frame grows it again).
         let planned = if continuous { self.grow_cover(rec.written.load(Ordering::Acquire)) } else { requested };
-        let plan = Plan { shape: self.shape, frames: planned, direct_io: self.cfg.direct_io };
+        let plan =
+            Plan { shape: self.shape, frames: planned, direct_io: self.cfg.direct_io, compression: rec.compression() };
         let out = Output::open(&path, &plan, resume)?;
         if resume {
             tracing::info!(acquisition = id, path = %path.display(), "file reopened after a restart");
@@ -215,7 +227,7 @@ impl Files<'_> {
             }
             tracing::info!(acquisition = id, path = %path.display(), frames = requested, direct = out.is_direct(), "file opened");
         }
-        self.open = Some(OpenAcquisition { id, out, continuous });
+        self.open = Some(OpenAcquisition { id, out, continuous, counted: (0, 0) });
         Ok(())
     }
 
@@ -321,7 +333,7 @@ impl Files<'_> {
         let requested = if continuous { n } else { planned };
         let o_path = o.out.path().to_owned();
         let path = o_path.display().to_string();
-        o.out.finish(n, |frame_list| {
+        o.out.finish(n, self.mode, |frame_list| {
             let complete = frame_list.iter().filter(|m| m.complete).count() as u64;
             Sidecar {
                 version: 1,
