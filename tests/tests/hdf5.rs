@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ringdaq_tests::pipeline::Pipeline;
 use ringdaq_tests::{XorShift, wait_for};
-use shm_protocol::messages::{Compression, Reply, Request, SyncMode};
+use shm_protocol::messages::{Compression, EndReason, Reply, Request, SyncMode};
 
 /// Runs `hdf5_check.py ARGS`; its stdout, or a panic with what it printed.
 fn h5check(args: &[&str]) -> String {
@@ -165,5 +165,71 @@ fn continuous_h5_and_compressed_npy_are_refused_when_armed() {
             .flatten()
             .all(|e| !e.file_name().to_string_lossy().starts_with("c."))
     );
+    assert!(p.shutdown());
+}
+
+/// A full disk fails an `.h5` acquisition as `disk_full`, not the pipeline, for each compression: without
+/// compression the frames had their space reserved and are kept readable (h5py); with bslz4 the chunks that no
+/// longer fit fail it.
+#[test]
+fn a_full_disk_fails_an_h5_acquisition_not_the_pipeline() {
+    let _g = ringdaq_tests::serial();
+    let small = ringdaq_tests::TempDir::new("smallfs-h5").expect("temp dir");
+    let mnt = small.path().join("small");
+    let _fs = match ringdaq_tests::SmallFs::mount(&mnt, "64m") {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("skipped: cannot mount a small tmpfs here ({why}); needs root");
+            return;
+        }
+    };
+    let p = Pipeline::start("");
+    let acquire_into = |frames: u64, path: &Path, compression| match p.call(Request::Acquire {
+        frames,
+        path: s(path).to_owned(),
+        sync: SyncMode::Immediate,
+        compression,
+    }) {
+        Ok(Reply::Armed { id }) => id,
+        other => panic!("acquire: {other:?}"),
+    };
+    for (name, c, frames, fps) in [("six.h5", Compression::None, 6, 4.0), ("three.h5", Compression::Bslz4, 3, 1.0)] {
+        let path = mnt.join(name);
+        let id = acquire_into(frames, &path, c);
+        std::thread::scope(|sc| {
+            let sim = sc.spawn(|| p.simulate(p.sim_config(frames + 10, fps)));
+            // Once the writer has its files and a frame is written, another process takes what is left.
+            let started = wait_for(Duration::from_secs(20), || match p.call(Request::Acquisition { id }) {
+                Ok(Reply::Acquisition(st)) if st.written >= 1 => Some(()),
+                _ => None,
+            });
+            assert!(started.is_some(), "{name}: a frame written\n{}", p.log());
+            ringdaq_tests::fill(&mnt);
+            sim.join().expect("simulator");
+        });
+        let st = p.wait(id, Duration::from_secs(30));
+        assert_eq!(st.state, "failed", "{name}: {st:?}");
+        let err = st.error.clone().unwrap_or_default();
+        assert!(err.contains("No space left on device"), "{name}: {err}");
+        // A chunk that no longer fits (1 frame/s: before the last frame comes) ends it as disk_full; frames that
+        // all had their room end it complete, then failed at the finish (as for .npy: the end reason is claimed
+        // when the last frame comes).
+        let ended = if c == Compression::None { EndReason::Complete } else { EndReason::DiskFull };
+        assert_eq!(st.ended, Some(ended), "{st:?}");
+        if c == Compression::None {
+            assert!(err.contains("the first 6 frames are kept in") && err.contains("six.h5.partial"), "{err}");
+            let kept = p.dir.path().join("kept.h5");
+            std::fs::copy(writer::temp_files(&path).expect("known")[0].clone(), &kept).expect("copy out");
+            assert_eq!(h5check(&["live", s(&kept), "6"]).trim(), "6", "the 6 frames kept, exact");
+        }
+        for f in std::fs::read_dir(&mnt).expect("dir").flatten() {
+            let _ = std::fs::remove_file(f.path());
+        }
+    }
+    // The pipeline goes on.
+    let (id, path) = p.acquire(10, "after.h5", SyncMode::Immediate);
+    p.simulate(p.sim_config(20, 100.0));
+    assert_eq!(p.wait(id, Duration::from_secs(30)).state, "done");
+    h5check(&["formula", s(&path)]);
     assert!(p.shutdown());
 }

@@ -122,11 +122,22 @@ impl Output {
 
     /// On failure: keeps the first `frames` frames readable in the temporary file, and says where.
     pub fn keep(&mut self, frames: u64) -> String {
-        let _ = self.file.keep(frames);
-        format!(
-            "the first {frames} frames are kept in {} (a valid {})",
-            self.file.temp_path().display(),
-            self.format.kind()
-        )
+        match self.file.keep(frames) {
+            Ok(()) => format!(
+                "the first {frames} frames are kept in {} (a valid {})",
+                self.file.temp_path().display(),
+                self.format.kind()
+            ),
+            Err(e) => format!(
+                "the first {frames} frames could not be made a valid {} ({e}); what was written is left in {}",
+                self.format.kind(),
+                self.format
+                    .temp_files(&self.path)
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
     }
 }

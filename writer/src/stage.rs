@@ -45,7 +45,11 @@ struct OpenAcquisition {
 fn end_reason_of(e: &FormatError) -> EndReason {
     match e {
         FormatError::NoSpace { .. } => EndReason::DiskFull,
-        FormatError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => EndReason::DiskFull,
+        FormatError::Io { source, .. }
+            if source.raw_os_error() == Some(libc::ENOSPC) || source.kind() == std::io::ErrorKind::StorageFull =>
+        {
+            EndReason::DiskFull
+        }
         _ => EndReason::WriteError,
     }
 }
@@ -369,6 +373,9 @@ mod tests {
         assert_eq!(end_reason_of(&no_space), EndReason::DiskFull);
         let enospc = FormatError::io("writing frame 7", std::io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(end_reason_of(&enospc), EndReason::DiskFull);
+        // libhdf5's full disk, in words (see format::hdf5).
+        let hdf5 = FormatError::io("finishing", std::io::Error::new(std::io::ErrorKind::StorageFull, "errno = 28"));
+        assert_eq!(end_reason_of(&hdf5), EndReason::DiskFull);
         let eio = FormatError::io("writing frame 7", std::io::Error::from_raw_os_error(libc::EIO));
         assert_eq!(end_reason_of(&eio), EndReason::WriteError);
         assert_eq!(end_reason_of(&FormatError::Invalid { path, why: "x".into() }), EndReason::WriteError);

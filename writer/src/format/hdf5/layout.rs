@@ -43,8 +43,12 @@ pub(super) struct Places {
     pub written: u64,
 }
 
+/// libhdf5's error as an I/O error; a full disk stays one (libhdf5's file driver reports the errno in words),
+/// so that it ends the acquisition as `disk_full`.
 fn io(e: hdf5::Error) -> std::io::Error {
-    std::io::Error::other(e.to_string())
+    let msg = e.to_string();
+    let full = msg.contains("errno = 28,") || msg.contains("No space left on device");
+    std::io::Error::new(if full { std::io::ErrorKind::StorageFull } else { std::io::ErrorKind::Other }, msg)
 }
 
 fn text_attr(loc: &Location, name: &str, value: &str) -> hdf5::Result<()> {

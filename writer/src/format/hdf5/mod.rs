@@ -293,6 +293,8 @@ impl FormatFile for Plain {
     }
 
     fn keep(&mut self, frames: u64) -> Result<(), FormatError> {
+        // Without the per-frame datasets: they need new space, and a full disk is a reason to keep.
+        self.description = None;
         self.complete(frames)
     }
 
@@ -383,7 +385,8 @@ impl FormatFile for Packed {
     }
 
     fn keep(&mut self, frames: u64) -> Result<(), FormatError> {
-        write_packed(&self.tmp, &self.plan, frames, &self.store, self.description.as_ref())
+        // The chunks are copied into the file: on a full disk this fails, and the store keeps them.
+        write_packed(&self.tmp, &self.plan, frames, &self.store, None)
     }
 
     fn discard(&mut self) {

@@ -15,9 +15,10 @@ use hdf5_sys::{h5d, h5f, h5g, h5p, h5z};
 /// Bytes of file space allocations libhdf5 aligns to a page (all of at least a page, so every frame chunk).
 pub(super) const ALIGN: u64 = 4096;
 
-/// An error of a raw call: which call, on what.
+/// An error of a raw call: which call, on what, and libhdf5's error stack (its first and last messages).
 fn err(what: impl std::fmt::Display) -> hdf5::Error {
-    hdf5::Error::Internal(format!("{what} failed"))
+    let stack = hdf5::Error::query().map(|e| e.to_string()).unwrap_or_default();
+    hdf5::Error::Internal(format!("{what} failed: {stack}"))
 }
 
 fn cpath(path: &Path) -> hdf5::Result<CString> {
