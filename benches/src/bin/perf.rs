@@ -1,7 +1,7 @@
 //! Every performance figure of ringdaq beside its baseline, measured in one run on this machine, as a table.
 //!
 //! `cargo build --release && target/release/perf [--quick]
-//! [--only ingest,jungfrau,writer,decode,handoff,idle,steady] [--out DIR]`
+//! [--only ingest,jungfrau,writer,decode,handoff,idle,steady,bslz4] [--out DIR]`
 //!
 //! What each figure is, and what bounds it, is in BENCHMARKS.md. Progress goes to stderr (`RUST_LOG=info`).
 
@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Parser;
 use detector::k2;
 use ringdaq_benches::pipeline::Pipeline;
-use ringdaq_benches::{decode, idle, ingest, latency, percentile, steady, write};
+use ringdaq_benches::{bslz4, decode, idle, ingest, latency, percentile, steady, write};
 
 #[derive(Parser)]
 struct Args {
@@ -21,7 +21,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these measurements.
-    #[arg(long, value_delimiter = ',', default_value = "decode,writer,idle,handoff,steady,ingest,jungfrau")]
+    #[arg(long, value_delimiter = ',', default_value = "decode,writer,idle,handoff,steady,ingest,jungfrau,bslz4")]
     only: Vec<String>,
     /// A directory on the disk the writer is measured on (files are removed afterwards).
     #[arg(long)]
@@ -38,7 +38,7 @@ struct Args {
 }
 
 /// The measurements, in the order they run.
-const MEASUREMENTS: [&str; 7] = ["decode", "writer", "idle", "handoff", "steady", "ingest", "jungfrau"];
+const MEASUREMENTS: [&str; 8] = ["decode", "writer", "idle", "handoff", "steady", "ingest", "jungfrau", "bslz4"];
 
 /// Configuration of the pipeline under test: the defaults, with more restarts allowed than a benchmark needs.
 const CONFIG: &str = "[supervisor]\nmax_restarts = 1000\n";
@@ -74,6 +74,9 @@ fn main() -> anyhow::Result<()> {
     let mut res = run(&a, &dir, &mut rows, &mut notes);
     if res.is_ok() && a.only.iter().any(|o| o == "jungfrau") {
         res = jungfrau_ingest(&a, &mut rows, &mut notes);
+    }
+    if res.is_ok() && a.only.iter().any(|o| o == "bslz4") {
+        res = bitshuffle_lz4(&a, &mut rows, &mut notes);
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!("{}", machine(&out_dir));
@@ -478,4 +481,46 @@ fn machine(dir: &Path) -> String {
         })
         .unwrap_or_default();
     format!("machine: {cpu}, {cores} cores, {mem:.0} GiB, Linux {}; disk: {} at {fs}", kernel.trim(), dir.display())
+}
+
+/// bitshuffle-LZ4 per core beside memcpy and LZ4 alone, and its ratio on three kinds of frames.
+fn bitshuffle_lz4(a: &Args, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> anyhow::Result<()> {
+    tracing::info!("bslz4");
+    let b = bslz4::measure(if a.quick { 2 } else { 8 }, if a.quick { 1 } else { 3 })?;
+    for d in &b.data {
+        rows.push(Row::new(
+            &format!("bslz4 compress, one core, IS frames of the {} (GB/s in)", d.name),
+            format!("{:.2}", d.compress_gbs),
+            format!("LZ4 alone {:.2}; memcpy {:.2}", d.lz4_compress_gbs, d.memcpy_gbs),
+            format!("{:.2}× LZ4", d.compress_gbs / d.lz4_compress_gbs),
+            "≥ 1.5 GB/s",
+            Some(d.compress_gbs >= 1.5),
+        ));
+        rows.push(Row::new(
+            &format!("bslz4 decompress, one core, {} (GB/s out)", d.name),
+            format!("{:.2}", d.decompress_gbs),
+            format!("LZ4 alone {:.2}; memcpy {:.2}", d.lz4_decompress_gbs, d.memcpy_gbs),
+            format!("{:.2}× LZ4", d.decompress_gbs / d.lz4_decompress_gbs),
+            "",
+            None,
+        ));
+        rows.push(Row::new(
+            &format!("bslz4 compression ratio, {} (uncompressed / compressed)", d.name),
+            format!("{:.2} ({:.1} bits/pixel)", d.ratio, 16.0 / d.ratio),
+            format!("LZ4 alone {:.2}", d.lz4_ratio),
+            format!("{:.2}×", d.ratio / d.lz4_ratio),
+            "",
+            None,
+        ));
+    }
+    notes.push(format!(
+        "bit transposition alone, one 8 KiB block in cache (shuffle / unshuffle GB/s): {}",
+        b.kernels.iter().map(|(k, s, u)| format!("{k} {s:.2} / {u:.2}")).collect::<Vec<_>>().join("; ")
+    ));
+    notes.push(format!(
+        "4D-STEM pattern generation: {:.0} K2 IS frames/s on one core ({:.2} GB/s of pixels)",
+        b.stem_frames_per_s,
+        b.stem_frames_per_s * k2::IS.frame_bytes() as f64 / 1e9
+    ));
+    Ok(())
 }
