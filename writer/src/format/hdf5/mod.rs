@@ -37,7 +37,9 @@
 //! `/entry/data/data` with filter 32008 in its pipeline (optional, so libhdf5 needs no plugin to write it), each
 //! chunk with a direct chunk write (`H5Dwrite_chunk`) in index order, the per-frame datasets; a finish killed
 //! half way is simply repeated. As for `.npy`, nothing is synced before the finish: the crash this survives is
-//! the writer's (its page-cache writes survive it), not the machine's.
+//! the writer's (its page-cache writes survive it), not the machine's. The cost is a second copy of the chunks
+//! at the finish (about a second per GB here), during which the writer takes no frame; a store that libhdf5
+//! could index in place (writing the chunk index ourselves) would remove it.
 //!
 //! A compressed file is not readable while written: until the finish, `<path>.partial` holds the tree with no
 //! frames (h5py opens it and sees 0 frames). Live frames are read from the pipeline (the `ringdaq` Python
