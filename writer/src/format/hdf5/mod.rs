@@ -1,4 +1,4 @@
-//! The `.h5` output format: an HDF5 file in the NeXus (NXmx) layout of [`layout`], frames in
+//! The `.h5` output format: an HDF5 file in the NeXus (NXmx) layout of `layout.rs`, frames in
 //! `/entry/data/data` (frames, rows, cols) `uint16`, one frame per chunk, stored as they are
 //! ([`Compression::None`]) or bitshuffle + LZ4 compressed ([`Compression::Bslz4`], HDF5 filter 32008, which h5py
 //! reads with hdf5plugin).
@@ -29,7 +29,7 @@
 //! ## bslz4: chunks in a store, the HDF5 file written at the finish
 //! Compressed chunks have sizes only known once compressed, and libhdf5 chooses where they go, so they cannot be
 //! written at known offsets. Each frame is compressed (its blocks split between the writer's compression
-//! threads, see [`compress`]) and appended to the store, page aligned, then its record (offset, length) is
+//! threads, see `compress.rs`) and appended to the store, page aligned, then its record (offset, length) is
 //! written to the store's index at `16 × index`, before the writer commits the frame-ring slot: a record
 //! always names a chunk written whole. A writer restarted after a kill appends again from the store's end
 //! (a chunk torn by the kill is never named) and rewrites the frames after its committed cursor, whose new
