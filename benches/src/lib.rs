@@ -5,6 +5,7 @@
 
 pub mod bslz4;
 pub mod decode;
+pub mod h5;
 pub mod idle;
 pub mod ingest;
 pub mod latency;

@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use shm_protocol::control::{Connection, Received};
 use shm_protocol::messages::{
-    AcquisitionStatus, CONTINUOUS, PROTOCOL_VERSION, Reply, Request, Role, StatusReport, SyncMode,
+    AcquisitionStatus, CONTINUOUS, Compression, PROTOCOL_VERSION, Reply, Request, Role, StatusReport, SyncMode,
 };
 
 use crate::ControlError;
@@ -161,13 +161,29 @@ impl Control {
         self.runtime_dir.clone()
     }
 
-    /// Arms an acquisition of `frames` frames (None: until `stop()`) into `path` (a `.npy` file; relative to the
-    /// current directory), or, without `path`, a live-only acquisition: its frames get acquisition ids and
+    /// Arms an acquisition of `frames` frames (None: until `stop()`) into `path` (a `.npy` or `.h5` file, the
+    /// extension chooses; relative to the current directory), or, without `path`, a live-only acquisition: its frames get acquisition ids and
     /// indices for consumers (and are gated by lossless ones), and nothing is written. `sync`: "immediate"
     /// (frame 0 is the first frame after arming) or "flag" (the first frame with the detector's sync flag).
-    /// Returns the acquisition's id.
-    #[pyo3(signature = (frames = None, path = None, sync = "immediate"))]
-    fn acquire(&self, py: Python<'_>, frames: Option<u64>, path: Option<PathBuf>, sync: &str) -> PyResult<u64> {
+    /// `compression`: "none" or "bslz4" (bitshuffle + LZ4, `.h5` only). Returns the acquisition's id.
+    #[pyo3(signature = (frames = None, path = None, sync = "immediate", compression = "none"))]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        frames: Option<u64>,
+        path: Option<PathBuf>,
+        sync: &str,
+        compression: &str,
+    ) -> PyResult<u64> {
+        let compression = match compression {
+            "none" => Compression::None,
+            "bslz4" => Compression::Bslz4,
+            other => {
+                return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                    "compression must be \"none\" or \"bslz4\", not {other:?}"
+                )));
+            }
+        };
         let sync = match sync {
             "immediate" => SyncMode::Immediate,
             "flag" => SyncMode::Flag,
@@ -186,7 +202,11 @@ impl Control {
                 .display()
                 .to_string(),
         };
-        match self.request(py, Request::Acquire { frames: frames.unwrap_or(CONTINUOUS), path, sync }, None)? {
+        match self.request(
+            py,
+            Request::Acquire { frames: frames.unwrap_or(CONTINUOUS), path, sync, compression },
+            None,
+        )? {
             Reply::Armed { id } => Ok(id),
             other => Err(ControlError::new_err(format!("unexpected reply to acquire: {other:?}"))),
         }

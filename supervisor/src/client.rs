@@ -8,8 +8,8 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use shm_protocol::control::Connection;
 use shm_protocol::messages::{
-    AcquisitionState, AcquisitionStatus, CONTINUOUS, EndReason, PROTOCOL_VERSION, Reply, Request, Role, StatusReport,
-    SyncMode,
+    AcquisitionState, AcquisitionStatus, CONTINUOUS, Compression, EndReason, PROTOCOL_VERSION, Reply, Request, Role,
+    StatusReport, SyncMode,
 };
 
 use crate::config;
@@ -50,6 +50,15 @@ pub enum SyncArg {
     Flag,
 }
 
+/// `--compression` values.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum CompressionArg {
+    /// Frames as they are.
+    None,
+    /// Bitshuffle + LZ4 (HDF5 filter 32008; h5py reads it with hdf5plugin). `.h5` only.
+    Bslz4,
+}
+
 /// Options of `ringdaq acquire`.
 #[derive(Debug, Clone, Args)]
 pub struct AcquireArgs {
@@ -57,13 +66,16 @@ pub struct AcquireArgs {
     /// steps).
     #[arg(long)]
     pub frames: Option<u64>,
-    /// Output .npy file (its sidecar is the same path with .json).
+    /// Output file, .npy or .h5 (the extension chooses the format; its sidecar is the same path with .json).
     #[arg(long, required_unless_present = "live")]
     pub out: Option<PathBuf>,
     /// A live-only acquisition: its frames go to subscribed consumers (with the acquisition's id and indices;
     /// lossless ones gate them), and nothing is written.
     #[arg(long, conflicts_with = "out")]
     pub live: bool,
+    /// How frames are stored: `bslz4` (bitshuffle + LZ4) needs an .h5 output.
+    #[arg(long, value_enum, default_value = "none")]
+    pub compression: CompressionArg,
     /// When frame 0 is.
     #[arg(long, value_enum, default_value = "immediate")]
     pub sync: SyncArg,
@@ -88,7 +100,11 @@ pub fn acquire(runtime_dir: &Path, a: &AcquireArgs) -> anyhow::Result<()> {
     };
     let mut conn = connect(runtime_dir)?;
     let frames = a.frames.unwrap_or(CONTINUOUS);
-    let req = Request::Acquire { frames, path: path.display().to_string(), sync };
+    let compression = match a.compression {
+        CompressionArg::None => Compression::None,
+        CompressionArg::Bslz4 => Compression::Bslz4,
+    };
+    let req = Request::Acquire { frames, path: path.display().to_string(), sync, compression };
     let Reply::Armed { id } = call(&mut conn, req)? else { bail!("unexpected reply to acquire") };
     match a.frames {
         Some(n) => eprintln!("acquisition {id} armed: {n} frames to {to}"),
@@ -229,6 +245,17 @@ pub fn render_status(s: &StatusReport) -> String {
         "  rings: block {}/{} slots in use, frame {}/{} slots in use",
         s.block_ring_used, s.block_ring_slots, s.frame_ring_used, s.frame_ring_slots
     );
+    if rate("compress_cores") > 0.0 {
+        // Compression runs before the writer commits a frame: frames not yet compressed wait in the frame ring.
+        let _ = writeln!(
+            o,
+            "  compression: {:.2} cores busy, {:.1} MB/s out of {:.1} MB/s in, backlog {} frames in the frame ring",
+            rate("compress_cores"),
+            rate("compressed_mb_per_s"),
+            rate("write_mb_per_s"),
+            s.frame_ring_used
+        );
+    }
     for (k, v) in &s.counters {
         if *v != 0 {
             let _ = writeln!(o, "  {k:<32} {v}");

@@ -6,10 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::Stage;
-pub use crate::pipeline::{AcquisitionState, CONTINUOUS, EndReason, SyncMode};
+pub use crate::pipeline::{AcquisitionState, CONTINUOUS, Compression, EndReason, SyncMode};
 
 /// Version of this protocol; a peer speaking another is refused with both versions named.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Who connects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,11 +38,16 @@ pub enum Request {
     Acquire {
         /// Frames to acquire ([`CONTINUOUS`]: until `Stop`).
         frames: u64,
-        /// Final path of the `.npy` file (absolute); empty: a live-only acquisition, whose frames go to
-        /// consumers (with the acquisition's id and indices, gated by lossless ones) and to no file.
+        /// Final path of the output file (absolute; its extension chooses the format); empty: a live-only
+        /// acquisition, whose frames go to consumers (with the acquisition's id and indices, gated by lossless
+        /// ones) and to no file.
         path: String,
         /// When frame 0 is.
         sync: SyncMode,
+        /// How frames are stored (`.h5` only takes another than none). Added in protocol 6; postcard has no
+        /// optional trailing fields, hence the version.
+        #[serde(default)]
+        compression: Compression,
     },
     /// Ask for the state of an acquisition.
     Acquisition {
@@ -278,7 +283,8 @@ pub struct StatusReport {
     pub stages: Vec<StageStatus>,
     /// Named counters (`receiver.datagrams`, `assembler.invalid.sync_word`, ...).
     pub counters: Vec<(String, u64)>,
-    /// Rates over the last second: `datagrams_per_s`, `frames_per_s`, `receive_mb_per_s`, `write_mb_per_s`.
+    /// Rates over the last second: `datagrams_per_s`, `frames_per_s`, `receive_mb_per_s`, `write_mb_per_s`
+    /// (pixels), `compress_cores` (CPU seconds a second spent compressing), `compressed_mb_per_s`.
     pub rates: Vec<(String, f64)>,
     /// Slots in each ring.
     pub block_ring_slots: u64,

@@ -23,7 +23,7 @@ mod counters;
 pub mod messages;
 pub mod session;
 
-pub use acquisition::{AcquisitionRecord, AcquisitionState, CONTINUOUS, EndReason, SyncMode};
+pub use acquisition::{AcquisitionRecord, AcquisitionState, CONTINUOUS, Compression, EndReason, SyncMode};
 
 /// Index of the block ring (receiver → assembler).
 pub const BLOCK_RING: usize = 0;
@@ -289,6 +289,10 @@ counters::counter_set! {
         done,
         /// Acquisitions failed.
         failed,
+        /// CPU time spent compressing frames, ns, all compression threads (`--compression bslz4`).
+        compress_cpu_ns,
+        /// Bytes of compressed chunks written.
+        compressed_bytes,
     }
 }
 

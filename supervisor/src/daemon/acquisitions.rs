@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
-use shm_protocol::messages::{AcquisitionStatus, SyncMode};
+use shm_protocol::messages::{AcquisitionStatus, Compression, SyncMode};
 use shm_protocol::pipeline::{self, AcquisitionState, BLOCK_RING, EndReason};
 
 use super::Supervisor;
@@ -15,20 +15,26 @@ use super::Supervisor;
 const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Supervisor {
-    /// Arms an acquisition of `frames` frames into `path`; an empty `path` arms a live-only acquisition (its
-    /// frames get the acquisition's id and indices for consumers, and the writer writes nothing).
-    pub fn arm(&self, frames: u64, path: &str, sync: SyncMode) -> anyhow::Result<u64> {
+    /// Arms an acquisition of `frames` frames into `path`, stored with `compression`; an empty `path` arms a
+    /// live-only acquisition (its frames get the acquisition's id and indices for consumers, and the writer writes
+    /// nothing).
+    pub fn arm(&self, frames: u64, path: &str, sync: SyncMode, compression: Compression) -> anyhow::Result<u64> {
         anyhow::ensure!(frames > 0, "an acquisition needs at least one frame");
         anyhow::ensure!(!self.shutting_down(), "the pipeline is shutting down");
-        if !path.is_empty() {
-            self.check_output(frames, path)?;
+        if path.is_empty() {
+            anyhow::ensure!(
+                compression == Compression::None,
+                "a live-only acquisition writes no file, so it takes no compression"
+            );
+        } else {
+            self.check_output(frames, path, compression)?;
         }
-        self.arm_record(frames, path, sync)
+        self.arm_record(frames, path, sync, compression)
     }
 
     /// Refuses an output path that cannot succeed: relative, too long, in a missing or unwritable directory,
     /// existing, or on a file system without room for every frame (with the numbers).
-    fn check_output(&self, frames: u64, path: &str) -> anyhow::Result<()> {
+    fn check_output(&self, frames: u64, path: &str, compression: Compression) -> anyhow::Result<()> {
         let p = Path::new(path);
         anyhow::ensure!(p.is_absolute(), "output path {path} must be absolute");
         anyhow::ensure!(
@@ -48,13 +54,14 @@ impl Supervisor {
         // without room for every frame (with the numbers).
         let g = self.region.header().geometry;
         let shape = writer::format::FrameShape { rows: g.frame_rows.into(), cols: g.frame_cols.into() };
-        writer::preflight::check(p, shape, frames).with_context(|| format!("refusing to acquire into {path}"))?;
+        writer::preflight::check(p, shape, frames, compression)
+            .with_context(|| format!("refusing to acquire into {path}"))?;
         let _ = dir;
         Ok(())
     }
 
     /// Arms the next acquisition record (refused while another acquisition runs).
-    fn arm_record(&self, frames: u64, path: &str, sync: SyncMode) -> anyhow::Result<u64> {
+    fn arm_record(&self, frames: u64, path: &str, sync: SyncMode, compression: Compression) -> anyhow::Result<u64> {
         let area = self.area();
         let mut g = self.lock();
         if let Some(rec) = area.active() {
@@ -76,10 +83,16 @@ impl Supervisor {
         g.next_acquisition += 1;
         let armed_at = self.region.ring(BLOCK_RING).map(|r| r.published()).unwrap_or(0);
         // SAFETY: we are the supervisor and the record's previous acquisition is finished (checked above).
-        unsafe { rec.arm(id, frames, sync, path, armed_at) };
+        unsafe { rec.arm(id, frames, sync, compression, path, armed_at) };
         area.active_acquisition.store(id, Ordering::Release);
         shm_protocol::logging::set_acquisition(id);
-        tracing::info!(frames, path, live_only = path.is_empty(), "acquisition armed");
+        tracing::info!(
+            frames,
+            path,
+            live_only = path.is_empty(),
+            compression = compression.as_str(),
+            "acquisition armed"
+        );
         Ok(id)
     }
 
