@@ -7,10 +7,15 @@ use std::time::Duration;
 
 use ringdaq_tests::pipeline::Pipeline;
 use rustix::process::{Pid, Signal};
-use shm_protocol::messages::{EndReason, Reply, Request, SyncMode};
+use shm_protocol::messages::{Compression, EndReason, Reply, Request, SyncMode};
 
 fn arm_live(p: &Pipeline, frames: u64) -> u64 {
-    match p.call(Request::Acquire { frames, path: String::new(), sync: SyncMode::Immediate }) {
+    match p.call(Request::Acquire {
+        frames,
+        path: String::new(),
+        sync: SyncMode::Immediate,
+        compression: Compression::None,
+    }) {
         Ok(Reply::Armed { id }) => id,
         other => panic!("arming a live-only acquisition: {other:?}\n{}", p.log()),
     }
