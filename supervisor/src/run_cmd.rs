@@ -155,7 +155,7 @@ pub fn run(args: &RunArgs, runtime_dir: Option<&Path>) -> anyhow::Result<()> {
         runner.join().map_err(|_| anyhow::anyhow!("supervisor thread panicked"))??;
         result
     });
-    let _ = std::fs::remove_file(sup.config().runtime_dir().join(crate::inspect_cmd::PID_FILE));
+    sup.remove_runtime_files();
     if let Some(why) = sup.failure() {
         bail!("{why}");
     }

@@ -43,6 +43,9 @@ pub struct Pipeline {
     pub dir: TempDir,
     /// UDP port of sector 0.
     pub port_base: u16,
+    /// Process groups of supervisors killed alone ([`Pipeline::kill_supervisor`]): the stages they started
+    /// outlive them, adopted by the next; whatever is left of them is killed when the `Pipeline` drops.
+    earlier_groups: Vec<u32>,
 }
 
 impl Pipeline {
@@ -67,7 +70,7 @@ impl Pipeline {
         let cfg = dir.path().join("ringdaq.toml");
         std::fs::write(&cfg, config).expect("config");
         let child = launch(dir.path(), port_base, env);
-        let p = Self { dir, port_base, child };
+        let p = Self { dir, port_base, child, earlier_groups: Vec::new() };
         p.wait_ready();
         p
     }
@@ -85,16 +88,51 @@ impl Pipeline {
         self.child.id()
     }
 
-    /// SIGKILLs the supervisor (as a crash would) and reaps it.
+    /// SIGKILLs the supervisor alone (as a crash would) and reaps it; its stages live on.
     pub fn kill_supervisor(&mut self) {
-        self.child.kill();
+        if self.child.id() != 0 {
+            self.earlier_groups.push(self.child.id());
+        }
+        self.child.kill_alone();
     }
 
-    /// Starts `ringdaq run` again in the same runtime directory, on the same ports and configuration, and waits
-    /// until its stages are ready.
+    /// Starts `ringdaq run` again in the same runtime directory, on the same ports and configuration (killing the
+    /// running one first, alone), and waits until its stages are ready.
     pub fn relaunch(&mut self) {
-        self.child.kill();
+        self.kill_supervisor();
         self.child = launch(self.dir.path(), self.port_base, &[]);
+        self.wait_ready();
+    }
+
+    /// Starts `ringdaq run` again without waiting for it: the new supervisor, to be waited on by the caller.
+    pub fn relaunch_no_wait(&mut self) {
+        self.kill_supervisor();
+        self.child = launch(self.dir.path(), self.port_base, &[]);
+    }
+
+    /// Starts a second `ringdaq run` in the same runtime directory while this one runs; waits up to `timeout`
+    /// for it to exit and returns its exit status and log (`None`: it still ran, and was killed).
+    pub fn run_second(&self, timeout: Duration) -> (Option<std::process::ExitStatus>, String) {
+        let dir = self.dir.path().join("second");
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::copy(self.dir.path().join("ringdaq.toml"), dir.join("ringdaq.toml")).expect("config");
+        let log = std::fs::File::create(dir.join("ringdaq.log")).expect("log");
+        let mut child = ChildGuard::spawn(
+            Command::new(bin_path("ringdaq"))
+                .arg("--runtime-dir")
+                .arg(self.runtime_dir())
+                .args(["run", "--port-base", &self.port_base.to_string(), "--config"])
+                .arg(dir.join("ringdaq.toml"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log)),
+        )
+        .expect("spawn");
+        let st = child.wait_timeout(timeout).ok().flatten();
+        (st, std::fs::read_to_string(dir.join("ringdaq.log")).unwrap_or_default())
+    }
+
+    /// Waits until every stage is running again (after [`Pipeline::relaunch_no_wait`]).
+    pub fn wait_running(&self) {
         self.wait_ready();
     }
 
@@ -233,6 +271,9 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
+        for &g in &self.earlier_groups {
+            crate::kill_group(g);
+        }
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();
