@@ -165,7 +165,7 @@ pub fn wait_for(
 
 /// How long a client waits for a successor of a supervisor that died: as long as its stages wait
 /// (`orphan_timeout_s`, 30 s by default), with room for the successor's start.
-const RECONNECT_WAIT: Duration = Duration::from_secs(40);
+pub const RECONNECT_WAIT: Duration = Duration::from_secs(40);
 
 /// A new connection to the supervisor of `runtime_dir` after the last one closed: the supervisor died and a
 /// successor is taking the pipeline over (it answers within milliseconds of starting), or it stopped for good

@@ -58,6 +58,9 @@ pub struct RunArgs {
     /// With --simulate: probability that the simulator drops each datagram.
     #[arg(long, default_value_t = 0.0)]
     pub sim_drop: f64,
+    /// Seconds the stages wait for a new supervisor if this one dies (`supervisor.orphan_timeout_s`).
+    #[arg(long)]
+    pub orphan_timeout_s: Option<f64>,
 }
 
 impl RunArgs {
@@ -86,6 +89,9 @@ impl RunArgs {
         c.resolve_detector()?;
         if let Some(a) = self.metrics {
             c.metrics = Some(a);
+        }
+        if let Some(t) = self.orphan_timeout_s {
+            c.supervisor.orphan_timeout_s = t;
         }
         if let Some(r) = runtime_dir {
             c.runtime_dir = Some(r.to_owned());

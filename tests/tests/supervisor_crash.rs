@@ -112,3 +112,159 @@ fn supervisor_kills_lose_nothing(kills: u64, frames: u64, fps: f64) {
 fn one_supervisor_kill_loses_nothing() {
     supervisor_kills_lose_nothing(1, 160, 40.0);
 }
+
+#[test]
+fn three_supervisor_kills_lose_nothing() {
+    supervisor_kills_lose_nothing(3, 200, 40.0);
+}
+
+#[test]
+fn ten_supervisor_kills_lose_nothing() {
+    supervisor_kills_lose_nothing(10, 360, 60.0);
+}
+
+/// The supervisor and the receiver SIGKILLed at once: the new supervisor takes the region and the detector's
+/// sockets back from the assembler and the writer (every stage holds them), restarts the receiver on the same
+/// sockets (what arrived meanwhile waited in them), and the acquisition completes pixel-exact.
+#[test]
+fn supervisor_and_receiver_killed_together_lose_nothing() {
+    let _g = ringdaq_tests::serial();
+    const FRAMES: u64 = 160;
+    let mut p = Pipeline::start("");
+    let pids: Vec<u32> = STAGES.iter().map(|n| p.stage_pid(n)).collect();
+    let (mut acq, path, log) = acquire_wait(&p, FRAMES, "o.npy");
+    std::thread::scope(|s| {
+        let cfg = p.sim_config(FRAMES, 40.0);
+        let sim = s.spawn(move || {
+            detector::sim::Simulator::new(cfg).expect("simulator").run(&AtomicBool::new(false)).expect("simulator run")
+        });
+        let reached = wait_for(Duration::from_secs(60), || (assigned(&p, 1) >= FRAMES / 3).then_some(()));
+        assert!(reached.is_some(), "acquisition did not start:\n{}", p.log());
+        p.kill_supervisor();
+        let receiver = rustix::process::Pid::from_raw(pids[0] as i32).expect("pid");
+        rustix::process::kill_process(receiver, rustix::process::Signal::KILL).expect("kill the receiver");
+        p.relaunch();
+        let now: Vec<u32> = STAGES.iter().map(|n| p.stage_pid(n)).collect();
+        assert_ne!(now[0], pids[0], "a new receiver");
+        assert_eq!(now[1..], pids[1..], "the assembler and the writer were adopted");
+        sim.join().expect("simulator");
+    });
+    let st = acq.wait_timeout(Duration::from_secs(60)).expect("wait").expect("acquire --wait ends");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(st.success(), "acquire --wait exits 0:\n{text}\n{}", p.log());
+    verify_large_acquisition(&path, k2::IS, FRAMES, 0);
+    assert!(p.log().contains("surviving stage rejoined"), "{}", p.log());
+    assert_no_leftovers(&path);
+    shutdown_clean(p);
+}
+
+/// A supervisor that dies and has no successor within `orphan_timeout_s`: the stages finish what the rings hold,
+/// end the acquisition `orphaned` (its file finished and valid with the frames that came), and exit; a later
+/// `ringdaq run` starts afresh.
+#[test]
+fn orphaned_stages_finish_the_file_and_exit_after_the_orphan_timeout() {
+    let _g = ringdaq_tests::serial();
+    const SENT: u64 = 40;
+    let mut p = Pipeline::start("[supervisor]\norphan_timeout_s = 1.0\n");
+    let pids: Vec<u32> = STAGES.iter().map(|n| p.stage_pid(n)).collect();
+    let (id, path) = p.acquire(1000, "o.npy", shm_protocol::messages::SyncMode::Immediate);
+    p.simulate(p.sim_config(SENT, 100.0));
+    p.wait_assigned(id, SENT, Duration::from_secs(30));
+    p.kill_supervisor();
+    let gone = wait_for(Duration::from_secs(30), || {
+        pids.iter().all(|&pid| !supervisor::daemon::process_alive(pid)).then_some(())
+    });
+    assert!(gone.is_some(), "orphaned stages did not exit:\n{}", p.log());
+    let sidecar = verify_large_acquisition(&path, k2::IS, SENT, 0);
+    assert_eq!(sidecar.ended, Some(shm_protocol::pipeline::EndReason::Orphaned), "{sidecar:?}");
+    assert!(sidecar.reason.as_deref().is_some_and(|r| r.contains("no successor")), "{sidecar:?}");
+    assert_no_leftovers(&path);
+    assert!(p.log().contains("no supervisor took the pipeline over"), "{}", p.log());
+    // Nothing left to adopt: a new run starts afresh, with new stages, and acquires.
+    p.relaunch();
+    let now: Vec<u32> = STAGES.iter().map(|n| p.stage_pid(n)).collect();
+    assert!(now.iter().zip(&pids).all(|(a, b)| a != b), "new stages: {now:?} {pids:?}");
+    let (id, path) = p.acquire(10, "after.npy", shm_protocol::messages::SyncMode::Immediate);
+    p.simulate(p.sim_config(20, 100.0));
+    assert_eq!(p.wait(id, Duration::from_secs(30)).state, "done");
+    verify_large_acquisition(&path, k2::IS, 10, 0);
+    shutdown_clean(p);
+}
+
+/// Two supervisors never drive one pipeline: a second `ringdaq run` in the runtime directory of a live one is
+/// refused, naming the one that runs; the first is untouched. After the first dies, a `ringdaq run` with another
+/// configuration is refused too (saying what differs), and one with the same configuration adopts the pipeline.
+#[test]
+fn a_second_supervisor_is_refused() {
+    let _g = ringdaq_tests::serial();
+    let mut p = Pipeline::start("");
+    let first = p.supervisor_pid();
+    let (st, log) = p.run_second(Duration::from_secs(20));
+    let st = st.expect("the second ringdaq run exits by itself");
+    assert!(!st.success(), "refused:\n{log}");
+    assert!(
+        log.contains(&format!("another ringdaq supervisor (pid {first}) runs this pipeline")),
+        "the message names the running one:\n{log}"
+    );
+    assert!(p.status().stages.iter().all(|s| s.state == "running"), "the first runs on");
+    assert_eq!(p.status().pid, first);
+
+    p.kill_supervisor();
+    let cfg = p.dir.path().join("ringdaq.toml");
+    let original = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(&cfg, format!("{original}[writer]\ndirect_io = false\n")).expect("config");
+    let (st, log) = p.run_second(Duration::from_secs(20));
+    assert!(!st.expect("exits by itself").success(), "refused:\n{log}");
+    assert!(log.contains("has another configuration (differs in: writer)"), "says what differs:\n{log}");
+    std::fs::write(&cfg, original).expect("config");
+    p.relaunch();
+    assert!(p.log().contains("pipeline adopted"), "{}", p.log());
+    shutdown_clean(p);
+}
+
+/// A lossless subscription across a supervisor restart: it gets every frame of the acquisition, in order and
+/// pixel-exact, its gate held for it while no supervisor advanced it.
+#[test]
+fn a_lossless_subscription_survives_a_supervisor_restart() {
+    use shm_protocol::consumer::{ConsumerError, Delivery, Subscription};
+    let _g = ringdaq_tests::serial();
+    const FRAMES: u64 = 160;
+    let mut p = Pipeline::start("");
+    let mut sub = Subscription::connect(&p.runtime_dir(), Delivery::Lossless).expect("subscribe");
+    let (id, path) = p.acquire(FRAMES, "o.npy", shm_protocol::messages::SyncMode::Immediate);
+    let expected = ringdaq_tests::pipeline::expected_frames(k2::IS);
+    let got = std::thread::scope(|s| {
+        let reader = s.spawn(move || {
+            let mut indexes = Vec::new();
+            while indexes.len() < FRAMES as usize {
+                let f = match sub.next_frame(Some(Duration::from_secs(30))) {
+                    Ok(f) => f,
+                    Err(ConsumerError::Timeout) => break,
+                    Err(e) => panic!("subscription: {e}"),
+                };
+                if f.acquisition_id() != id {
+                    continue;
+                }
+                let i = f.index().expect("index");
+                let v = (f.frame_id() % detector::pattern::PATTERN_PERIOD) as usize;
+                assert!(f.pixels() == &expected[v][..], "frame {i} differs");
+                indexes.push(i);
+            }
+            indexes
+        });
+        let cfg = p.sim_config(FRAMES, 40.0);
+        let sim = s.spawn(move || {
+            detector::sim::Simulator::new(cfg).expect("simulator").run(&AtomicBool::new(false)).expect("simulator run")
+        });
+        let reached = wait_for(Duration::from_secs(60), || (assigned(&p, id) >= FRAMES / 3).then_some(()));
+        assert!(reached.is_some(), "acquisition did not start:\n{}", p.log());
+        p.relaunch();
+        sim.join().expect("simulator");
+        reader.join().expect("reader")
+    });
+    assert_eq!(got, (0..FRAMES).collect::<Vec<_>>(), "every frame, in order");
+    assert_eq!(p.wait(id, Duration::from_secs(30)).state, "done");
+    verify_large_acquisition(&path, k2::IS, FRAMES, 0);
+    assert!(p.log().contains("subscriber came back"), "{}", p.log());
+    shutdown_clean(p);
+}
