@@ -334,12 +334,13 @@ pub fn take_back(
         sockets = s;
     }
     let streams = cfg.mode.streams();
+    let control = crate::config::control_socket(&cfg.runtime_dir());
     let mut rejoined: Vec<(Stage, Connection)> = Vec::new();
     let t = Instant::now();
-    let waiting = |rejoined: &Vec<(Stage, Connection)>| {
-        found.stages.iter().enumerate().filter(|(_, p)| p.is_some()).count() > rejoined.len()
+    let waiting = |found: &Found, rejoined: &Vec<(Stage, Connection)>| {
+        found.stages.iter().filter(|p| p.is_some()).count() > rejoined.len()
     };
-    while waiting(&rejoined) && t.elapsed() < REJOIN_WAIT {
+    while waiting(found, &rejoined) && t.elapsed() < REJOIN_WAIT {
         if !listener.poll_accept(REJOIN_WAIT.saturating_sub(t.elapsed()))? {
             continue;
         }
@@ -354,6 +355,11 @@ pub fn take_back(
             // A client early: it retries once the supervisor serves.
             continue;
         };
+        let expected = found.stages[stage as usize].as_ref().map(StageProcess::id);
+        if expected.is_none() && protocol == PROTOCOL_VERSION && is_stage(peer, stage, &control) {
+            // Started by the dead supervisor in the instant before it recorded the pid: still the stage's.
+            found.stages[stage as usize] = StageProcess::adopt(peer).ok();
+        }
         let expected = found.stages[stage as usize].as_ref().map(StageProcess::id);
         if protocol != PROTOCOL_VERSION || expected != Some(peer) {
             let _ = conn.send(&Reply::Error {
@@ -384,6 +390,17 @@ pub fn take_back(
         *region.header() == expected,
         "the surviving pipeline's region is not laid out as this configuration's (rings, geometry); refusing it"
     );
+    // A stage the dead supervisor started in the instant before it recorded the pid, which has not rejoined yet,
+    // recorded itself in the region: it is adopted too (it rejoins as soon as the control socket serves), so that
+    // the watcher does not start a second process for it.
+    if let Ok(area) = shm_protocol::pipeline::pipeline_area(&region) {
+        for st in Stage::ALL {
+            let pid = area.stage(st).pid.load(std::sync::atomic::Ordering::Acquire);
+            if found.stages[st as usize].is_none() && pid != 0 && is_stage(pid, st, &control) {
+                found.stages[st as usize] = StageProcess::adopt(pid).ok();
+            }
+        }
+    }
     if sockets.len() == streams {
         for (s, fd) in sockets.iter().enumerate() {
             let port = rustix::net::getsockname(fd)

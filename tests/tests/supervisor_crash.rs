@@ -64,9 +64,10 @@ fn assert_no_leftovers(path: &Path) {
 }
 
 /// Shuts the pipeline down and checks nothing of it is left: no process, no file in the runtime directory.
-fn shutdown_clean(p: Pipeline) {
+fn shutdown_clean(mut p: Pipeline) {
     let rt = p.runtime_dir();
-    assert!(p.shutdown(), "the last supervisor exits 0");
+    let _ = p.call(Request::Shutdown);
+    assert!(p.wait_exit(Duration::from_secs(30)), "the last supervisor exits 0:\n{}", p.log());
     let gone =
         wait_for(Duration::from_secs(10), || processes_mentioning(&rt.display().to_string()).is_empty().then_some(()));
     assert!(gone.is_some(), "processes left: {:?}", processes_mentioning(&rt.display().to_string()));
@@ -267,4 +268,99 @@ fn a_lossless_subscription_survives_a_supervisor_restart() {
     verify_large_acquisition(&path, k2::IS, FRAMES, 0);
     assert!(p.log().contains("subscriber came back"), "{}", p.log());
     shutdown_clean(p);
+}
+
+/// The descriptors `ringdaq run` hands to systemd's fd store (`FDSTORE=1`, `FDNAME=`), read from an emulated
+/// `$NOTIFY_SOCKET` until `count` of them came.
+fn stored_fds(sock: &std::os::unix::net::UnixDatagram, count: usize) -> Vec<(String, std::os::fd::OwnedFd)> {
+    use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+    use std::mem::MaybeUninit;
+    let mut out = Vec::new();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    while out.len() < count {
+        let mut buf = [0u8; 4096];
+        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let got =
+            rustix::net::recvmsg(sock, &mut [std::io::IoSliceMut::new(&mut buf)], &mut control, RecvFlags::empty())
+                .expect("a notification");
+        let text = String::from_utf8_lossy(&buf[..got.bytes]).into_owned();
+        let name = text.lines().find_map(|l| l.strip_prefix("FDNAME=")).map(str::to_owned);
+        let fds: Vec<std::os::fd::OwnedFd> = control
+            .drain()
+            .flat_map(|m| match m {
+                RecvAncillaryMessage::ScmRights(fds) => fds.collect::<Vec<_>>(),
+                _ => Vec::new(),
+            })
+            .collect();
+        if text.lines().any(|l| l == "FDSTORE=1") {
+            let name = name.expect("every stored descriptor is named");
+            for fd in fds {
+                out.push((name.clone(), fd));
+            }
+        }
+    }
+    out
+}
+
+/// Under systemd, the fd store keeps the region and the sockets even when every process of the service dies: a
+/// `ringdaq run` started with them (`LISTEN_FDS`) carries on with the same region (its records, its rings) and
+/// sockets (what arrived meanwhile waited in them), and the acquisition in flight completes pixel-exact.
+#[test]
+fn the_systemd_fd_store_keeps_the_pipeline_through_a_crash_of_every_process() {
+    let _g = ringdaq_tests::serial();
+    const FRAMES: u64 = 160;
+    let dir = ringdaq_tests::TempDir::new("fdstore").expect("temp dir");
+    let notify = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&notify).expect("notify socket");
+    let env = [("NOTIFY_SOCKET", notify.to_str().expect("utf-8 path"))];
+    let mut p = Pipeline::start_with_env("", &env);
+    // The region and the eight sockets of the K2 IS.
+    let fds = stored_fds(&sock, 9);
+    let names: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(names.contains(&"region") && names.contains(&"sector7"), "{names:?}");
+    // Read on as systemd does (the socket's queue is short: 10 messages), so the supervisors never wait on it.
+    let drain = sock.try_clone().expect("notify socket");
+    let stop_draining = std::sync::Arc::new(AtomicBool::new(false));
+    let draining = {
+        let stop = stop_draining.clone();
+        std::thread::spawn(move || {
+            let _ = drain.set_read_timeout(Some(Duration::from_millis(100)));
+            let mut buf = [0u8; 4096];
+            let mut got = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = drain.recv(&mut buf) {
+                    got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            }
+            got
+        })
+    };
+    let pids: Vec<u32> = STAGES.iter().map(|n| p.stage_pid(n)).collect();
+    let (mut acq, path, log) = acquire_wait(&p, FRAMES, "o.npy");
+    std::thread::scope(|s| {
+        let cfg = p.sim_config(FRAMES, 40.0);
+        let sim = s.spawn(move || {
+            detector::sim::Simulator::new(cfg).expect("simulator").run(&AtomicBool::new(false)).expect("simulator run")
+        });
+        let reached = wait_for(Duration::from_secs(60), || (assigned(&p, 1) >= FRAMES / 3).then_some(()));
+        assert!(reached.is_some(), "acquisition did not start:\n{}", p.log());
+        p.kill_everything();
+        p.relaunch_with_stored_fds(&fds, &env);
+        let now: Vec<u32> = STAGES.iter().map(|n| p.stage_pid(n)).collect();
+        assert!(now.iter().zip(&pids).all(|(a, b)| a != b), "new stages: {now:?} {pids:?}");
+        sim.join().expect("simulator");
+    });
+    let st = acq.wait_timeout(Duration::from_secs(60)).expect("wait").expect("acquire --wait ends");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(st.success(), "acquire --wait exits 0:\n{text}\n{}", p.log());
+    verify_large_acquisition(&path, k2::IS, FRAMES, 0);
+    assert!(p.log().contains("the region and sockets come from systemd's fd store"), "{}", p.log());
+    assert_no_leftovers(&path);
+    drop(fds);
+    shutdown_clean(p);
+    stop_draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    let told = draining.join().expect("drain").join("\n");
+    // A clean stop takes the descriptors out of the store: a restart after it starts afresh.
+    assert!(told.contains("FDSTOREREMOVE=1\nFDNAME=region"), "{told}");
 }

@@ -118,6 +118,9 @@ const REJOIN_MAX_PAUSE: Duration = Duration::from_millis(20);
 /// (a few ms); the stage's loop does not run meanwhile, and the kernel's socket buffers hold what arrives.
 const REJOIN_ANSWER: Duration = Duration::from_secs(1);
 
+/// Exit status of a stage that a successor refused (it is not the stage's process any more).
+pub const REFUSED_EXIT: i32 = 75;
+
 /// Where a stage stands with its supervisor.
 #[derive(Debug)]
 enum Link {
@@ -218,6 +221,14 @@ impl Supervision {
                             tracing::info!("rejoined a new supervisor");
                             self.link = Link::Connected(conn);
                             return false;
+                        }
+                        Err(SessionError::Refused(why)) => {
+                            // A successor runs and another process holds this stage: this one must not touch the
+                            // rings again, not even to drain (two producers on a ring). It ends as a crash would,
+                            // which every stage survives by design: the successor's process re-reads from the
+                            // committed cursors.
+                            tracing::error!("the new supervisor refused this process ({why}); exiting at once");
+                            std::process::exit(REFUSED_EXIT);
                         }
                         Err(e) => {
                             tracing::debug!(error = %e, "no successor yet");
