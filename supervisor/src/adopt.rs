@@ -431,3 +431,59 @@ pub struct Taken {
     /// The stages that rejoined, with their connections (each waits for its `Welcome`).
     pub rejoined: Vec<(Stage, Connection)>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ringdaq-adopt-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("dir");
+        d
+    }
+
+    #[test]
+    fn a_second_lock_is_refused_until_the_first_is_gone() {
+        let d = temp_dir("lock");
+        std::fs::write(d.join(crate::inspect_cmd::PID_FILE), "4242\n").expect("pid file");
+        let first = Lock::take(&d).expect("the first lock");
+        let e = Lock::take(&d).expect_err("a second one is refused").to_string();
+        assert!(e.contains("another ringdaq supervisor (pid 4242) runs this pipeline"), "{e}");
+        // A clean exit removes the file while holding the lock; the next supervisor locks a new one.
+        first.remove();
+        drop(first);
+        let again = Lock::take(&d).expect("a lock once the first is gone");
+        assert!(d.join(LOCK_FILE).exists());
+        drop(again);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn the_configuration_compared_leaves_out_the_metrics_address() {
+        let a = Config::default();
+        let mut b = a.clone();
+        b.metrics = Some("127.0.0.1:9464".parse().expect("addr"));
+        assert_eq!(config_value(&a), config_value(&b));
+        b.rings.frame_slots += 1;
+        assert_ne!(config_value(&a), config_value(&b));
+    }
+
+    #[test]
+    fn without_a_pipeline_file_there_is_nothing_to_adopt() {
+        let d = temp_dir("find");
+        let cfg = Config { runtime_dir: Some(d.clone()), ..Config::default() };
+        assert!(find(&d, &cfg).expect("find").is_none());
+        // A file whose supervisor and stages are all gone: nothing to adopt either, and the file goes.
+        let file = PipelineFile {
+            supervisor_pid: u32::MAX / 2,
+            layout_version: shm_protocol::layout::LAYOUT_VERSION,
+            protocol_version: PROTOCOL_VERSION,
+            config: config_value(&cfg),
+            stages: [u32::MAX / 2; 3],
+        };
+        write_pipeline_file(&d, &file);
+        assert!(find(&d, &cfg).expect("find").is_none());
+        assert!(!d.join(PIPELINE_FILE).exists());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

@@ -118,3 +118,22 @@ pub fn ended(pidfd: BorrowedFd<'_>, timeout: Duration) -> bool {
     let ts = rustix::event::Timespec { tv_sec: timeout.as_secs() as i64, tv_nsec: i64::from(timeout.subsec_nanos()) };
     rustix::event::poll(&mut fds, Some(&ts)).is_ok_and(|n| n > 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_adopted_process_is_watched_and_killed_through_its_pidfd() {
+        let mut child = std::process::Command::new("sleep").arg("10").spawn().expect("sleep");
+        let mut p = StageProcess::adopt(child.id()).expect("pidfd");
+        assert_eq!(p.id(), child.id());
+        assert!(p.pidfd().is_some());
+        assert_eq!(p.try_wait().expect("try_wait"), None);
+        p.kill().expect("kill");
+        // The kernel makes the pidfd readable once the process has ended (a zombie, not yet reaped, has).
+        assert_eq!(p.wait().expect("wait"), Exit::Unknown);
+        let _ = child.wait();
+        assert!(Exit::Unknown.describe().contains("unknown"));
+    }
+}
