@@ -327,8 +327,7 @@ impl Supervisor {
             let span = tracing::Span::current();
             s.spawn(move || span.in_scope(|| sup.serve(listener)));
             let sup = self.clone();
-            // Stages are started, restarted and stopped from this one thread: PR_SET_PDEATHSIG ties a child to
-            // the thread that forked it.
+            // Stages are started, restarted and stopped from this one thread (it holds their pidfds).
             let span = tracing::Span::current();
             let watcher = s.spawn(move || span.in_scope(|| sup.watch(stop_flag)));
             if watcher.join().is_err() {
