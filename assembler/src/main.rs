@@ -5,10 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use shm_protocol::Access;
-use shm_protocol::messages::Role;
 use shm_protocol::pipeline::Stage;
-use shm_protocol::session::Session;
+use shm_protocol::session::Supervision;
 
 /// Counted, so that the stage's record shows its allocations (none per datagram or frame once warm).
 #[global_allocator]
@@ -33,15 +31,22 @@ struct Args {
     /// Milliseconds without a frame after which a running acquisition ends short (reason `stream_idle`); 0: never.
     #[arg(long, default_value_t = assembler::DEFAULT_STREAM_IDLE.as_millis() as u64)]
     stream_idle_ms: u64,
+    /// Seconds to wait for a new supervisor after this one's dies before finishing and exiting (orphaned).
+    #[arg(long, default_value_t = shm_protocol::session::DEFAULT_ORPHAN_TIMEOUT.as_secs_f64())]
+    orphan_timeout_s: f64,
 }
 
 fn main() -> anyhow::Result<()> {
     shm_protocol::logging::init();
     let args = Args::parse();
     let _span = shm_protocol::logging::process_span("assembler").entered();
-    let Session { mut conn, region, .. } =
-        Session::open(&args.control, Role::Stage(Stage::Assembler), Access::ReadWrite)
-            .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
+    // The sockets the supervisor sends along are kept by the tie only (for a successor).
+    let (mut sup, region, _sockets) = Supervision::open(
+        &args.control,
+        Stage::Assembler,
+        std::time::Duration::from_secs_f64(args.orphan_timeout_s.max(0.0)),
+    )
+    .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
     let cfg = assembler::AssemblerConfig {
         window: args.window.max(1),
         timeout: Duration::from_millis(args.timeout_ms),
@@ -49,8 +54,8 @@ fn main() -> anyhow::Result<()> {
         stream_idle: (args.stream_idle_ms > 0).then(|| Duration::from_millis(args.stream_idle_ms)),
     };
     let mut asm = assembler::Assembler::new(&region, cfg)?;
-    conn.send(&shm_protocol::messages::Request::Ready)?;
-    asm.run(|| shm_protocol::session::should_stop(&mut conn))?;
+    sup.send(&shm_protocol::messages::Request::Ready)?;
+    asm.run(|| sup.should_stop(&region))?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `ringdaq run` as a user starts it, in a runtime directory of its own, for the benchmarks that need the whole
-//! pipeline. The process is killed and the directory removed when the [`Pipeline`] is dropped.
+//! pipeline. Its processes (the supervisor and the stages, which outlive a supervisor killed alone) are killed and
+//! the directory removed when the [`Pipeline`] is dropped.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -12,6 +13,8 @@ use shm_protocol::messages::{Reply, Request, StatusReport};
 /// A running `ringdaq run` (no simulator: the benchmark sends).
 pub struct Pipeline {
     child: Child,
+    /// Process groups of supervisors killed alone ([`Pipeline::replace_supervisor`]): their stages live on.
+    earlier_groups: Vec<u32>,
     /// Its directory (runtime dir `rt/`, configuration, log).
     pub dir: PathBuf,
     /// First of its eight UDP ports on 127.0.0.1.
@@ -23,30 +26,13 @@ impl Pipeline {
     /// Starts `ringdaq` (found next to the running benchmark binary) with `config` (TOML) and waits until every
     /// stage runs. `tag` names the directory.
     pub fn start(tag: &str, config: &str) -> anyhow::Result<Self> {
-        let exe_dir = std::env::current_exe()?.parent().context("exe dir")?.to_path_buf();
         let dir = std::env::temp_dir().join(format!("ringdaq-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let cfg = dir.join("ringdaq.toml");
         std::fs::write(&cfg, config)?;
         // Free now; released for `ringdaq run` to bind.
         let (port_base, _) = bind_eight_udp()?;
-        let mut cmd = Command::new(exe_dir.join("ringdaq"));
-        cmd.arg("--runtime-dir")
-            .arg(dir.join("rt"))
-            .args(["run", "--port-base", &port_base.to_string(), "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.join("ringdaq.log"))?));
-        // SAFETY: the closure runs in the forked child before exec and calls only prctl, which is
-        // async-signal-safe. The pipeline dies with the benchmark, however the benchmark ends.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let mut cmd = supervisor_command(&dir, port_base)?;
         let child = cmd.spawn().context("running ringdaq (build it first: cargo build --release)")?;
         let mut child = child;
         let t = Instant::now();
@@ -67,13 +53,45 @@ impl Pipeline {
                 }
             }
         };
-        let mut p = Self { child, dir, port_base, conn };
+        let mut p = Self { child, earlier_groups: Vec::new(), dir, port_base, conn };
         let t = Instant::now();
         while !p.status()?.stages.iter().all(|s| s.state == "running") {
             anyhow::ensure!(t.elapsed() < Duration::from_secs(20), "stages did not start");
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(p)
+    }
+
+    /// SIGKILLs the supervisor alone and starts `ringdaq run` again in the same runtime directory, which adopts
+    /// the running stages; returns the time from the kill until the new supervisor answers with every stage
+    /// running, and checks they are the same processes.
+    pub fn replace_supervisor(&mut self) -> anyhow::Result<Duration> {
+        let before = self.pids()?;
+        let t = Instant::now();
+        self.earlier_groups.push(self.child.id());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = supervisor_command(&self.dir, self.port_base)?.spawn().context("running ringdaq again")?;
+        loop {
+            anyhow::ensure!(t.elapsed() < Duration::from_secs(20), "the pipeline was not adopted within 20 s");
+            let Ok(mut conn) = supervisor::client::connect(&self.runtime_dir()) else {
+                std::thread::sleep(Duration::from_micros(500));
+                continue;
+            };
+            if let Ok(Reply::Status(s)) = supervisor::client::call(&mut conn, Request::Status)
+                && s.stages.iter().all(|st| st.state == "running")
+            {
+                let took = t.elapsed();
+                self.conn = conn;
+                let after = self.pids()?;
+                anyhow::ensure!(
+                    before[1..] == after[1..],
+                    "the stages were replaced, not adopted: {before:?} {after:?}"
+                );
+                return Ok(took);
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
     }
 
     /// The runtime directory (for clients).
@@ -152,8 +170,41 @@ pub fn bind_eight_udp() -> anyhow::Result<(u16, Vec<std::net::UdpSocket>)> {
     anyhow::bail!("no eight free consecutive UDP ports on 127.0.0.1")
 }
 
+/// `ringdaq run` in `dir` on `port_base`, a process group leader (the stages it starts are in its group: one
+/// signal ends them all), and tied to this process: it gets SIGKILL if the benchmark dies.
+fn supervisor_command(dir: &std::path::Path, port_base: u16) -> anyhow::Result<Command> {
+    use std::os::unix::process::CommandExt;
+    let exe_dir = std::env::current_exe()?.parent().context("exe dir")?.to_path_buf();
+    let mut cmd = Command::new(exe_dir.join("ringdaq"));
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("ringdaq.log"))?;
+    cmd.arg("--runtime-dir")
+        .arg(dir.join("rt"))
+        .args(["run", "--port-base", &port_base.to_string(), "--config"])
+        .arg(dir.join("ringdaq.toml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .process_group(0);
+    // SAFETY: the closure runs in the forked child before exec and calls only prctl, which is
+    // async-signal-safe. The supervisor dies with the benchmark, however the benchmark ends (its stages, which
+    // outlive it, end after their orphan timeout).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
 impl Drop for Pipeline {
     fn drop(&mut self) {
+        for pgid in self.earlier_groups.iter().copied().chain([self.child.id()]) {
+            if let Some(p) = rustix::process::Pid::from_raw(pgid as i32) {
+                let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -5,10 +5,8 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
 use clap::Parser;
-use shm_protocol::Access;
-use shm_protocol::messages::Role;
 use shm_protocol::pipeline::Stage;
-use shm_protocol::session::Session;
+use shm_protocol::session::Supervision;
 
 /// Counted, so that the stage's record shows its allocations (none per datagram or frame once warm).
 #[global_allocator]
@@ -21,19 +19,25 @@ struct Args {
     /// The supervisor's control socket.
     #[arg(long, env = "RINGDAQ_CONTROL")]
     control: PathBuf,
+    /// Seconds to wait for a new supervisor after this one's dies before finishing and exiting (orphaned).
+    #[arg(long, default_value_t = shm_protocol::session::DEFAULT_ORPHAN_TIMEOUT.as_secs_f64())]
+    orphan_timeout_s: f64,
 }
 
 fn main() -> anyhow::Result<()> {
     shm_protocol::logging::init();
     let args = Args::parse();
     let _span = shm_protocol::logging::process_span("receiver").entered();
-    let session = Session::open(&args.control, Role::Stage(Stage::Receiver), Access::ReadWrite)
-        .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
-    let Session { mut conn, region, fds } = session;
+    let (mut sup, region, fds) = Supervision::open(
+        &args.control,
+        Stage::Receiver,
+        std::time::Duration::from_secs_f64(args.orphan_timeout_s.max(0.0)),
+    )
+    .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
     let mut rx = receiver::Receiver::new(&region, fds)?;
-    conn.send(&shm_protocol::messages::Request::Ready)?;
+    sup.send(&shm_protocol::messages::Request::Ready)?;
     tracing::info!("receiving");
-    rx.run(&AtomicBool::new(false), || shm_protocol::session::should_stop(&mut conn))?;
+    rx.run(&AtomicBool::new(false), || sup.should_stop(&region))?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -114,21 +114,43 @@ pub fn acquire(runtime_dir: &Path, a: &AcquireArgs) -> anyhow::Result<()> {
         println!("{id}");
         return Ok(());
     }
-    let st = wait_for(&mut conn, id, true)?;
+    let st = wait_for(runtime_dir, &mut conn, id, true)?;
     finish_message(&st)
 }
 
 /// Polls acquisition `id` until it is done or failed; shows progress on stderr if `progress`.
 ///
-/// If the supervisor goes away meanwhile (the pipeline stopped), the final state is read from the sidecar the
-/// writer left beside the file; without one, the error says what was last known.
-pub fn wait_for(conn: &mut Connection, id: u64, progress: bool) -> anyhow::Result<AcquisitionStatus> {
+/// If the supervisor goes away meanwhile, it waits for a successor (a supervisor that died is replaced by a new
+/// `ringdaq run`, which adopts the pipeline and its acquisitions; see [`reconnect`]) and asks it about the same
+/// acquisition. If none comes (the pipeline stopped), the final state is read from the sidecar the writer left
+/// beside the file; without one, the error says what was last known.
+pub fn wait_for(
+    runtime_dir: &Path,
+    conn: &mut Connection,
+    id: u64,
+    progress: bool,
+) -> anyhow::Result<AcquisitionStatus> {
     let t = Instant::now();
     let mut last: Option<AcquisitionStatus> = None;
     loop {
         let st = match call(conn, Request::Acquisition { id }) {
             Ok(Reply::Acquisition(st)) => st,
             Ok(_) => bail!("unexpected reply"),
+            Err(e) if e.downcast_ref::<shm_protocol::control::ControlError>().is_some() => {
+                if let Some(c) = reconnect(runtime_dir) {
+                    *conn = c;
+                    continue;
+                }
+                if progress {
+                    eprintln!();
+                }
+                return last.as_ref().and_then(from_sidecar).ok_or_else(|| {
+                    let seen = last.as_ref().map_or_else(String::new, |s| {
+                        format!(" (last seen {}: {} frames written to {})", s.state, s.written, s.path)
+                    });
+                    e.context(format!("the pipeline stopped before acquisition {id} ended{seen}"))
+                });
+            }
             Err(e) => {
                 if progress {
                     eprintln!();
@@ -165,6 +187,26 @@ pub fn wait_for(conn: &mut Connection, id: u64, progress: bool) -> anyhow::Resul
         last = Some(st);
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// How long a client waits for a successor of a supervisor that died: as long as its stages wait
+/// (`orphan_timeout_s`, 30 s by default), with room for the successor's start.
+pub const RECONNECT_WAIT: Duration = Duration::from_secs(40);
+
+/// A new connection to the supervisor of `runtime_dir` after the last one closed: the supervisor died and a
+/// successor is taking the pipeline over (it answers within milliseconds of starting), or it stopped for good
+/// (its control socket is gone once it exits cleanly: `None` at once). Tries every 50 ms, for at most
+/// [`RECONNECT_WAIT`], while the socket file is there.
+pub fn reconnect(runtime_dir: &Path) -> Option<Connection> {
+    let sock = config::control_socket(runtime_dir);
+    let t = Instant::now();
+    while t.elapsed() < RECONNECT_WAIT && sock.exists() {
+        if let Ok(c) = connect(runtime_dir) {
+            return Some(c);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
 }
 
 /// The final state of acquisition `last` as its sidecar records it, if the writer finished its file.

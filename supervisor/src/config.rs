@@ -103,6 +103,9 @@ pub struct SupervisorConfig {
     pub restart_window_s: u64,
     /// A stage whose input waits this long without its heartbeat moving is killed and restarted (0: never).
     pub hang_timeout_ms: u64,
+    /// Seconds the stages of a supervisor that died wait for a successor (`ringdaq run` again, or systemd's
+    /// restart) before they finish what the rings hold, end the acquisition (`orphaned`) and exit.
+    pub orphan_timeout_s: f64,
 }
 
 impl Default for Config {
@@ -153,7 +156,7 @@ impl Default for WriterConfig {
 
 impl Default for SupervisorConfig {
     fn default() -> Self {
-        Self { max_restarts: 5, restart_window_s: 60, hang_timeout_ms: 5000 }
+        Self { max_restarts: 5, restart_window_s: 60, hang_timeout_ms: 5000, orphan_timeout_s: 30.0 }
     }
 }
 
@@ -205,6 +208,8 @@ impl Config {
         anyhow::ensure!(self.assembler.window >= 1, "assembler.window must be at least 1");
         let idle = self.assembler.stream_idle_timeout_s;
         anyhow::ensure!(idle.is_finite() && idle >= 0.0, "assembler.stream_idle_timeout_s must be 0 or more seconds");
+        let orphan = self.supervisor.orphan_timeout_s;
+        anyhow::ensure!(orphan.is_finite() && orphan >= 0.0, "supervisor.orphan_timeout_s must be 0 or more seconds");
         let f = self.mode;
         anyhow::ensure!(
             usize::from(self.port_base) + f.streams() <= 65536,

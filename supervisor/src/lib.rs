@@ -1,6 +1,7 @@
 //! The `ringdaq` command: the supervisor that owns the region and the sockets, runs the stages and serves
 //! clients, and the client commands that talk to it.
 
+pub mod adopt;
 pub mod block_tap;
 pub mod cli;
 pub mod client;
@@ -17,6 +18,7 @@ pub mod run_cmd;
 pub mod signals;
 pub mod sim_cmd;
 pub mod sockets;
+pub mod stage_process;
 pub mod stage_state;
 pub mod stages;
 pub mod tail_cmd;

@@ -62,6 +62,9 @@ pub struct RunArgs {
     /// configuration's `[simulator] pattern`, else "counting".
     #[arg(long, requires = "simulate")]
     pub pattern: Option<detector::pattern::Pattern>,
+    /// Seconds the stages wait for a new supervisor if this one dies (`supervisor.orphan_timeout_s`).
+    #[arg(long)]
+    pub orphan_timeout_s: Option<f64>,
 }
 
 impl RunArgs {
@@ -90,6 +93,9 @@ impl RunArgs {
         c.resolve_detector()?;
         if let Some(a) = self.metrics {
             c.metrics = Some(a);
+        }
+        if let Some(t) = self.orphan_timeout_s {
+            c.supervisor.orphan_timeout_s = t;
         }
         if let Some(r) = runtime_dir {
             c.runtime_dir = Some(r.to_owned());
@@ -159,7 +165,7 @@ pub fn run(args: &RunArgs, runtime_dir: Option<&Path>) -> anyhow::Result<()> {
         runner.join().map_err(|_| anyhow::anyhow!("supervisor thread panicked"))??;
         result
     });
-    let _ = std::fs::remove_file(sup.config().runtime_dir().join(crate::inspect_cmd::PID_FILE));
+    sup.remove_runtime_files();
     if let Some(why) = sup.failure() {
         bail!("{why}");
     }

@@ -16,12 +16,13 @@
 //! hello (the supervisor's own process, started or restarted, and a process run by hand), and the stage is
 //! never held by two processes at once.
 
-use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
 
 use shm_protocol::control::Connection;
 use shm_protocol::messages::{StageCommand, StopReason};
 use shm_protocol::pipeline::Stage;
+
+use crate::stage_process::{Exit, StageProcess};
 
 /// What `ringdaq status` says a stage is doing: the wire's enum (its names are public, `status --json`).
 pub use shm_protocol::messages::StageLabel as Label;
@@ -77,10 +78,10 @@ pub enum Admitted {
     HandRun,
 }
 
-/// A stage process the supervisor started.
+/// A stage process the supervisor started (or adopted from a supervisor that died).
 #[derive(Debug)]
 struct Process {
-    child: Child,
+    child: StageProcess,
     since: Instant,
     /// Set when the supervisor killed it as hung: why (its exit is described with it).
     hung: Option<String>,
@@ -97,8 +98,8 @@ impl Process {
     /// with SIGTERM.
     fn ask_to_stop(&self, conn: Option<&Connection>, why: StopReason) {
         let asked = conn.is_some_and(|c| c.send(&StageCommand::Shutdown { why }).is_ok());
-        if !asked && let Some(pid) = rustix::process::Pid::from_raw(self.pid() as i32) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        if !asked {
+            self.child.terminate();
         }
     }
 }
@@ -129,8 +130,8 @@ enum State {
 /// How a stage's process ended, as [`StageState::reap`] found it.
 #[derive(Debug)]
 pub struct Ended {
-    /// Its exit status.
-    pub status: ExitStatus,
+    /// How it ended.
+    pub status: Exit,
     /// When it was started.
     pub started_at: Instant,
     /// Whether it had said Ready.
@@ -146,7 +147,7 @@ pub struct Ended {
 impl Ended {
     /// The exit in words, as `status` reports it (`last_exit`).
     pub fn describe(&self) -> String {
-        let exit = crate::stages::describe_exit(self.status);
+        let exit = self.status.describe();
         match &self.hung {
             Some(why) => format!("{why}; killed by the supervisor"),
             None if self.requested => format!("restarted on request ({exit})"),
@@ -220,6 +221,17 @@ impl StageState {
         }
     }
 
+    /// A pidfd of the supervisor's process if it was adopted from a supervisor that died (a child's is opened
+    /// by the watcher as it spawns it).
+    pub fn adopted_pidfd(&self) -> Option<std::os::fd::OwnedFd> {
+        match &self.state {
+            State::Starting { proc } | State::Running { proc, .. } => {
+                proc.child.pidfd().and_then(|fd| fd.try_clone_to_owned().ok())
+            }
+            _ => None,
+        }
+    }
+
     /// How long the supervisor's process has run (a hand-run one reports 0).
     pub fn uptime(&self) -> Duration {
         match &self.state {
@@ -258,7 +270,8 @@ impl StageState {
 
     /// `Stopped`/`Restarting` → `Starting`: the watcher spawned `child`. Refused (the child is handed back, to be
     /// killed) if the stage was detached meanwhile or another process holds it.
-    pub fn started(&mut self, child: Child, now: Instant) -> Result<(), Child> {
+    pub fn started(&mut self, child: impl Into<StageProcess>, now: Instant) -> Result<(), StageProcess> {
+        let child = child.into();
         match self.state {
             State::Stopped | State::Restarting { .. } => {
                 let proc = Process { child, since: now, hung: None, restart_requested: false };
@@ -469,7 +482,7 @@ impl StageState {
     /// Shutdown: hands back the process the supervisor runs (and its connection, if it said Ready) for the
     /// caller to stop; a hand-run process's connection is closed. The stage ends `Stopped` (`Detached` if it
     /// was).
-    pub fn stop(&mut self) -> Option<(Child, Option<Connection>)> {
+    pub fn stop(&mut self) -> Option<(StageProcess, Option<Connection>)> {
         let (proc, conn, detached) = match std::mem::replace(&mut self.state, State::Stopped) {
             State::Starting { proc } => (Some(proc), None, false),
             State::Running { proc, conn } => (Some(proc), Some(conn), false),
@@ -488,7 +501,7 @@ impl StageState {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Command;
+    use std::process::{Child, Command};
 
     use super::*;
 
@@ -497,7 +510,7 @@ mod tests {
         Command::new("sleep").arg("10").spawn().expect("sleep")
     }
 
-    fn kill(mut child: Child) {
+    fn kill(mut child: StageProcess) {
         let _ = child.kill();
         let _ = child.wait();
     }

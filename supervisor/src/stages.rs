@@ -24,34 +24,10 @@ pub fn binary(stage: Stage) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
-/// Starts `stage`, telling it where the control socket is. The child gets SIGKILL if the thread that started it
-/// dies (`PR_SET_PDEATHSIG`), so a crashed supervisor leaves no orphans.
+/// Starts `stage`, telling it where the control socket is. The stage outlives this process if it dies: it
+/// keeps moving data and waits `supervisor.orphan_timeout_s` for a successor to adopt it (see `crate::adopt`).
 pub fn spawn(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Result<Child> {
-    use std::os::unix::process::CommandExt;
-    // Everything the child side needs is made here, in the parent: the command's program, arguments and
-    // environment (std turns them into C strings before it forks) and the parent's pid, a plain integer.
-    let mut cmd = command(stage, control, cfg)?;
-    let parent = rustix::process::getpid();
-    let tie_to_parent = move || -> std::io::Result<()> {
-        rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-        // The parent may have died between fork and prctl: then nobody would kill us. The errno is all that
-        // reaches the (dead) parent, so no message is built: building one would allocate.
-        if rustix::process::getppid() != Some(parent) {
-            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-        }
-        Ok(())
-    };
-    // SAFETY: `pre_exec` runs the closure in the forked child, where only async-signal-safe work is allowed (the
-    // parent may have had other threads holding the allocator's lock at the fork). The closure captures one
-    // `Pid` (a `Copy` integer: nothing to drop), makes two system calls (prctl(PR_SET_PDEATHSIG) and getppid,
-    // both async-signal-safe; rustix calls them directly) and compares integers. Its errors are
-    // `io::Error::from_raw_os_error` values (an integer, no heap), and std's child side turns an error into its
-    // errno for the parent and `_exit`s, running no destructors. The boxing of the closure happens here, in the
-    // parent. So nothing allocates, frees or takes a lock between fork and exec.
-    unsafe {
-        cmd.pre_exec(tie_to_parent);
-    }
-    cmd.spawn().with_context(|| format!("starting the {}", stage.name()))
+    command(stage, control, cfg)?.spawn().with_context(|| format!("starting the {}", stage.name()))
 }
 
 /// The command line of `stage`, as the supervisor runs it (and as a user runs it by hand after `detach`).
@@ -82,6 +58,7 @@ fn command(stage: Stage, control: &Path, cfg: &Config) -> anyhow::Result<Command
         cmd.env(shm_protocol::logging::TERMINAL_LEVEL_ENV, split.terminal.as_str());
     }
     cmd.arg("--control").arg(control);
+    cmd.arg("--orphan-timeout-s").arg(cfg.supervisor.orphan_timeout_s.to_string());
     match stage {
         Stage::Receiver => {}
         Stage::Assembler => {

@@ -177,9 +177,26 @@ pub fn run(runtime_dir: &Path, once: bool, width: u16, height: u16) -> anyhow::R
     }
     ratatui::run(|term| -> anyhow::Result<()> {
         let mut next = Instant::now();
+        // Since when the supervisor has not answered: a successor that adopts the pipeline is reconnected to.
+        let mut lost: Option<Instant> = None;
         loop {
             if Instant::now() >= next {
-                view.update(fetch(&mut conn)?);
+                match fetch(&mut conn) {
+                    Ok(s) => {
+                        view.update(s);
+                        lost = None;
+                    }
+                    Err(e) => {
+                        let since = *lost.get_or_insert_with(Instant::now);
+                        let sock = crate::config::control_socket(runtime_dir);
+                        if !sock.exists() || since.elapsed() > crate::client::RECONNECT_WAIT {
+                            return Err(e);
+                        }
+                        if let Ok(c) = crate::client::connect(runtime_dir) {
+                            conn = c;
+                        }
+                    }
+                }
                 term.draw(|f| view.draw(f))?;
                 next = Instant::now() + Duration::from_secs(1);
             }

@@ -44,9 +44,11 @@ impl Drop for TempDir {
 pub struct ChildGuard(Option<Child>);
 
 impl ChildGuard {
-    /// Spawns `cmd`.
+    /// Spawns `cmd` as the leader of a process group of its own: the processes it starts (a supervisor's
+    /// stages, which outlive it) are in it too, and [`ChildGuard::kill`] ends them all.
     pub fn spawn(cmd: &mut Command) -> std::io::Result<Self> {
-        Ok(Self(Some(cmd.spawn()?)))
+        use std::os::unix::process::CommandExt;
+        Ok(Self(Some(cmd.process_group(0).spawn()?)))
     }
 
     /// The child's pid.
@@ -54,8 +56,18 @@ impl ChildGuard {
         self.0.as_ref().map_or(0, Child::id)
     }
 
-    /// Sends SIGKILL and reaps.
+    /// Sends SIGKILL to the child and every process of its group, and reaps the child.
     pub fn kill(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            kill_group(c.id());
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends SIGKILL to the child only (as a crash of it alone), and reaps it; the rest of its group lives on
+    /// (end it with [`kill_group`]).
+    pub fn kill_alone(&mut self) {
         if let Some(mut c) = self.0.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -92,6 +104,13 @@ impl ChildGuard {
     /// Whether the child is still running.
     pub fn running(&mut self) -> bool {
         self.0.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+/// Sends SIGKILL to every process of process group `pgid` (a [`ChildGuard`]'s child's pid), if any is left.
+pub fn kill_group(pgid: u32) {
+    if let Some(p) = rustix::process::Pid::from_raw(pgid as i32) {
+        let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
     }
 }
 

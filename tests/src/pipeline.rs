@@ -43,6 +43,9 @@ pub struct Pipeline {
     pub dir: TempDir,
     /// UDP port of sector 0.
     pub port_base: u16,
+    /// Process groups of supervisors killed alone ([`Pipeline::kill_supervisor`]): the stages they started
+    /// outlive them, adopted by the next; whatever is left of them is killed when the `Pipeline` drops.
+    earlier_groups: Vec<u32>,
 }
 
 impl Pipeline {
@@ -67,7 +70,7 @@ impl Pipeline {
         let cfg = dir.path().join("ringdaq.toml");
         std::fs::write(&cfg, config).expect("config");
         let child = launch(dir.path(), port_base, env);
-        let p = Self { dir, port_base, child };
+        let p = Self { dir, port_base, child, earlier_groups: Vec::new() };
         p.wait_ready();
         p
     }
@@ -85,16 +88,109 @@ impl Pipeline {
         self.child.id()
     }
 
-    /// SIGKILLs the supervisor (as a crash would) and reaps it.
+    /// SIGKILLs the supervisor alone (as a crash would) and reaps it; its stages live on.
     pub fn kill_supervisor(&mut self) {
+        if self.child.id() != 0 {
+            self.earlier_groups.push(self.child.id());
+        }
+        self.child.kill_alone();
+    }
+
+    /// Starts `ringdaq run` again in the same runtime directory, on the same ports and configuration (killing the
+    /// running one first, alone), and waits until its stages are ready.
+    pub fn relaunch(&mut self) {
+        self.kill_supervisor();
+        self.child = launch(self.dir.path(), self.port_base, &[]);
+        self.wait_ready();
+    }
+
+    /// Starts `ringdaq run` again without waiting for it: the new supervisor, to be waited on by the caller.
+    pub fn relaunch_no_wait(&mut self) {
+        self.kill_supervisor();
+        self.child = launch(self.dir.path(), self.port_base, &[]);
+    }
+
+    /// Starts a second `ringdaq run` in the same runtime directory while this one runs; waits up to `timeout`
+    /// for it to exit and returns its exit status and log (`None`: it still ran, and was killed).
+    pub fn run_second(&self, timeout: Duration) -> (Option<std::process::ExitStatus>, String) {
+        let dir = self.dir.path().join("second");
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::copy(self.dir.path().join("ringdaq.toml"), dir.join("ringdaq.toml")).expect("config");
+        let log = std::fs::File::create(dir.join("ringdaq.log")).expect("log");
+        let mut child = ChildGuard::spawn(
+            Command::new(bin_path("ringdaq"))
+                .arg("--runtime-dir")
+                .arg(self.runtime_dir())
+                .args(["run", "--port-base", &self.port_base.to_string(), "--config"])
+                .arg(dir.join("ringdaq.toml"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(log)),
+        )
+        .expect("spawn");
+        let st = child.wait_timeout(timeout).ok().flatten();
+        (st, std::fs::read_to_string(dir.join("ringdaq.log")).unwrap_or_default())
+    }
+
+    /// SIGKILLs the supervisor and every stage (every process of the pipeline at once, as a crash of the machine's
+    /// service would, short of the kernel).
+    pub fn kill_everything(&mut self) {
+        for &g in &self.earlier_groups {
+            crate::kill_group(g);
+        }
         self.child.kill();
     }
 
-    /// Starts `ringdaq run` again in the same runtime directory, on the same ports and configuration, and waits
-    /// until its stages are ready.
-    pub fn relaunch(&mut self) {
-        self.child.kill();
-        self.child = launch(self.dir.path(), self.port_base, &[]);
+    /// Starts `ringdaq run` again as systemd restarts a service with an fd store: `fds` (name, descriptor) passed
+    /// as `LISTEN_FDS` from descriptor 3 on, named in `LISTEN_FDNAMES`, `LISTEN_PID` its own; waits until ready.
+    pub fn relaunch_with_stored_fds(&mut self, fds: &[(String, std::os::fd::OwnedFd)], env: &[(&str, &str)]) {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        self.kill_supervisor();
+        // Out of the way of 3.. first, so that placing one does not overwrite another (nothing else above 100).
+        let high: Vec<std::os::fd::OwnedFd> =
+            fds.iter().map(|(_, fd)| rustix::io::fcntl_dupfd_cloexec(fd, 100).expect("dup")).collect();
+        let raw: Vec<i32> = high.iter().map(|f| f.as_raw_fd()).collect();
+        let names: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("ringdaq.log"))
+            .expect("log");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+            .arg(bin_path("ringdaq"))
+            .arg("--runtime-dir")
+            .arg(self.runtime_dir())
+            .args(["run", "--port-base", &self.port_base.to_string(), "--config"])
+            .arg(self.dir.path().join("ringdaq.toml"))
+            .env("LISTEN_FDS", fds.len().to_string())
+            .env("LISTEN_FDNAMES", names.join(":"))
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log));
+        let placing = move || -> std::io::Result<()> {
+            for (i, &fd) in raw.iter().enumerate() {
+                // SAFETY: dup2 is async-signal-safe; `fd` is open in the child (inherited from the parent, which
+                // keeps `high` until the spawn returned) and 3 + i is a plain descriptor number.
+                if unsafe { libc::dup2(fd, 3 + i as i32) } < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        };
+        // SAFETY: the closure runs in the forked child: it only calls dup2 (async-signal-safe) on integers it
+        // captured (the Vec was built in the parent and is only read); it allocates nothing.
+        unsafe {
+            cmd.pre_exec(placing);
+        }
+        self.child = ChildGuard::spawn(&mut cmd).expect("spawn ringdaq run");
+        drop(high);
+        self.wait_ready();
+    }
+
+    /// Waits until every stage is running again (after [`Pipeline::relaunch_no_wait`]).
+    pub fn wait_running(&self) {
         self.wait_ready();
     }
 
@@ -244,6 +340,9 @@ impl Pipeline {
 
 impl Drop for Pipeline {
     fn drop(&mut self) {
+        for &g in &self.earlier_groups {
+            crate::kill_group(g);
+        }
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(40).collect();

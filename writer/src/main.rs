@@ -4,10 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use shm_protocol::Access;
-use shm_protocol::messages::Role;
 use shm_protocol::pipeline::Stage;
-use shm_protocol::session::Session;
+use shm_protocol::session::Supervision;
 
 /// Counted, so that the stage's record shows its allocations (none per datagram or frame once warm).
 #[global_allocator]
@@ -23,18 +21,26 @@ struct Args {
     /// Never use O_DIRECT.
     #[arg(long)]
     buffered: bool,
+    /// Seconds to wait for a new supervisor after this one's dies before finishing and exiting (orphaned).
+    #[arg(long, default_value_t = shm_protocol::session::DEFAULT_ORPHAN_TIMEOUT.as_secs_f64())]
+    orphan_timeout_s: f64,
 }
 
 fn main() -> anyhow::Result<()> {
     shm_protocol::logging::init();
     let args = Args::parse();
     let _span = shm_protocol::logging::process_span("writer").entered();
-    let Session { mut conn, region, .. } = Session::open(&args.control, Role::Stage(Stage::Writer), Access::ReadWrite)
-        .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
+    // The sockets the supervisor sends along are kept by the tie only (for a successor).
+    let (mut sup, region, _sockets) = Supervision::open(
+        &args.control,
+        Stage::Writer,
+        std::time::Duration::from_secs_f64(args.orphan_timeout_s.max(0.0)),
+    )
+    .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
     let mut w = writer::Writer::new(&region, writer::WriterConfig { direct_io: !args.buffered })?;
-    conn.send(&shm_protocol::messages::Request::Ready)?;
+    sup.send(&shm_protocol::messages::Request::Ready)?;
     tracing::info!("writing");
-    w.run(|| shm_protocol::session::should_stop(&mut conn))?;
+    w.run(|| sup.should_stop(&region))?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,8 +1,13 @@
 //! Crash recovery, measured: how long from SIGKILL of a stage until its replacement works again (p50 / p99 per
-//! stage), and the highest frame rate at which a receiver killed mid-stream loses no datagram.
+//! stage), how long from SIGKILL of the supervisor until a new `ringdaq run` has adopted the running pipeline,
+//! and the highest frame rate at which a receiver killed mid-stream loses no datagram.
 //!
 //! `cargo build --release && cargo run --release -p ringdaq-benches --bin restart -- [--kills 100]
-//! [--rates 100,200,300,400] [--frames 800] [--receiver-kills 4]`
+//! [--supervisor-kills 50] [--only-supervisor] [--rates 100,200,300,400] [--frames 800] [--receiver-kills 4]`
+//!
+//! "Adopted" is a client's view: the new supervisor answers `status` with every stage running, and they are the
+//! processes that ran before (they rejoined it and handed back the region and sockets). The time counts from the
+//! kill, and includes starting the new `ringdaq run` (as systemd's `Restart=` would, without its `RestartSec`).
 //!
 //! "Working again" is the supervisor's view: the new process has attached the region, rebuilt its state from
 //! it (the receiver its half-filled slot, the assembler its frames in flight, the writer its open file) and
@@ -32,6 +37,12 @@ struct Args {
     /// Receiver kills per rate, spread over the stream.
     #[arg(long, default_value_t = 4)]
     receiver_kills: u32,
+    /// Supervisor kills (each followed by a new `ringdaq run` that adopts the pipeline).
+    #[arg(long, default_value_t = 50)]
+    supervisor_kills: usize,
+    /// Measure only the supervisor kills.
+    #[arg(long)]
+    only_supervisor: bool,
 }
 
 const STAGES: [&str; 3] = ["receiver", "assembler", "writer"];
@@ -49,6 +60,10 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     let mut p = Pipeline::start("restart", "[supervisor]\nmax_restarts = 1000000\n")?;
+    supervisor_kills(&mut p, a.supervisor_kills)?;
+    if a.only_supervisor {
+        return Ok(());
+    }
     println!("restart latency, SIGKILL -> replacement ready ({} kills per stage, idle pipeline)", a.kills);
     let mut lat: [Vec<Duration>; 3] = Default::default();
     for round in 0..a.kills {
@@ -109,6 +124,31 @@ fn main() -> anyhow::Result<()> {
         Some(f) => println!("highest rate with no datagram lost across receiver kills: {f} frames/s"),
         None => println!("every rate lost datagrams across receiver kills"),
     }
+    Ok(())
+}
+
+/// SIGKILLs the supervisor `n` times, each followed by a new `ringdaq run`; prints kill → adopted, p50 / p99.
+fn supervisor_kills(p: &mut Pipeline, n: usize) -> anyhow::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    println!("supervisor killed -> new ringdaq run has adopted the running stages ({n} kills, idle pipeline)");
+    let mut v = Vec::with_capacity(n);
+    for _ in 0..n {
+        v.push(p.replace_supervisor()?);
+        // The machine is shared: let the new supervisor settle before the next kill.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    v.sort();
+    println!("| figure | p50 | p99 | max |");
+    println!("|---|---|---|---|");
+    println!(
+        "| supervisor kill -> pipeline adopted | {:.1} ms | {:.1} ms | {:.1} ms |",
+        percentile(&v, 0.5).as_secs_f64() * 1e3,
+        percentile(&v, 0.99).as_secs_f64() * 1e3,
+        v[v.len() - 1].as_secs_f64() * 1e3
+    );
+    println!();
     Ok(())
 }
 

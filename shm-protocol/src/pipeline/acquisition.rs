@@ -108,11 +108,14 @@ pub enum EndReason {
     DiskFull = 6,
     /// Writing the file failed.
     WriteError = 7,
+    /// The supervisor died and no successor took the pipeline over within `orphan_timeout_s`: the stages
+    /// finished what the rings held, ended the acquisition with it and exited.
+    Orphaned = 8,
 }
 
 impl EndReason {
     /// Every reason, in order.
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 8] = [
         Self::Complete,
         Self::Stopped,
         Self::StreamIdle,
@@ -120,6 +123,7 @@ impl EndReason {
         Self::PipelineFailed,
         Self::DiskFull,
         Self::WriteError,
+        Self::Orphaned,
     ];
 
     /// The reason stored as `raw` in a record (0, or a value that names none: not ended).
@@ -132,6 +136,7 @@ impl EndReason {
             5 => Some(Self::PipelineFailed),
             6 => Some(Self::DiskFull),
             7 => Some(Self::WriteError),
+            8 => Some(Self::Orphaned),
             _ => None,
         }
     }
@@ -146,6 +151,7 @@ impl EndReason {
             Self::PipelineFailed => "pipeline_failed",
             Self::DiskFull => "disk_full",
             Self::WriteError => "write_error",
+            Self::Orphaned => "orphaned",
         }
     }
 

@@ -8,6 +8,11 @@
 //! release messages (sent when a [`Frame`] is dropped); the pipeline waits for it, so every frame is delivered.
 //! When the consumer's connection closes (it exits or dies), the supervisor drops the gate at once.
 //!
+//! A subscription survives its supervisor: the frames already in the ring stay readable, and the subscription
+//! takes its consumer line back from the supervisor that adopts the pipeline (`Request::Resubscribe`), which
+//! holds the line (and, lossless, the gate) for it meanwhile, for a bounded time; a lossless one resumes at the
+//! first frame it has not released. The caller sees nothing of it but a wait a little longer than usual.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use shm_protocol::consumer::{Delivery, Subscription};
@@ -30,8 +35,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::path::Path;
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::control::{Connection, ControlError};
 use crate::pipeline::messages::{PROTOCOL_VERSION, Reply, Request, Role};
@@ -83,10 +89,39 @@ pub enum ConsumerError {
     Closed,
 }
 
+/// How long a subscription whose supervisor died waits for a successor before it reports
+/// [`ConsumerError::Closed`]: as long as the stages wait for one (`orphan_timeout_s`, 30 s by default), and more.
+const RESUME_WAIT: Duration = Duration::from_secs(40);
+
+/// Pause between attempts to reach a successor (a new supervisor answers within milliseconds of starting).
+const RESUME_PAUSE: Duration = Duration::from_millis(20);
+
+/// How often a subscription that reads frames looks at its connection (a lossy one sends nothing that would
+/// tell it the supervisor is gone), and how long one wait for a frame lasts between looks.
+const LINK_CHECK: Duration = Duration::from_millis(100);
+
+/// The subscription's tie to the supervisor, replaced when a successor takes the pipeline over.
+#[derive(Debug)]
+struct Link {
+    conn: Connection,
+    /// One past the last sequence released (lossless): what a successor is told.
+    released: u64,
+    /// Since when the supervisor has been gone, if it is.
+    lost_since: Option<Instant>,
+    /// When to try a successor next.
+    next_try: Instant,
+    /// When the connection was last looked at.
+    checked: Instant,
+    /// `unsubscribe` was called: never resume.
+    ended: bool,
+}
+
 /// A subscription to a running pipeline's frames.
 #[derive(Debug)]
 pub struct Subscription {
-    conn: Connection,
+    link: Mutex<Link>,
+    /// The control socket, for a successor.
+    path: PathBuf,
     region: Region,
     delivery: Delivery,
     cursor: u32,
@@ -103,29 +138,23 @@ impl Subscription {
     /// subscribes. The first frame delivered is the next one the pipeline publishes.
     pub fn connect(runtime_dir: &Path, delivery: Delivery) -> Result<Self, ConsumerError> {
         let path = runtime_dir.join("control.sock");
-        let ctl = |source| ConsumerError::Control { path: path.display().to_string(), source };
-        let mut conn = Connection::connect(&path).map_err(ctl)?;
-        conn.set_recv_timeout(Some(Duration::from_secs(10))).map_err(ctl)?;
-        conn.send(&Request::Hello { protocol: PROTOCOL_VERSION, role: Role::Client }).map_err(ctl)?;
-        match conn.recv::<Reply>().map_err(ctl)?.msg {
-            Reply::Welcome { .. } => {}
-            Reply::Error { message } => return Err(ConsumerError::Refused(message)),
-            other => return Err(ConsumerError::Protocol(format!("{other:?}"))),
-        }
-        conn.send(&Request::Subscribe { lossless: delivery == Delivery::Lossless }).map_err(ctl)?;
-        let got = conn.recv::<Reply>().map_err(ctl)?;
-        let (cursor, next) = match got.msg {
-            Reply::Subscribed { cursor, next_seq, .. } => (cursor, next_seq),
-            Reply::Error { message } => return Err(ConsumerError::Refused(message)),
-            other => return Err(ConsumerError::Protocol(format!("{other:?}"))),
-        };
-        let fd = got.fds.into_iter().next().ok_or_else(|| ConsumerError::Protocol("no region memfd".into()))?;
+        let request = Request::Subscribe { lossless: delivery == Delivery::Lossless };
+        let (conn, cursor, next, fd) = subscribe(&path, &request, Duration::from_secs(10))?;
+        let fd = fd.ok_or_else(|| ConsumerError::Protocol("no region memfd".into()))?;
         let region = Region::attach(fd, Access::ReadOnly)?;
         region.ring(FRAME_RING)?;
-        conn.set_recv_timeout(None).map_err(ctl)?;
         let g = region.header().geometry;
+        let now = Instant::now();
         Ok(Self {
-            conn,
+            link: Mutex::new(Link {
+                conn,
+                released: next,
+                lost_since: None,
+                next_try: now,
+                checked: now,
+                ended: false,
+            }),
+            path,
             delivery,
             cursor,
             next,
@@ -174,13 +203,23 @@ impl Subscription {
     pub fn wait_frame(&self, timeout: Option<Duration>) -> Result<(), ConsumerError> {
         let ring = self.region.ring(FRAME_RING)?;
         let mut reader = ring.reader(self.next, self.delivery == Delivery::Lossless);
-        match reader.next(timeout) {
-            // Something to take (an overrun is reported, and skipped, by `next_info`).
-            Ok(_) | Err(RingError::Overrun { .. }) => Ok(()),
-            Err(RingError::Timeout) => {
-                Err(if self.connection_closed() { ConsumerError::Closed } else { ConsumerError::Timeout })
+        let start = Instant::now();
+        loop {
+            // In slices, as `next_info` waits: a supervisor that died is noticed and its successor rejoined.
+            self.look_after_link()?;
+            let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
+            let slice = left.map_or(LINK_CHECK, |l| l.min(LINK_CHECK));
+            match reader.next(Some(slice)) {
+                // Something to take (an overrun is reported, and skipped, by `next_info`).
+                Ok(_) | Err(RingError::Overrun { .. }) => return Ok(()),
+                Err(RingError::Timeout) if left.is_none_or(|l| l > slice) => continue,
+                Err(RingError::Timeout) => {
+                    // A shut-down pipeline publishes nothing more: tell it apart from a quiet one.
+                    self.look_after_link()?;
+                    return Err(ConsumerError::Timeout);
+                }
+                Err(e) => return Err(ConsumerError::Ring(e)),
             }
-            Err(e) => Err(ConsumerError::Ring(e)),
         }
     }
 
@@ -201,18 +240,26 @@ impl Subscription {
         let ring = self.region.ring(FRAME_RING)?;
         let mut reader = ring.reader(self.next, self.delivery == Delivery::Lossless);
         let mut missed_before = 0;
+        let start = Instant::now();
         loop {
-            let slot = match reader.next(timeout) {
+            // The wait is cut in slices so that a supervisor that died is noticed (and a successor rejoined, which
+            // a lossless subscription's gate waits for) while no frame comes.
+            self.look_after_link()?;
+            let left = timeout.map(|t| t.saturating_sub(start.elapsed()));
+            let slice = left.map_or(LINK_CHECK, |l| l.min(LINK_CHECK));
+            let slot = match reader.next(Some(slice)) {
                 Ok(s) => s,
                 Err(RingError::Overrun { missed }) => {
                     missed_before += missed;
                     continue;
                 }
+                Err(RingError::Timeout) if left.is_none_or(|l| l > slice) => continue,
                 Err(RingError::Timeout) => {
                     self.next = reader.next_seq();
                     self.missed += missed_before;
                     // A shut-down pipeline publishes nothing more: tell it apart from a quiet one.
-                    return Err(if self.connection_closed() { ConsumerError::Closed } else { ConsumerError::Timeout });
+                    self.look_after_link()?;
+                    return Err(ConsumerError::Timeout);
                 }
                 Err(e) => return Err(ConsumerError::Ring(e)),
             };
@@ -251,22 +298,103 @@ impl Subscription {
     /// stays until the `Subscription` is dropped, so frames being read stay readable (but, lossless, are no
     /// longer held). Further waits report [`ConsumerError::Closed`].
     pub fn unsubscribe(&self) {
-        self.conn.shutdown();
+        let mut link = self.link();
+        link.ended = true;
+        link.conn.shutdown();
     }
 
     /// Releases every frame below `upto` to the pipeline (lossless; a no-op for a lossy subscription).
     pub fn release(&self, upto: u64) {
         if self.delivery == Delivery::Lossless {
-            // A failed send means the supervisor is gone; the next wait reports it.
-            let _ = self.conn.send(&Request::Release { upto });
+            let mut link = self.link();
+            link.released = link.released.max(upto);
+            // A failed send means the supervisor is gone: the next wait looks for a successor, and tells it.
+            if link.lost_since.is_none() && link.conn.send(&Request::Release { upto }).is_err() {
+                link.lost_since = Some(Instant::now());
+            }
         }
     }
 
-    /// Whether the supervisor closed the connection. It sends nothing after `Subscribed`, so a connection that
-    /// reads as readable is at its end.
-    fn connection_closed(&self) -> bool {
-        self.conn.poll_readable(Duration::ZERO).unwrap_or(true)
+    fn link(&self) -> MutexGuard<'_, Link> {
+        self.link.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Notices a supervisor that is gone (every [`LINK_CHECK`]) and takes the subscription over to its successor
+    /// (every [`RESUME_PAUSE`] while it is gone). [`ConsumerError::Closed`] once the pipeline is gone for good:
+    /// unsubscribed, its control socket removed (a clean shutdown), or no successor within [`RESUME_WAIT`].
+    fn look_after_link(&self) -> Result<(), ConsumerError> {
+        let mut link = self.link();
+        if link.ended {
+            return Err(ConsumerError::Closed);
+        }
+        let now = Instant::now();
+        if link.lost_since.is_none() {
+            if now.duration_since(link.checked) < LINK_CHECK {
+                return Ok(());
+            }
+            link.checked = now;
+            // The supervisor sends nothing after `Subscribed`: a connection that reads as readable is at its end.
+            if !link.conn.poll_readable(Duration::ZERO).unwrap_or(true) {
+                return Ok(());
+            }
+            link.lost_since = Some(now);
+        }
+        let since = link.lost_since.unwrap_or(now);
+        if !self.path.exists() || now.duration_since(since) > RESUME_WAIT {
+            return Err(ConsumerError::Closed);
+        }
+        if now < link.next_try {
+            return Ok(());
+        }
+        link.next_try = now + RESUME_PAUSE;
+        let request = Request::Resubscribe {
+            cursor: self.cursor,
+            lossless: self.delivery == Delivery::Lossless,
+            released: link.released,
+        };
+        match subscribe(&self.path, &request, Duration::from_secs(1)) {
+            Ok((conn, ..)) => {
+                tracing::info!(cursor = self.cursor, "subscription taken over by a new supervisor");
+                link.conn = conn;
+                link.lost_since = None;
+                link.checked = now;
+                Ok(())
+            }
+            // The successor freed the line (it waited too long) or is another pipeline: this subscription is over.
+            Err(ConsumerError::Refused(why)) => {
+                link.ended = true;
+                Err(ConsumerError::Refused(why))
+            }
+            Err(_) => Ok(()),
+        }
+    }
+}
+
+/// Connects to the control socket at `path`, says hello and sends `request` (a subscription); the connection,
+/// the consumer line, the first sequence and the region's memfd.
+fn subscribe(
+    path: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<(Connection, u32, u64, Option<std::os::fd::OwnedFd>), ConsumerError> {
+    let ctl = |source| ConsumerError::Control { path: path.display().to_string(), source };
+    let mut conn = Connection::connect(path).map_err(ctl)?;
+    conn.set_recv_timeout(Some(timeout)).map_err(ctl)?;
+    conn.send(&Request::Hello { protocol: PROTOCOL_VERSION, role: Role::Client }).map_err(ctl)?;
+    match conn.recv::<Reply>().map_err(ctl)?.msg {
+        Reply::Welcome { .. } => {}
+        Reply::Error { message } => return Err(ConsumerError::Refused(message)),
+        other => return Err(ConsumerError::Protocol(format!("{other:?}"))),
+    }
+    conn.send(request).map_err(ctl)?;
+    let got = conn.recv::<Reply>().map_err(ctl)?;
+    let (cursor, next) = match got.msg {
+        Reply::Subscribed { cursor, next_seq, .. } => (cursor, next_seq),
+        Reply::Error { message } => return Err(ConsumerError::Refused(message)),
+        other => return Err(ConsumerError::Protocol(format!("{other:?}"))),
+    };
+    conn.set_recv_timeout(None).map_err(ctl)?;
+    Ok((conn, cursor, next, got.fds.into_iter().next()))
 }
 
 /// What a frame is: its sequence and header, copied out of the region.

@@ -30,6 +30,16 @@ pub enum Request {
         /// Who connects.
         role: Role,
     },
+    /// First message of a stage that outlived its supervisor, to the one that took its place: the stage already
+    /// runs, and hands back the pipeline's descriptors it holds (the region's memfd, then the detector's sockets)
+    /// with this message, so that a successor that has none takes them from it. Answered with
+    /// [`Reply::Welcome`] (no descriptors) or [`Reply::Error`].
+    Rejoin {
+        /// [`PROTOCOL_VERSION`] of the stage.
+        protocol: u32,
+        /// Which stage it runs.
+        stage: Stage,
+    },
     /// A stage has attached its rings and works (sent once, after `Welcome`).
     Ready,
     /// Ask for the pipeline's state.
@@ -64,6 +74,16 @@ pub enum Request {
         /// Hold a gate the pipeline respects (every frame is delivered; a slow consumer slows the pipeline), or
         /// not (never slows anything; frames overwritten before they are read are counted as missed).
         lossless: bool,
+    },
+    /// A subscriber whose supervisor died takes its consumer line back from the one that took its place
+    /// (answered like [`Request::Subscribe`]); its gate, if lossless, was held for it meanwhile.
+    Resubscribe {
+        /// The frame-ring consumer line it held ([`Reply::Subscribed`]).
+        cursor: u32,
+        /// Whether it is lossless.
+        lossless: bool,
+        /// One past the last sequence it released (lossless), as a [`Request::Release`] would say.
+        released: u64,
     },
     /// A lossless subscriber is done with every frame-ring sequence below `upto` (not answered).
     Release {
@@ -193,7 +213,7 @@ pub struct AcquisitionStatus {
     /// Why it failed, if it did.
     pub error: Option<String>,
     /// How it ended (or is ending), once that is recorded: `complete`, `stopped` (by the user), `stream_idle`,
-    /// `shutdown`, `pipeline_failed`, `disk_full`, `write_error`.
+    /// `shutdown`, `pipeline_failed`, `disk_full`, `write_error`, `orphaned`.
     pub ended: Option<EndReason>,
     /// How it ended, in words (for every ending but `complete`).
     pub reason: Option<String>,

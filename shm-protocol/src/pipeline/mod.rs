@@ -22,6 +22,7 @@ pub mod consumer;
 mod counters;
 pub mod messages;
 pub mod session;
+mod supervision;
 
 pub use acquisition::{AcquisitionRecord, AcquisitionState, CONTINUOUS, Compression, EndReason, SyncMode};
 

@@ -97,3 +97,5 @@ pub fn should_stop(conn: &mut Connection) -> bool {
         Ok(None) | Err(_) => false,
     }
 }
+
+pub use crate::pipeline::supervision::{DEFAULT_ORPHAN_TIMEOUT, REFUSED_EXIT, Supervision, process_alive};

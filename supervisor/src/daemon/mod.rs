@@ -19,12 +19,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use shm_protocol::Region;
-use shm_protocol::control::ControlListener;
+use shm_protocol::control::{Connection, ControlListener};
+use shm_protocol::layout::ConsumerMode;
+use shm_protocol::messages::{PROTOCOL_VERSION, Reply};
 use shm_protocol::pipeline::{self, PipelineArea, PipelineSizes, Stage};
 
+use crate::adopt;
 use crate::config::{self, Config};
 use crate::geometry::region_geometry;
 use crate::restart_policy::History;
+use crate::stage_process::StageProcess;
 use crate::stage_state::StageState;
 use status::Rates;
 
@@ -50,7 +54,15 @@ impl StageSlot {
 struct State {
     stages: [StageSlot; 3],
     next_acquisition: u64,
+    /// Frame-ring consumer lines of subscribers of a supervisor that died, held for them since when (see
+    /// [`SUBSCRIPTION_HOLD`]).
+    held_subscriptions: Vec<(usize, Instant)>,
 }
+
+/// How long an adopted pipeline holds a subscriber's consumer line (and, lossless, its gate) for it to come
+/// back (`Request::Resubscribe`): a consumer retries every 20 ms, so it is back within milliseconds of the new
+/// supervisor if it still runs; one that does not come back holds the pipeline no longer than this.
+const SUBSCRIPTION_HOLD: Duration = Duration::from_secs(10);
 
 /// The supervisor's shared state, used by the watcher, the control server and the command that started it.
 pub struct Supervisor {
@@ -67,6 +79,8 @@ pub struct Supervisor {
     /// Client connections waiting for an acquisition to end (`acquire --wait`): answered before the supervisor
     /// exits.
     waiters: AtomicUsize,
+    /// The runtime directory's lock (see `crate::adopt`), held for this process's life.
+    lock: adopt::Lock,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -105,6 +119,8 @@ impl Supervisor {
         cfg.validate()?;
         let runtime = cfg.runtime_dir();
         prepare_runtime_dir(&runtime)?;
+        // Two supervisors never drive one pipeline: the lock is held until this process ends.
+        let lock = adopt::Lock::take(&runtime)?;
         let sizes = PipelineSizes {
             geometry: region_geometry(cfg.mode),
             block_slots: cfg.rings.block_slots,
@@ -116,13 +132,31 @@ impl Supervisor {
         };
         let bytes = sizes.region_spec();
         let total = shm_protocol::layout::compute_layout(&bytes)?.region_size;
-        check_memory(total)?;
-        let region = sizes.create_region().context("creating the shared region")?;
-        let sockets = crate::sockets::bind_sector_sockets(&cfg)?;
+        let found = adopt::find(&runtime, &cfg)?;
         let control_path = config::control_socket(&runtime);
-        let listener = ControlListener::bind(&control_path).with_context(|| {
-            format!("control socket {} (is another ringdaq running there?)", control_path.display())
-        })?;
+        let bind = || {
+            ControlListener::bind(&control_path).with_context(|| {
+                format!("control socket {} (is another ringdaq running there?)", control_path.display())
+            })
+        };
+        let (region, sockets, listener, adopted) = match found {
+            None => {
+                check_memory(total)?;
+                let region = sizes.create_region().context("creating the shared region")?;
+                let sockets = crate::sockets::bind_sector_sockets(&cfg)?;
+                adopt::store_in_systemd(&region, &sockets);
+                (region, sockets, bind()?, None)
+            }
+            Some(mut found) => {
+                let listener = bind()?;
+                let from_systemd = found.stored.is_some();
+                let taken = adopt::take_back(&listener, &mut found, &cfg, &sizes)?;
+                if !from_systemd {
+                    adopt::store_in_systemd(&taken.region, &taken.sockets);
+                }
+                (taken.region, taken.sockets, listener, Some((found.stages, taken.rejoined)))
+            }
+        };
         // For `ringdaq inspect` when this process no longer answers.
         let pid_file = runtime.join(crate::inspect_cmd::PID_FILE);
         std::fs::write(&pid_file, format!("{}\n", std::process::id()))
@@ -132,21 +166,96 @@ impl Supervisor {
             control = %control_path.display(),
             mode = %cfg.mode,
             ports = format!("{}:{}-{}", cfg.bind, cfg.port_base, usize::from(cfg.port_base) + cfg.mode.streams() - 1),
-            "pipeline created"
+            "{}",
+            if adopted.is_some() { "pipeline adopted" } else { "pipeline created" }
         );
         let sup = Arc::new(Self {
             cfg,
             region,
             sockets,
             control_path,
-            state: Mutex::new(State { stages: Stage::ALL.map(StageSlot::new), next_acquisition: 1 }),
+            state: Mutex::new(State {
+                stages: Stage::ALL.map(StageSlot::new),
+                next_acquisition: 1,
+                held_subscriptions: Vec::new(),
+            }),
             shutdown: AtomicBool::new(false),
             failure: Mutex::new(None),
             started: Instant::now(),
             rates: Mutex::new(Rates::default()),
             waiters: AtomicUsize::new(0),
+            lock,
         });
+        if let Some((stages, rejoined)) = adopted {
+            sup.take_over(stages, rejoined);
+        }
+        sup.record_pipeline();
         Ok((sup, listener))
+    }
+
+    /// Carries on with a pipeline adopted from a supervisor that died: its surviving stages (those that rejoined
+    /// run again at once, the others are expected), its acquisitions (their records are in the region: ids go on
+    /// from the highest), and its subscribers' consumer lines, held for them a while (see
+    /// [`SUBSCRIPTION_HOLD`]). Stages that did not survive are started by the watcher.
+    fn take_over(&self, stages: [Option<StageProcess>; 3], rejoined: Vec<(Stage, Connection)>) {
+        let area = self.area();
+        let now = Instant::now();
+        let mut g = self.lock();
+        for (st, proc) in Stage::ALL.into_iter().zip(stages) {
+            if let Some(proc) = proc {
+                let pid = proc.id();
+                let _ = g.stages[st as usize].state.started(proc, now);
+                tracing::info!(stage = st.name(), pid, "stage adopted");
+            }
+        }
+        for (st, conn) in rejoined {
+            let pid = conn.peer().pid as u32;
+            let state = &mut g.stages[st as usize].state;
+            if state.admit(pid).is_ok() && conn.send(&Reply::Welcome { protocol: PROTOCOL_VERSION }).is_ok() {
+                let _ = state.ready(pid, conn);
+            }
+        }
+        let last = area.acquisitions.iter().map(|r| r.id.load(Ordering::Acquire)).max().unwrap_or(0);
+        g.next_acquisition = last + 1;
+        if let Some(rec) = area.active() {
+            let id = rec.id.load(Ordering::Acquire);
+            shm_protocol::logging::set_acquisition(id);
+            tracing::info!(acquisition = id, state = %rec.state(), "carrying on with the running acquisition");
+        }
+        if let Ok(ring) = self.region.ring(pipeline::FRAME_RING) {
+            for i in (0..ring.max_consumers()).filter(|&i| i != pipeline::WRITER_CURSOR) {
+                if ring.consumer_state(i).is_ok_and(|(_, mode, _)| mode != ConsumerMode::Free) {
+                    tracing::info!(cursor = i, "holding a subscriber's consumer line for it");
+                    g.held_subscriptions.push((i, now));
+                }
+            }
+        }
+    }
+
+    /// Records this supervisor's pid, configuration and stage pids in the runtime directory, for a successor.
+    fn record_pipeline(&self) {
+        let stages = {
+            let g = self.lock();
+            Stage::ALL.map(|st| g.stages[st as usize].state.pid())
+        };
+        let file = adopt::PipelineFile {
+            supervisor_pid: std::process::id(),
+            layout_version: shm_protocol::layout::LAYOUT_VERSION,
+            protocol_version: PROTOCOL_VERSION,
+            config: adopt::config_value(&self.cfg),
+            stages,
+        };
+        adopt::write_pipeline_file(&self.cfg.runtime_dir(), &file);
+    }
+
+    /// At a clean exit: removes what this supervisor kept in the runtime directory (nothing is left to adopt),
+    /// and takes the descriptors out of systemd's fd store.
+    pub fn remove_runtime_files(&self) {
+        let runtime = self.cfg.runtime_dir();
+        adopt::remove_pipeline_file(&runtime);
+        let _ = std::fs::remove_file(runtime.join(crate::inspect_cmd::PID_FILE));
+        adopt::unstore_in_systemd(self.sockets.len());
+        self.lock.remove();
     }
 
     fn area(&self) -> &PipelineArea {
@@ -218,8 +327,7 @@ impl Supervisor {
             let span = tracing::Span::current();
             s.spawn(move || span.in_scope(|| sup.serve(listener)));
             let sup = self.clone();
-            // Stages are started, restarted and stopped from this one thread: PR_SET_PDEATHSIG ties a child to
-            // the thread that forked it.
+            // Stages are started, restarted and stopped from this one thread (it holds their pidfds).
             let span = tracing::Span::current();
             let watcher = s.spawn(move || span.in_scope(|| sup.watch(stop_flag)));
             if watcher.join().is_err() {
@@ -244,10 +352,7 @@ impl Supervisor {
 
 /// Whether process `pid` exists and has not ended (a zombie has).
 pub fn process_alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
-        .is_some_and(|state| state != 'Z' && state != 'X')
+    shm_protocol::session::process_alive(pid)
 }
 
 /// Refuses a region that cannot fit in memory, with a clear message, before anything is allocated.

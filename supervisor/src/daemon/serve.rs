@@ -109,7 +109,11 @@ impl Supervisor {
         let role = match conn.recv::<Request>() {
             Ok(r) => match r.msg {
                 Request::Hello { protocol, role } if protocol == PROTOCOL_VERSION => role,
-                Request::Hello { protocol, .. } => {
+                // Its descriptors (the region and sockets this supervisor holds already) are dropped.
+                Request::Rejoin { protocol, stage } if protocol == PROTOCOL_VERSION => {
+                    return self.welcome_back(stage, conn);
+                }
+                Request::Hello { protocol, .. } | Request::Rejoin { protocol, .. } => {
                     let _ = conn.send(&Reply::Error {
                         message: format!(
                             "protocol version {protocol} is not supported: this supervisor speaks version {PROTOCOL_VERSION}"
@@ -185,13 +189,44 @@ impl Supervisor {
         }
     }
 
-    /// Sends a stage its welcome with the region (and, to the receiver, the sockets) and waits for its Ready; the
-    /// connection, if it came.
+    /// A stage of a supervisor that died, adopted by this one, rejoins: admitted as any hello is (only the pid
+    /// adopted for the stage), it runs on at once.
+    fn welcome_back(&self, st: Stage, conn: Connection) {
+        let peer = conn.peer().pid as u32;
+        let t = Instant::now();
+        let admitted = loop {
+            let r = self.lock().stages[st as usize].state.admit(peer);
+            match r {
+                Err(why) if why.is_transient() && t.elapsed() < ADMIT_WAIT && !self.shutting_down() => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                r => break r,
+            }
+        };
+        if admitted != Ok(Admitted::Supervised) {
+            let why = admitted.err().map_or_else(|| format!("the {} is detached", st.name()), |e| e.to_string());
+            tracing::warn!(stage = st.name(), pid = peer, "refused a rejoining stage: {why}");
+            let _ = conn.send(&Reply::Error { message: why });
+            return;
+        }
+        if conn.send(&Reply::Welcome { protocol: PROTOCOL_VERSION }).is_err() {
+            return;
+        }
+        match self.lock().stages[st as usize].state.ready(peer, conn) {
+            Ok(()) => tracing::info!(stage = st.name(), pid = peer, "adopted stage rejoined"),
+            Err(conn) => {
+                let _ = conn.send(&StageCommand::Shutdown { why: StopReason::NotTheStage });
+            }
+        }
+    }
+
+    /// Sends a stage its welcome with the region and the sockets, and waits for its Ready; the connection, if it
+    /// came. Every stage gets the sockets, not only the receiver: any stage that outlives this supervisor hands
+    /// them back to its successor, so the datagrams queued in them survive a crash of the supervisor and the
+    /// receiver together.
     fn hand_over(&self, st: Stage, mut conn: Connection) -> Option<Connection> {
         let mut fds: Vec<std::os::fd::BorrowedFd<'_>> = vec![self.region.fd()];
-        if st == Stage::Receiver {
-            fds.extend(self.sockets.iter().map(|s| s.as_fd()));
-        }
+        fds.extend(self.sockets.iter().map(|s| s.as_fd()));
         if let Err(e) = conn.send_with_fds(&Reply::Welcome { protocol: PROTOCOL_VERSION }, &fds) {
             tracing::warn!(stage = st.name(), error = %e, "welcome failed");
             return None;
@@ -240,6 +275,27 @@ impl Supervisor {
                                         sub.end(&self.region);
                                         break;
                                     }
+                                };
+                                let sent = conn.send_with_fds(&reply, &[fd.as_fd()]);
+                                subscription = Some(sub);
+                                if sent.is_err() {
+                                    break;
+                                }
+                                continue;
+                            }
+                            Err(e) => Reply::Error { message: format!("{e:#}") },
+                        }
+                    }
+                }
+                Request::Resubscribe { cursor, lossless, released } => {
+                    if subscription.is_some() {
+                        Reply::Error { message: "this connection is subscribed already".into() }
+                    } else {
+                        match self.resubscribe(cursor as usize, lossless, released) {
+                            Ok((sub, reply)) => {
+                                let Ok(fd) = self.region.read_only_fd() else {
+                                    sub.end(&self.region);
+                                    break;
                                 };
                                 let sent = conn.send_with_fds(&reply, &[fd.as_fd()]);
                                 subscription = Some(sub);
@@ -302,6 +358,33 @@ impl Supervisor {
         Ok((Subscriber { index, gate }, reply))
     }
 
+    /// A subscriber of the supervisor that died takes back the consumer line held for it (see
+    /// `SUBSCRIPTION_HOLD`), releasing what it released meanwhile.
+    fn resubscribe(&self, index: usize, lossless: bool, released: u64) -> anyhow::Result<(Subscriber<'_>, Reply)> {
+        anyhow::ensure!(!self.shutting_down(), "the pipeline is shutting down");
+        {
+            let mut g = self.lock();
+            let held = g.held_subscriptions.iter().position(|&(i, _)| i == index);
+            let Some(at) = held else {
+                anyhow::bail!("consumer line {index} is not held for a subscriber (it was freed); subscribe again");
+            };
+            g.held_subscriptions.remove(at);
+        }
+        let ring = self.region.ring(FRAME_RING)?;
+        let (committed, mode, _) = ring.consumer_state(index)?;
+        let gate = if lossless && mode == shm_protocol::layout::ConsumerMode::Gating {
+            Some(ring.consumer(index)?)
+        } else {
+            None
+        };
+        ring.set_wake_always(index, true)?;
+        let mut sub = Subscriber { index, gate };
+        // Never back: a gate only moves forward.
+        sub.release(released.max(committed));
+        tracing::info!(cursor = index, lossless, "subscriber came back");
+        Ok((sub, Reply::Subscribed { cursor: index as u32, next_seq: committed.max(released), lossless }))
+    }
+
     /// Answers one client request.
     pub fn handle(&self, req: Request) -> Reply {
         match req {
@@ -335,6 +418,8 @@ impl Supervisor {
                 Err(e) => Reply::Error { message: format!("{e:#}") },
             },
             Request::Hello { .. }
+            | Request::Rejoin { .. }
+            | Request::Resubscribe { .. }
             | Request::Ready
             | Request::Subscribe { .. }
             | Request::Release { .. }

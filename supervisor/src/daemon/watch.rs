@@ -1,6 +1,6 @@
 //! Watching the stages: starting them, noticing deaths, restarting within the budget, killing hung ones, and
-//! stopping them in order at shutdown. All from one thread: `PR_SET_PDEATHSIG` ties a child to the thread that
-//! forked it.
+//! stopping them in order at shutdown. All from one thread. Stages adopted from a supervisor that died are
+//! watched the same way, through their pidfds (they are not this process's children).
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,7 +37,11 @@ impl Supervisor {
         let mut pidfds: [Option<OwnedFd>; 3] = Default::default();
         let mut progress: [Progress; 3] = Default::default();
         for st in Stage::ALL {
-            pidfds[st as usize] = self.start(st);
+            let adopted = self.lock().stages[st as usize].state.adopted_pidfd();
+            pidfds[st as usize] = match adopted {
+                Some(fd) => Some(fd),
+                None => self.start(st),
+            };
         }
         while !self.shutting_down() {
             if stop_flag.load(Ordering::Relaxed) {
@@ -53,6 +57,7 @@ impl Supervisor {
             }
             self.check_hangs(&mut progress);
             self.sample_rates();
+            self.drop_held_subscriptions();
         }
         self.stop_all();
     }
@@ -158,6 +163,7 @@ impl Supervisor {
         // receiving"); the supervisor only clears it when the stage dies.
         self.area().stage(st).starts.fetch_add(1, Ordering::Relaxed);
         tracing::info!(stage = st.name(), pid, "stage started");
+        self.record_pipeline();
         pidfd
     }
 
@@ -249,14 +255,13 @@ impl Supervisor {
         if let Some(c) = &conn {
             let _ = c.send(&StageCommand::Shutdown { why: StopReason::PipelineShutdown });
         } else {
-            let _ =
-                rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM);
+            child.terminate();
         }
         let t = Instant::now();
         loop {
             match child.try_wait() {
                 Ok(Some(st_)) => {
-                    tracing::info!(stage = st.name(), "stage {}", stages::describe_exit(st_));
+                    tracing::info!(stage = st.name(), "stage {}", st_.describe());
                     break;
                 }
                 Ok(None) if t.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(5)),
@@ -269,6 +274,28 @@ impl Supervisor {
             }
         }
         self.area().stage(st).pid.store(0, Ordering::Relaxed);
+    }
+
+    /// Lets go of the consumer lines held for the subscribers of a dead supervisor that did not come back within
+    /// [`super::SUBSCRIPTION_HOLD`]: a gate nobody advances must not hold the pipeline.
+    fn drop_held_subscriptions(&self) {
+        let mut g = self.lock();
+        if g.held_subscriptions.is_empty() {
+            return;
+        }
+        let Ok(ring) = self.region.ring(FRAME_RING) else { return };
+        g.held_subscriptions.retain(|&(index, since)| {
+            if since.elapsed() < super::SUBSCRIPTION_HOLD {
+                return true;
+            }
+            tracing::warn!(
+                cursor = index,
+                "a subscriber of the previous supervisor did not come back; its line is freed"
+            );
+            let _ = ring.set_wake_always(index, false);
+            let _ = ring.release_consumer(index);
+            false
+        });
     }
 
     /// Writes in place of a writer that is gone, until `run` turns false, then drains: the writer crate's loop
