@@ -299,7 +299,10 @@ impl Files<'_> {
             crate::baseline::remove(o.out.path());
         }
         tracing::error!(acquisition = rec.id.load(Ordering::Relaxed), error = msg, "acquisition failed");
-        rec.claim_end(reason, &msg);
+        if !rec.claim_end(reason, &msg) {
+            // Every frame came (complete), but the file failed: an ending that says "complete" would mislead.
+            rec.overrule_complete(reason);
+        }
         // SAFETY: the writer is the only process that writes an acquisition's error.
         unsafe { rec.fail(&msg) };
         self.area.writer.failed.fetch_add(1, Ordering::Relaxed);

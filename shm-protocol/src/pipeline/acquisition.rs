@@ -367,6 +367,18 @@ impl AcquisitionRecord {
         self.end_reason.store(EndReason::Complete as u32, Ordering::Release);
     }
 
+    /// The writer, failing an acquisition whose frames had all come (`complete` recorded) but whose file could
+    /// not be finished: it did not end complete, so `reason` replaces it (the error says why). Any other recorded
+    /// reason (stopped, stream idle, …) stays: it says why the frames ended, the error why the file failed.
+    pub fn overrule_complete(&self, reason: EndReason) {
+        let _ = self.end_reason.compare_exchange(
+            EndReason::Complete as u32,
+            reason as u32,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    }
+
     /// Records why the acquisition failed (truncated to [`MAX_ERROR`] bytes) and sets the state to
     /// [`AcquisitionState::Failed`].
     ///
@@ -484,8 +496,14 @@ mod tests {
         assert!(rec.claim_end(EndReason::StreamIdle, "no frame for 5 s"));
         assert!(!rec.claim_end(EndReason::Shutdown, "shutdown"));
         assert_eq!((rec.end_reason(), rec.reason()), (Some(EndReason::StreamIdle), "no frame for 5 s".into()));
+        // A file that fails does not overrule why the frames ended…
+        rec.overrule_complete(EndReason::DiskFull);
+        assert_eq!(rec.end_reason(), Some(EndReason::StreamIdle));
         rec.settle_complete();
         assert_eq!(rec.end_reason(), Some(EndReason::Complete));
+        // …but it does overrule "complete": a file that could not be finished did not end complete.
+        rec.overrule_complete(EndReason::DiskFull);
+        assert_eq!(rec.end_reason(), Some(EndReason::DiskFull));
         // SAFETY: the record is ours alone.
         unsafe { rec.arm(2, 10, SyncMode::Immediate, Compression::Bslz4, "/d/b.npy", 0) };
         assert_eq!((rec.end_reason(), rec.reason()), (None, String::new()));
