@@ -30,6 +30,7 @@ pub fn writer_seconds(dir: &Path, frames: u64) -> anyhow::Result<f64> {
         frame_cursors: rings.frame_cursors,
         fill_value: rings.fill_value,
         invalid_reasons: k2::IS.invalid_reasons(),
+        placement: Default::default(),
     };
     let region = sizes.create_region()?;
     let area = pipeline::pipeline_area(&region)?;

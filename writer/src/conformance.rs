@@ -103,7 +103,7 @@ fn fail(format: &'static dyn OutputFormat, check: &'static str, detail: impl std
 }
 
 fn plan(frames: u64) -> Plan {
-    Plan { shape: SHAPE, frames, direct_io: true }
+    Plan { shape: SHAPE, frames, direct_io: true, placement: Default::default() }
 }
 
 /// The output path of the checks in `dir`, with the format's first extension.
@@ -341,6 +341,7 @@ pub fn output_with_sidecar(format: &'static dyn OutputFormat, dir: &Path) -> Res
             shape: [3, SHAPE.rows, SHAPE.cols],
             dtype: "uint16".into(),
             fill_value: 0,
+            placement: None,
             counters: Default::default(),
             frame_list: frames,
         }

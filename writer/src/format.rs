@@ -40,6 +40,10 @@ pub struct Plan {
     pub frames: u64,
     /// Try `O_DIRECT` writes (a format may ignore it).
     pub direct_io: bool,
+    /// Where the frames lie in the whole detector's frame, for a format's metadata (a pipeline that takes some
+    /// of the detector's streams writes part of each frame; `ringdaq stitch` puts the parts together). All zero
+    /// (the default): whole frames.
+    pub placement: shm_protocol::pipeline::Placement,
 }
 
 impl Plan {

@@ -64,7 +64,7 @@ pub enum PreflightError {
 /// Bytes the files of an acquisition of `frames` frames of `shape` into `path` take at most on disk: the
 /// format's file, the frame journal and the sidecar (they exist together while the file is finished).
 pub fn bytes_needed(path: &Path, shape: FrameShape, frames: u64) -> Result<u64, FormatError> {
-    let plan = Plan { shape, frames, direct_io: false };
+    let plan = Plan { shape, frames, direct_io: false, placement: Default::default() };
     let per_frame = JOURNAL_BYTES_PER_FRAME + SIDECAR_BYTES_PER_FRAME;
     Ok(format::for_path(path)?
         .file_bytes(&plan)

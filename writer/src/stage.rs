@@ -62,6 +62,8 @@ struct Files<'r> {
     cfg: WriterConfig,
     shape: FrameShape,
     frame_bytes: usize,
+    /// Where the frames lie in the whole detector's frame (recorded in every file).
+    placement: shm_protocol::pipeline::Placement,
     open: Option<OpenAcquisition>,
 }
 
@@ -72,7 +74,8 @@ impl<'r> Writer<'r> {
         let g = region.header().geometry;
         let frames = region.ring(FRAME_RING)?.consumer(WRITER_CURSOR)?;
         let shape = FrameShape { rows: g.frame_rows.into(), cols: g.frame_cols.into() };
-        let files = Files { area, cfg, shape, frame_bytes: shape.frame_bytes() as usize, open: None };
+        let placement = area.placement.or_whole(shape.rows, shape.cols);
+        let files = Files { area, cfg, shape, frame_bytes: shape.frame_bytes() as usize, placement, open: None };
         Ok(Self { frames, files })
     }
 
@@ -204,7 +207,8 @@ impl Files<'_> {
         // A continuous acquisition's file starts with one step, or, reopened after a restart, the steps that hold
         // the frames written so far (the next frame grows it again).
         let planned = if continuous { self.grow_cover(rec.written.load(Ordering::Acquire)) } else { requested };
-        let plan = Plan { shape: self.shape, frames: planned, direct_io: self.cfg.direct_io };
+        let plan =
+            Plan { shape: self.shape, frames: planned, direct_io: self.cfg.direct_io, placement: self.placement };
         let out = Output::open(&path, &plan, resume)?;
         if resume {
             tracing::info!(acquisition = id, path = %path.display(), "file reopened after a restart");
@@ -337,6 +341,7 @@ impl Files<'_> {
                 shape: [n, shape.rows, shape.cols],
                 dtype: "uint16".into(),
                 fill_value: self.area.params.fill_value,
+                placement: Some((&self.placement).into()),
                 counters: crate::baseline::since_start(&o_path, self.area.counters()),
                 frame_list,
             }

@@ -230,7 +230,7 @@ mod tests {
         for direct_io in [true, false] {
             for n in [FRAMES, 2, 0] {
                 let path = dir.path().join(format!("{direct_io}-{n}.npy"));
-                let plan = Plan { shape: SHAPE, frames: FRAMES, direct_io };
+                let plan = Plan { shape: SHAPE, frames: FRAMES, direct_io, placement: Default::default() };
                 let mut f = Npy.create(&path, &plan).unwrap();
                 assert_eq!(f.temp_path(), with_suffix(&path, ".partial"));
                 for i in (0..n).rev() {
@@ -250,7 +250,9 @@ mod tests {
     fn a_frame_that_does_not_fit_is_refused() {
         let dir = TempDir::new("npy-refused").unwrap();
         let path = dir.path().join("x.npy");
-        let mut f = Npy.create(&path, &Plan { shape: SHAPE, frames: 2, direct_io: false }).unwrap();
+        let mut f = Npy
+            .create(&path, &Plan { shape: SHAPE, frames: 2, direct_io: false, placement: Default::default() })
+            .unwrap();
         let px = vec![0u8; SHAPE.frame_bytes() as usize];
         assert!(f.write_frame(2, &px).is_err());
         assert!(f.write_frame(0, &px[1..]).is_err());

@@ -1,0 +1,93 @@
+//! Scale-out: several pipelines share one detector, each taking some of its sectors (`--sectors`), on one port
+//! base; each writes its part of every frame with the part's placement; the parts put side by side are the
+//! frames the detector sent.
+//!
+//! The tests of this file run real pipelines on the machine's two cores, so they run one at a time.
+
+use std::time::Duration;
+
+use detector::k2;
+use ringdaq_tests::pipeline::{Acquired, Pipeline, expected_frames};
+use ringdaq_tests::{bin_path, free_udp_port_base};
+use shm_protocol::messages::SyncMode;
+
+/// Frames each part acquires.
+const FRAMES: u64 = 12;
+/// The simulator's first frame id, and the frame from which it sets the sync flag.
+const FIRST_ID: u32 = 500;
+const SYNC_AT: u64 = 4;
+
+/// The columns `cols` of every row of `frame` (rows × `width` pixels).
+fn columns(frame: &[u16], width: usize, cols: std::ops::Range<usize>) -> Vec<u16> {
+    frame.chunks_exact(width).flat_map(|row| row[cols.clone()].iter().copied()).collect()
+}
+
+/// Two pipelines on one port base, sectors 0-3 and 4-7, one simulator stream to all 8 ports; both arm an
+/// acquisition that starts at the sync flag, so both hold the same frames. Each part is its half of the columns
+/// of the frames sent, complete, and its sidecar says where it lies.
+#[test]
+fn two_pipelines_take_half_a_k2_each() {
+    let _g = ringdaq_tests::serial();
+    let port_base = free_udp_port_base(8);
+    let left = Pipeline::start_on_ports(port_base, "sectors = \"0-3\"\n");
+    let right = Pipeline::start_on_ports(port_base, "sectors = [4, 5, 6, 7]\n");
+    let (id_l, path_l) = left.acquire(FRAMES, "left.npy", SyncMode::Flag);
+    let (id_r, path_r) = right.acquire(FRAMES, "right.npy", SyncMode::Flag);
+    let mut sim = left.sim_config(FRAMES + SYNC_AT + 4, 100.0);
+    sim.first_frame_id = FIRST_ID;
+    sim.sync_at = Some(SYNC_AT);
+    left.simulate(sim);
+    let (st_l, st_r) = (left.wait(id_l, Duration::from_secs(60)), right.wait(id_r, Duration::from_secs(60)));
+    assert_eq!((st_l.state.as_str(), st_r.state.as_str()), ("done", "done"), "{st_l:?} {st_r:?}");
+    let expected = expected_frames(k2::IS);
+    let (rows, width) = (k2::IS.rows(), k2::IS.cols());
+    for (path, half, first_col) in [(&path_l, 0usize, 0u64), (&path_r, 1, 1024)] {
+        let a = Acquired::read(path);
+        assert_eq!(a.shape, [FRAMES, rows as u64, 1024], "{}", path.display());
+        assert_eq!(a.sidecar.complete_frames, FRAMES, "only the part's blocks make a frame complete");
+        for (i, m) in a.sidecar.frame_list.iter().enumerate() {
+            let id = FIRST_ID + SYNC_AT as u32 + i as u32;
+            assert_eq!(m.frame_id, id, "frame {i} of {}", path.display());
+            let v = (id % detector::pattern::PATTERN_PERIOD) as usize;
+            let want = columns(&expected[v], width, half * 1024..(half + 1) * 1024);
+            assert!(
+                a.frame(i) == want.as_slice(),
+                "frame {i} of {} differs from its columns of the sent frame",
+                path.display()
+            );
+        }
+        let p = a.sidecar.placement.expect("the sidecar records the placement");
+        assert_eq!((p.full_shape, p.detector_streams), ([rows as u64, width as u64], 8));
+        assert_eq!(p.streams, (half as u32 * 4..half as u32 * 4 + 4).collect::<Vec<_>>());
+        assert_eq!(p.rects, [[0, 0, 0, first_col, rows as u64, 1024]]);
+    }
+    // Each bound only its own four ports: no datagram of the other half reached it.
+    for p in [&left, &right] {
+        let c = p.counters();
+        assert_eq!(c["assembler.invalid.geometry"], 0, "no datagram of another sector was taken");
+    }
+    assert!(left.shutdown());
+    assert!(right.shutdown());
+}
+
+/// `--sectors` that the detector does not have are refused before anything is created, with the reason.
+#[test]
+fn sectors_the_detector_lacks_are_refused() {
+    let dir = ringdaq_tests::TempDir::new("sectors").expect("temp dir");
+    for (args, why) in [
+        (vec!["--sectors", "4-8"], "sector 8 does not exist: is has sectors 0-7"),
+        (vec!["--sectors", "3-1"], "runs backwards"),
+        (vec!["--sectors", "x"], "is not a list of sectors"),
+        (vec!["--detector", "jungfrau", "--modules", "2", "--sectors", "2"], "jungfrau-2 has sectors 0-1"),
+    ] {
+        let out = std::process::Command::new(bin_path("ringdaq"))
+            .arg("--runtime-dir")
+            .arg(dir.path().join("rt"))
+            .args(["run", "--port-base", &free_udp_port_base(8).to_string()])
+            .args(&args)
+            .output()
+            .expect("ringdaq run");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(why), "{args:?}: {err}");
+    }
+}
