@@ -8,6 +8,7 @@ use serde::Serialize;
 use shm_protocol::pipeline::EndReason;
 
 use crate::format::{FormatError, with_suffix};
+pub use crate::placement::PartPlacement;
 
 /// Per-frame entry of the sidecar.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -68,33 +69,6 @@ pub struct Sidecar {
     pub counters: std::collections::BTreeMap<String, u64>,
     /// One entry per frame, by index.
     pub frame_list: Vec<FrameMeta>,
-}
-
-/// Where a file's frames lie in the whole detector's frame: all of it, or, for a pipeline that takes some of the
-/// detector's streams (`ringdaq run --sectors`), the rectangles of its part.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct PartPlacement {
-    /// Rows and columns of the whole detector's frame.
-    pub full_shape: [u64; 2],
-    /// Streams (sectors, modules) of the whole detector (0: not recorded).
-    pub detector_streams: u64,
-    /// The streams this file's pipeline took (empty: not recorded, the whole detector).
-    pub streams: Vec<u32>,
-    /// Rectangles `[row, col, full_row, full_col, rows, cols]`: rows `row .. row + rows` and columns
-    /// `col .. col + cols` of a frame in this file are rows `full_row ..` and columns `full_col ..` of the whole
-    /// frame.
-    pub rects: Vec<[u64; 6]>,
-}
-
-impl From<&shm_protocol::pipeline::Placement> for PartPlacement {
-    fn from(p: &shm_protocol::pipeline::Placement) -> Self {
-        Self {
-            full_shape: [p.full_rows.into(), p.full_cols.into()],
-            detector_streams: p.detector_streams.into(),
-            streams: p.streams(),
-            rects: p.rect_numbers(),
-        }
-    }
 }
 
 impl Sidecar {
