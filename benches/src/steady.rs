@@ -82,6 +82,7 @@ pub fn measure(
                 frames: acquire,
                 path: path.to_string_lossy().into_owned(),
                 sync: SyncMode::Immediate,
+                compression: Default::default(),
             })? {
                 Reply::Armed { id } => id,
                 other => anyhow::bail!("acquire: {other:?}"),

@@ -14,8 +14,8 @@ use anyhow::Context;
 use assembler::acquisition::{self, Assignment};
 use detector::k2;
 use shm_protocol::pipeline::{
-    self, AcquisitionState, FRAME_COMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader, MAX_BLOCKS_PER_FRAME,
-    PipelineSizes, SyncMode,
+    self, AcquisitionState, Compression, FRAME_COMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader,
+    MAX_BLOCKS_PER_FRAME, PipelineSizes, SyncMode,
 };
 
 /// Seconds the writer took for `frames` IS frames into a file in `dir`: from the first frame published to the
@@ -51,7 +51,7 @@ pub fn writer_seconds(dir: &Path, frames: u64) -> anyhow::Result<f64> {
     let id = 1;
     let rec = area.acquisition(id);
     // SAFETY: this process is the only "supervisor" of this region, and the record has never been used.
-    unsafe { rec.arm(id, frames, SyncMode::Immediate, &path.to_string_lossy(), 0) };
+    unsafe { rec.arm(id, frames, SyncMode::Immediate, Compression::None, &path.to_string_lossy(), 0) };
     area.active_acquisition.store(id, Ordering::Release);
 
     let stop = AtomicBool::new(false);

@@ -8,8 +8,8 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use shm_protocol::control::Connection;
 use shm_protocol::messages::{
-    AcquisitionState, AcquisitionStatus, CONTINUOUS, EndReason, PROTOCOL_VERSION, Reply, Request, Role, StatusReport,
-    SyncMode,
+    AcquisitionState, AcquisitionStatus, CONTINUOUS, Compression, EndReason, PROTOCOL_VERSION, Reply, Request, Role,
+    StatusReport, SyncMode,
 };
 
 use crate::config;
@@ -50,6 +50,15 @@ pub enum SyncArg {
     Flag,
 }
 
+/// `--compression` values.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum CompressionArg {
+    /// Frames as they are.
+    None,
+    /// Bitshuffle + LZ4 (HDF5 filter 32008; h5py reads it with hdf5plugin). `.h5` only.
+    Bslz4,
+}
+
 /// Options of `ringdaq acquire`.
 #[derive(Debug, Clone, Args)]
 pub struct AcquireArgs {
@@ -57,9 +66,12 @@ pub struct AcquireArgs {
     /// steps).
     #[arg(long)]
     pub frames: Option<u64>,
-    /// Output .npy file (its sidecar is the same path with .json).
+    /// Output file, .npy or .h5 (the extension chooses the format; its sidecar is the same path with .json).
     #[arg(long)]
     pub out: PathBuf,
+    /// How frames are stored: `bslz4` (bitshuffle + LZ4) needs an .h5 output.
+    #[arg(long, value_enum, default_value = "none")]
+    pub compression: CompressionArg,
     /// When frame 0 is.
     #[arg(long, value_enum, default_value = "immediate")]
     pub sync: SyncArg,
@@ -78,7 +90,11 @@ pub fn acquire(runtime_dir: &Path, a: &AcquireArgs) -> anyhow::Result<()> {
     };
     let mut conn = connect(runtime_dir)?;
     let frames = a.frames.unwrap_or(CONTINUOUS);
-    let req = Request::Acquire { frames, path: path.display().to_string(), sync };
+    let compression = match a.compression {
+        CompressionArg::None => Compression::None,
+        CompressionArg::Bslz4 => Compression::Bslz4,
+    };
+    let req = Request::Acquire { frames, path: path.display().to_string(), sync, compression };
     let Reply::Armed { id } = call(&mut conn, req)? else { bail!("unexpected reply to acquire") };
     match a.frames {
         Some(n) => eprintln!("acquisition {id} armed: {n} frames to {}", path.display()),

@@ -17,5 +17,6 @@ pub mod sim_cmd;
 pub mod sockets;
 pub mod stage_state;
 pub mod stages;
+pub mod stitch;
 pub mod tail_cmd;
 pub mod top_cmd;

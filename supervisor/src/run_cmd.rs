@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use detector::Format;
 use detector::sim::{SimConfig, SimReport, Simulator};
-use shm_protocol::messages::SyncMode;
+use shm_protocol::messages::{Compression, SyncMode};
 
 use crate::config::Config;
 use crate::daemon::Supervisor;
@@ -233,7 +233,7 @@ fn simulate(sup: &Arc<Supervisor>, args: &RunArgs, stop: &AtomicBool) -> anyhow:
     let dir = std::fs::canonicalize(&dir).with_context(|| format!("output directory {}", dir.display()))?;
     let name = format!("sim-{}.npy", shm_protocol::pipeline::now_ns() / 1_000_000);
     let path = dir.join(name);
-    let id = sup.arm(frames, &path.display().to_string(), SyncMode::Immediate)?;
+    let id = sup.arm(frames, &path.display().to_string(), SyncMode::Immediate, Compression::None)?;
     let started = Instant::now();
     let report = std::thread::scope(|s| -> anyhow::Result<SimReport> {
         let h = s.spawn(|| sim.run(&sim_stop));

@@ -189,3 +189,40 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner())
 }
+/// A small tmpfs mounted for the test, unmounted (lazily, whatever happens) when dropped.
+pub struct SmallFs(PathBuf);
+
+impl SmallFs {
+    /// Mounts a `size`-byte tmpfs at `dir`, or says why it cannot.
+    pub fn mount(dir: &Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "ringdaq-test"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Self(dir.to_owned()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        // A lazily unmounted file system lives on while a process still uses it (a stage dying with the
+        // supervisor); its mount point cannot be removed until then.
+        let _ = wait_for(Duration::from_secs(5), || std::fs::remove_dir(&self.0).ok());
+    }
+}
+
+/// Fills the file system at `dir` until it is full.
+pub fn fill(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("filler")).expect("filler");
+    let chunk = vec![0xEEu8; 1 << 16];
+    while f.write_all(&chunk).is_ok() {}
+    // The last partial page, byte by byte.
+    while f.write_all(&[0]).is_ok() {}
+}

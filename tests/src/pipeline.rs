@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use detector::sim::{SimConfig, SimReport, Simulator};
 use detector::{Format, k2};
-use shm_protocol::messages::{AcquisitionStatus, Reply, Request, StatusReport, SyncMode};
+use shm_protocol::messages::{AcquisitionStatus, Compression, Reply, Request, StatusReport, SyncMode};
 
 use crate::{ChildGuard, TempDir, bin_path, free_udp_port_base, wait_for};
 
@@ -147,8 +147,19 @@ impl Pipeline {
 
     /// Arms an acquisition into `<dir>/<name>` and returns its id and path.
     pub fn acquire(&self, frames: u64, name: &str, sync: SyncMode) -> (u64, PathBuf) {
+        self.acquire_compressed(frames, name, sync, Compression::None)
+    }
+
+    /// [`Pipeline::acquire`] with frames stored with `compression`.
+    pub fn acquire_compressed(
+        &self,
+        frames: u64,
+        name: &str,
+        sync: SyncMode,
+        compression: Compression,
+    ) -> (u64, PathBuf) {
         let path = self.dir.path().join(name);
-        match self.call(Request::Acquire { frames, path: path.display().to_string(), sync }) {
+        match self.call(Request::Acquire { frames, path: path.display().to_string(), sync, compression }) {
             Ok(Reply::Armed { id }) => (id, path),
             other => panic!("acquire failed: {other:?}\n{}", self.log()),
         }

@@ -59,7 +59,12 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let requests = [
         Request::Hello { protocol: PROTOCOL_VERSION, role: Role::Client },
         Request::Status,
-        Request::Acquire { frames: 100, path: "/tmp/x.npy".into(), sync: SyncMode::Flag },
+        Request::Acquire {
+            frames: 100,
+            path: "/tmp/x.npy".into(),
+            sync: SyncMode::Flag,
+            compression: Default::default(),
+        },
         Request::Subscribe { lossless: true },
         Request::Release { upto: 12345 },
     ];

@@ -261,6 +261,7 @@ fn stop_finishes_a_short_file_and_bad_requests_are_refused() {
         frames: 5,
         path: "relative.npy".into(),
         sync: SyncMode::Immediate,
+        compression: Default::default(),
     });
     assert!(rel.unwrap_err().to_string().contains("absolute"));
     let (id, path) = p.acquire(1000, "stopped.npy", SyncMode::Immediate);
@@ -268,6 +269,7 @@ fn stop_finishes_a_short_file_and_bad_requests_are_refused() {
         frames: 5,
         path: p.dir.path().join("x.npy").display().to_string(),
         sync: SyncMode::Immediate,
+        compression: Default::default(),
     });
     assert!(again.unwrap_err().to_string().contains("still running"));
     p.simulate(p.sim_config(30, 100.0));

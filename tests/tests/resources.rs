@@ -35,44 +35,6 @@ fn rings_larger_than_memory_are_refused_at_start_up() {
     assert!(log.contains("the rings need") && log.contains("MB are available"), "a clear message: {log}");
 }
 
-/// A small tmpfs mounted for the test, unmounted (lazily, whatever happens) when dropped.
-struct SmallFs(PathBuf);
-
-impl SmallFs {
-    /// Mounts a `size`-byte tmpfs at `dir`, or says why it cannot.
-    fn mount(dir: &Path, size: &str) -> Result<Self, String> {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "ringdaq-test"])
-            .arg(dir)
-            .output()
-            .map_err(|e| format!("running mount: {e}"))?;
-        if !out.status.success() {
-            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-        }
-        Ok(Self(dir.to_owned()))
-    }
-}
-
-impl Drop for SmallFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        // A lazily unmounted file system lives on while a process still uses it (a stage dying with the
-        // supervisor); its mount point cannot be removed until then.
-        let _ = ringdaq_tests::wait_for(Duration::from_secs(5), || std::fs::remove_dir(&self.0).ok());
-    }
-}
-
-/// Fills the file system at `dir` until it is full.
-fn fill(dir: &Path) {
-    use std::io::Write;
-    let mut f = std::fs::File::create(dir.join("filler")).expect("filler");
-    let chunk = vec![0xEEu8; 1 << 16];
-    while f.write_all(&chunk).is_ok() {}
-    // The last partial page, byte by byte.
-    while f.write_all(&[0]).is_ok() {}
-}
-
 #[test]
 fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
     let _g = ringdaq_tests::serial();
@@ -80,7 +42,7 @@ fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
     // is gone before its directory is removed (a busy mount point cannot be).
     let small = TempDir::new("smallfs").expect("temp dir");
     let mnt = small.path().join("small");
-    let _fs = match SmallFs::mount(&mnt, "64m") {
+    let _fs = match ringdaq_tests::SmallFs::mount(&mnt, "64m") {
         Ok(fs) => fs,
         Err(why) => {
             eprintln!("skipped: cannot mount a small tmpfs here ({why}); needs root");
@@ -92,6 +54,7 @@ fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
         frames,
         path: path.display().to_string(),
         sync: SyncMode::Immediate,
+        compression: Default::default(),
     }) {
         Ok(Reply::Armed { id }) => id,
         other => panic!("acquire: {other:?}"),
@@ -100,7 +63,12 @@ fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
     // 1. Too large from the start: 20 frames (152 MB) on 64 MB. Refused when armed, with the numbers; nothing
     // is created.
     let big = mnt.join("big.npy");
-    let refused = p.call(Request::Acquire { frames: 20, path: big.display().to_string(), sync: SyncMode::Immediate });
+    let refused = p.call(Request::Acquire {
+        frames: 20,
+        path: big.display().to_string(),
+        sync: SyncMode::Immediate,
+        compression: Default::default(),
+    });
     let err = refused.expect_err("refused when armed").to_string();
     assert!(err.contains("not enough space: needs 152 MB for 20 frames, ") && err.contains(" free on "), "{err}");
     assert!(std::fs::read_dir(&mnt).expect("dir").next().is_none(), "nothing left behind on the small disk");
@@ -108,7 +76,7 @@ fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
     // acquisition before any frame, and removes what it created.
     let early = mnt.join("early.npy");
     let id = acquire_into(6, &early);
-    fill(&mnt);
+    ringdaq_tests::fill(&mnt);
     p.simulate(p.sim_config(16, 100.0));
     let st = p.wait(id, Duration::from_secs(30));
     assert_eq!(st.state, "failed", "{st:?}");
@@ -134,7 +102,7 @@ fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
             (data >= 6 * 1860 * 2048 * 2 && jour >= 6 * 64).then_some(())
         });
         assert!(reserved.is_some(), "the writer reserved the space");
-        fill(&mnt);
+        ringdaq_tests::fill(&mnt);
         sim.join().expect("simulator");
     });
     let st = p.wait(id, Duration::from_secs(30));

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::format::{FormatError, FormatFile, FrameShape, OutputFormat, Plan};
+use crate::format::{Compression, FormatError, FormatFile, FrameShape, OutputFormat, Plan};
 use crate::output::{Output, temp_files};
 use crate::sidecar::{FrameMeta, Sidecar, sidecar_path};
 
@@ -26,8 +26,8 @@ pub const CHILD_ENV: &str = "RINGDAQ_WRITER_CONFORMANCE_CHILD";
 #[derive(Debug, thiserror::Error)]
 #[error("{format}: {check}: {detail}")]
 pub struct Failure {
-    /// The format checked.
-    pub format: &'static str,
+    /// The format checked (and its compression, if any: `hdf5+bslz4`).
+    pub format: String,
     /// The check.
     pub check: &'static str,
     /// What went wrong.
@@ -61,9 +61,14 @@ impl Drop for TempDir {
     }
 }
 
-/// Runs every check but [`kill_at_every_step`] on `format`, each in its own directory under `dir`.
+/// Runs every check but [`kill_at_every_step`] on `format` with each of its compressions, each in its own
+/// directory under `dir` (the check `grow` only on a format that [`OutputFormat::grows`]).
 pub fn check_all(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), Failure> {
-    type Check = fn(&'static dyn OutputFormat, &Path) -> Result<(), Failure>;
+    Subject::each(format).try_for_each(|s| check_subject(s, &dir.join(s.label())))
+}
+
+fn check_subject(format: Subject, dir: &Path) -> Result<(), Failure> {
+    type Check = fn(Subject, &Path) -> Result<(), Failure>;
     let checks: [(&str, Check); 7] = [
         ("write-read", write_and_read_back),
         ("short", short_finish),
@@ -74,6 +79,9 @@ pub fn check_all(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), Fa
         ("grow", grow),
     ];
     for (name, check) in checks {
+        if name == "grow" && !format.grows() {
+            continue;
+        }
         let sub = dir.join(name);
         std::fs::create_dir_all(&sub).map_err(|e| fail(format, "setup", e))?;
         check(format, &sub)?;
@@ -98,16 +106,51 @@ fn frame_bytes(index: u64, buf: &mut Vec<u8>) -> &[u8] {
     &buf[off..off + n]
 }
 
-fn fail(format: &'static dyn OutputFormat, check: &'static str, detail: impl std::fmt::Display) -> Failure {
-    Failure { format: format.name(), check, detail: detail.to_string() }
+fn fail(format: Subject, check: &'static str, detail: impl std::fmt::Display) -> Failure {
+    Failure { format: format.label(), check, detail: detail.to_string() }
 }
 
-fn plan(frames: u64) -> Plan {
-    Plan { shape: SHAPE, frames, direct_io: true, placement: Default::default() }
+/// A format with one of its compressions: what the checks check.
+#[derive(Clone, Copy)]
+pub struct Subject {
+    format: &'static dyn OutputFormat,
+    compression: Compression,
+}
+
+impl Subject {
+    /// `format` storing frames with `compression`.
+    pub fn new(format: &'static dyn OutputFormat, compression: Compression) -> Self {
+        Self { format, compression }
+    }
+
+    /// `format` with each of its compressions.
+    pub fn each(format: &'static dyn OutputFormat) -> impl Iterator<Item = Self> {
+        format.compressions().iter().map(move |&c| Self::new(format, c))
+    }
+
+    /// `npy`, `hdf5+bslz4`: the format's name and its compression but none.
+    pub fn label(&self) -> String {
+        match self.compression {
+            Compression::None => self.format.name().to_owned(),
+            c => format!("{}+{}", self.format.name(), c.as_str()),
+        }
+    }
+
+    fn plan(&self, frames: u64) -> Plan {
+        Plan { shape: SHAPE, frames, direct_io: true, compression: self.compression }
+    }
+}
+
+impl std::ops::Deref for Subject {
+    type Target = dyn OutputFormat;
+
+    fn deref(&self) -> &Self::Target {
+        self.format
+    }
 }
 
 /// The output path of the checks in `dir`, with the format's first extension.
-fn out_path(format: &dyn OutputFormat, dir: &Path) -> PathBuf {
+fn out_path(format: Subject, dir: &Path) -> PathBuf {
     dir.join(format!("out.{}", format.extensions().first().copied().unwrap_or("out")))
 }
 
@@ -117,7 +160,7 @@ fn write(file: &mut dyn FormatFile, indices: impl IntoIterator<Item = u64>) -> R
 }
 
 /// Checks that `path` reads back as frames `0..frames` of the checks.
-fn check_read(format: &'static dyn OutputFormat, check: &'static str, path: &Path, frames: u64) -> Result<(), Failure> {
+fn check_read(format: Subject, check: &'static str, path: &Path, frames: u64) -> Result<(), Failure> {
     let back = format.read(path).map_err(|e| fail(format, check, e))?;
     if back.shape != [frames, SHAPE.rows, SHAPE.cols] {
         return Err(fail(
@@ -136,7 +179,7 @@ fn check_read(format: &'static dyn OutputFormat, check: &'static str, path: &Pat
 
 /// Writes frames `order` of a plan of `planned` into a new file in `dir`, finishes it with `finish` frames.
 fn write_file(
-    format: &'static dyn OutputFormat,
+    format: Subject,
     check: &'static str,
     dir: &Path,
     planned: u64,
@@ -145,28 +188,23 @@ fn write_file(
 ) -> Result<PathBuf, Failure> {
     std::fs::create_dir_all(dir).map_err(|e| fail(format, check, e))?;
     let path = out_path(format, dir);
-    let mut f = format.create(&path, &plan(planned)).map_err(|e| fail(format, check, e))?;
+    let mut f = format.create(&path, &format.plan(planned)).map_err(|e| fail(format, check, e))?;
     write(f.as_mut(), order.iter().copied()).map_err(|e| fail(format, check, e))?;
     f.finish(finish).and_then(|()| f.publish()).map_err(|e| fail(format, check, e))?;
     Ok(path)
 }
 
-fn read(format: &'static dyn OutputFormat, check: &'static str, path: &Path) -> Result<Vec<u8>, Failure> {
+fn read(format: Subject, check: &'static str, path: &Path) -> Result<Vec<u8>, Failure> {
     std::fs::read(path).map_err(|e| fail(format, check, format!("{}: {e}", path.display())))
 }
 
 /// The file of a run without incident: every planned frame, in order, finished with `finish` frames.
-fn reference(
-    format: &'static dyn OutputFormat,
-    check: &'static str,
-    dir: &Path,
-    finish: u64,
-) -> Result<Vec<u8>, Failure> {
+fn reference(format: Subject, check: &'static str, dir: &Path, finish: u64) -> Result<Vec<u8>, Failure> {
     let path = write_file(format, check, &dir.join("reference"), FRAMES, &(0..FRAMES).collect::<Vec<_>>(), finish)?;
     read(format, check, &path)
 }
 
-fn same(format: &'static dyn OutputFormat, check: &'static str, got: &[u8], want: &[u8]) -> Result<(), Failure> {
+fn same(format: Subject, check: &'static str, got: &[u8], want: &[u8]) -> Result<(), Failure> {
     if got == want {
         return Ok(());
     }
@@ -184,19 +222,19 @@ fn same(format: &'static dyn OutputFormat, check: &'static str, got: &[u8], want
 
 /// Frames written out of order all land at their place; the file reads back whole. Its size is what
 /// [`OutputFormat::file_bytes`] says (what `acquire` checks the file system has room for), at least the pixels.
-pub fn write_and_read_back(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), Failure> {
+pub fn write_and_read_back(format: Subject, dir: &Path) -> Result<(), Failure> {
     let path = write_file(format, "write and read back", dir, FRAMES, &[3, 0, 4, 1, 2], FRAMES)?;
     check_read(format, "write and read back", &path, FRAMES)?;
     let len = std::fs::metadata(&path).map_err(|e| fail(format, "write and read back", e))?.len();
-    let said = format.file_bytes(&plan(FRAMES));
-    if len > said || said < plan(FRAMES).pixel_bytes() {
+    let said = format.file_bytes(&format.plan(FRAMES));
+    if len > said || said < format.plan(FRAMES).pixel_bytes() {
         return Err(fail(format, "file size", format!("{len} bytes on disk, file_bytes says {said}")));
     }
     Ok(())
 }
 
 /// Finishing with fewer frames than planned (none, some) gives a valid file of just those frames.
-pub fn short_finish(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), Failure> {
+pub fn short_finish(format: Subject, dir: &Path) -> Result<(), Failure> {
     for n in [0, 2, FRAMES - 1] {
         let path =
             write_file(format, "short finish", &dir.join(n.to_string()), FRAMES, &(0..n).collect::<Vec<_>>(), n)?;
@@ -206,7 +244,7 @@ pub fn short_finish(format: &'static dyn OutputFormat, dir: &Path) -> Result<(),
 }
 
 /// Writing frames again (each one twice, some three times) leaves the same bytes as writing them once.
-pub fn idempotent_rewrite(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), Failure> {
+pub fn idempotent_rewrite(format: Subject, dir: &Path) -> Result<(), Failure> {
     let want = reference(format, "idempotent rewrite", dir, FRAMES)?;
     let order = [0, 1, 1, 2, 0, 3, 4, 2, 3, 4, 4];
     let path = write_file(format, "idempotent rewrite", &dir.join("again"), FRAMES, &order, FRAMES)?;
@@ -215,22 +253,22 @@ pub fn idempotent_rewrite(format: &'static dyn OutputFormat, dir: &Path) -> Resu
 
 /// A file abandoned without a finish (the writer died) is reopened and written on; so is one whose finish with
 /// fewer frames was done but not its publication. The result is the file of a run without incident.
-pub fn resume(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), Failure> {
+pub fn resume(format: Subject, dir: &Path) -> Result<(), Failure> {
     const CHECK: &str = "resume";
     for finish in [FRAMES, 2] {
         let want = reference(format, CHECK, dir, finish)?;
         let sub = dir.join(format!("resumed-{finish}"));
         std::fs::create_dir_all(&sub).map_err(|e| fail(format, CHECK, e))?;
         let path = out_path(format, &sub);
-        let mut f = format.create(&path, &plan(FRAMES)).map_err(|e| fail(format, CHECK, e))?;
+        let mut f = format.create(&path, &format.plan(FRAMES)).map_err(|e| fail(format, CHECK, e))?;
         write(f.as_mut(), 0..3).map_err(|e| fail(format, CHECK, e))?;
         drop(f);
-        let mut f = format.resume(&path, &plan(FRAMES)).map_err(|e| fail(format, CHECK, e))?;
+        let mut f = format.resume(&path, &format.plan(FRAMES)).map_err(|e| fail(format, CHECK, e))?;
         write(f.as_mut(), 2..FRAMES).map_err(|e| fail(format, CHECK, e))?;
         f.finish(finish).map_err(|e| fail(format, CHECK, e))?;
         drop(f);
         // Died between finishing and publishing: a restarted writer reopens and finishes again.
-        let mut f = format.resume(&path, &plan(FRAMES)).map_err(|e| fail(format, CHECK, e))?;
+        let mut f = format.resume(&path, &format.plan(FRAMES)).map_err(|e| fail(format, CHECK, e))?;
         f.finish(finish).and_then(|()| f.publish()).map_err(|e| fail(format, CHECK, e))?;
         same(format, CHECK, &read(format, CHECK, &path)?, &want)?;
     }
@@ -239,20 +277,20 @@ pub fn resume(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), Failu
 
 /// A file grown in steps (a continuous acquisition) holds every frame written before and after each step, reads
 /// as what it holds when finished short of its room, and is the same after a kill and resume between steps.
-pub fn grow(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), Failure> {
+pub fn grow(format: Subject, dir: &Path) -> Result<(), Failure> {
     const CHECK: &str = "grow";
     let path = write_file(format, CHECK, &dir.join("reference"), FRAMES, &(0..FRAMES).collect::<Vec<_>>(), FRAMES)?;
     let want = read(format, CHECK, &path)?;
     let sub = dir.join("grown");
     std::fs::create_dir_all(&sub).map_err(|e| fail(format, CHECK, e))?;
     let path = out_path(format, &sub);
-    let mut f = format.create(&path, &plan(2)).map_err(|e| fail(format, CHECK, e))?;
+    let mut f = format.create(&path, &format.plan(2)).map_err(|e| fail(format, CHECK, e))?;
     write(f.as_mut(), 0..2).map_err(|e| fail(format, CHECK, e))?;
     f.grow(4).map_err(|e| fail(format, CHECK, e))?;
     write(f.as_mut(), 2..4).map_err(|e| fail(format, CHECK, e))?;
     drop(f);
     // Killed after the step: reopened for the room it had, then grown past it.
-    let mut f = format.resume(&path, &plan(4)).map_err(|e| fail(format, CHECK, e))?;
+    let mut f = format.resume(&path, &format.plan(4)).map_err(|e| fail(format, CHECK, e))?;
     f.grow(FRAMES + 3).map_err(|e| fail(format, CHECK, e))?;
     write(f.as_mut(), 3..FRAMES).map_err(|e| fail(format, CHECK, e))?;
     f.finish(FRAMES).and_then(|()| f.publish()).map_err(|e| fail(format, CHECK, e))?;
@@ -267,14 +305,14 @@ fn listing(dir: &Path) -> std::io::Result<BTreeSet<PathBuf>> {
 
 /// The format's temporary files are exactly the files that exist while the acquisition is written, and none of
 /// them is left after it is published.
-pub fn temp_names(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), Failure> {
+pub fn temp_names(format: Subject, dir: &Path) -> Result<(), Failure> {
     const CHECK: &str = "temporary names";
     let path = out_path(format, dir);
     let temps: BTreeSet<PathBuf> = format.temp_files(&path).into_iter().collect();
     if temps.is_empty() || temps.contains(&path) {
         return Err(fail(format, CHECK, format!("{temps:?} for {}", path.display())));
     }
-    let mut f = format.create(&path, &plan(FRAMES)).map_err(|e| fail(format, CHECK, e))?;
+    let mut f = format.create(&path, &format.plan(FRAMES)).map_err(|e| fail(format, CHECK, e))?;
     let during = listing(dir).map_err(|e| fail(format, CHECK, e))?;
     if during != temps {
         return Err(fail(format, CHECK, format!("listed {temps:?}, but {during:?} exist after create")));
@@ -302,11 +340,11 @@ pub fn temp_names(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), F
 
 /// Through [`Output`] (journal and sidecar included): [`temp_files`] lists every file that exists during the
 /// acquisition, none is left after it, and the sidecar describes the frames written.
-pub fn output_with_sidecar(format: &'static dyn OutputFormat, dir: &Path) -> Result<(), Failure> {
+pub fn output_with_sidecar(format: Subject, dir: &Path) -> Result<(), Failure> {
     const CHECK: &str = "output";
     let path = out_path(format, dir);
     let listed: BTreeSet<PathBuf> = temp_files(&path).map_err(|e| fail(format, CHECK, e))?.into_iter().collect();
-    let mut out = Output::open(&path, &plan(FRAMES), false).map_err(|e| fail(format, CHECK, e))?;
+    let mut out = Output::open(&path, &format.plan(FRAMES), false).map_err(|e| fail(format, CHECK, e))?;
     let during = listing(dir).map_err(|e| fail(format, CHECK, e))?;
     if !during.is_subset(&listed) || !Output::can_resume(&path) {
         return Err(fail(format, CHECK, format!("{during:?} exist, not all listed in {listed:?}")));
@@ -325,7 +363,7 @@ pub fn output_with_sidecar(format: &'static dyn OutputFormat, dir: &Path) -> Res
         out.write(&meta(i), frame_bytes(i, &mut buf)).map_err(|e| fail(format, CHECK, e))?;
     }
     let mut list = Vec::new();
-    out.finish(3, |frames| {
+    out.finish(3, 0, |frames| {
         list.clone_from(&frames);
         Sidecar {
             version: 1,
@@ -366,7 +404,7 @@ pub fn output_with_sidecar(format: &'static dyn OutputFormat, dir: &Path) -> Res
 /// The steps of an acquisition, in order: 0 creates, `1..=FRAMES` write frame `step - 1`, `FRAMES + 1`
 /// finishes with `finish` frames, `FRAMES + 2` publishes. Runs `steps` of them on `f` (opened for step 0).
 fn run_steps(
-    format: &'static dyn OutputFormat,
+    format: Subject,
     path: &Path,
     steps: std::ops::RangeInclusive<u64>,
     finish: u64,
@@ -376,7 +414,7 @@ fn run_steps(
     let mut buf = Vec::new();
     for step in steps {
         if step == 0 {
-            f = Some(format.create(path, &plan(FRAMES))?);
+            f = Some(format.create(path, &format.plan(FRAMES))?);
         } else if let Some(f) = f.as_mut() {
             match step {
                 s if s <= FRAMES => f.write_frame(s - 1, frame_bytes(s - 1, &mut buf))?,
@@ -391,7 +429,7 @@ fn run_steps(
 
 /// In the child of [`kill_at_every_step`] (told by [`CHILD_ENV`]), for `format`: runs the steps up to the
 /// given one and SIGKILLs itself. Returns at once otherwise.
-pub fn child_main(format: &'static dyn OutputFormat) {
+pub fn child_main(format: Subject) {
     let Ok(spec) = std::env::var(CHILD_ENV) else {
         return;
     };
@@ -401,7 +439,7 @@ pub fn child_main(format: &'static dyn OutputFormat) {
     else {
         return;
     };
-    if name != format.name() {
+    if name != format.label() {
         return;
     }
     let kill = |step| {
@@ -424,13 +462,17 @@ pub fn child_main(format: &'static dyn OutputFormat) {
 /// test binary run again on the test `test_name`, which must call this function before it creates anything (it
 /// plays the child there). In the child, returns only if it is the child for another format.
 pub fn kill_at_every_step(format: &'static dyn OutputFormat, test_name: &str) -> Result<(), Failure> {
+    Subject::each(format).try_for_each(|s| kill_subject_at_every_step(s, test_name))
+}
+
+fn kill_subject_at_every_step(format: Subject, test_name: &str) -> Result<(), Failure> {
     const CHECK: &str = "SIGKILL between two steps";
     if std::env::var_os(CHILD_ENV).is_some() {
         child_main(format);
         return Ok(());
     }
     // Made here, after the child has gone its way: a child is killed and would leave its own behind.
-    let tmp = TempDir::new(&format!("killed-{}", format.name())).map_err(|e| fail(format, CHECK, e))?;
+    let tmp = TempDir::new(&format!("killed-{}", format.label())).map_err(|e| fail(format, CHECK, e))?;
     let dir = tmp.path();
     let exe = std::env::current_exe().map_err(|e| fail(format, CHECK, e))?;
     for finish in [FRAMES, FRAMES - 2] {
@@ -441,7 +483,7 @@ pub fn kill_at_every_step(format: &'static dyn OutputFormat, test_name: &str) ->
             let path = out_path(format, &sub);
             let status = Command::new(&exe)
                 .args([test_name, "--exact", "--nocapture", "--test-threads=1"])
-                .env(CHILD_ENV, format!("{}\t{k}\t{finish}\t{}", format.name(), path.display()))
+                .env(CHILD_ENV, format!("{}\t{k}\t{finish}\t{}", format.label(), path.display()))
                 .stdout(std::process::Stdio::null())
                 .status()
                 .map_err(|e| fail(format, CHECK, format!("running {}: {e}", exe.display())))?;
@@ -456,7 +498,7 @@ pub fn kill_at_every_step(format: &'static dyn OutputFormat, test_name: &str) ->
                 return Err(fail(format, CHECK, format!("after step {k}: temporary files {temps:?}")));
             }
             if !published {
-                let f = format.resume(&path, &plan(FRAMES)).map_err(|e| fail(format, CHECK, e))?;
+                let f = format.resume(&path, &format.plan(FRAMES)).map_err(|e| fail(format, CHECK, e))?;
                 run_steps(format, &path, k.max(1)..=FRAMES + 2, finish, Some(f), |_| {})
                     .map_err(|e| fail(format, CHECK, format!("resuming after step {k}: {e}")))?;
             }

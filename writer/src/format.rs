@@ -12,7 +12,12 @@
 
 use std::path::{Path, PathBuf};
 
+pub use shm_protocol::pipeline::Compression;
+
+use crate::sidecar::Sidecar;
+
 // The formats. A new one is a module here and one entry in `FORMATS` below.
+pub mod hdf5;
 pub mod npy;
 
 /// The frames of an acquisition: `rows × cols` little-endian `u16` pixels each, C order.
@@ -40,10 +45,8 @@ pub struct Plan {
     pub frames: u64,
     /// Try `O_DIRECT` writes (a format may ignore it).
     pub direct_io: bool,
-    /// Where the frames lie in the whole detector's frame, for a format's metadata (a pipeline that takes some
-    /// of the detector's streams writes part of each frame; `ringdaq stitch` puts the parts together). All zero
-    /// (the default): whole frames.
-    pub placement: shm_protocol::pipeline::Placement,
+    /// How frames are stored; one of the format's [`OutputFormat::compressions`].
+    pub compression: Compression,
 }
 
 impl Plan {
@@ -140,6 +143,16 @@ pub trait OutputFormat: Sync {
 
     /// Reads a finished file back (for checks and tools).
     fn read(&self, path: &Path) -> Result<ReadBack, FormatError>;
+
+    /// The compressions this format can store frames with (the first is the default, none).
+    fn compressions(&self) -> &'static [Compression] {
+        &[Compression::None]
+    }
+
+    /// Whether a file of this format can grow ([`FormatFile::grow`]), as a continuous acquisition needs.
+    fn grows(&self) -> bool {
+        true
+    }
 }
 
 /// An acquisition's file while it is written, under its temporary name.
@@ -156,6 +169,17 @@ pub trait FormatFile: Send {
     /// Makes the file hold frames `0..frames` (fewer than planned: headers fixed, the rest cut off) and syncs
     /// it; it keeps its temporary name. Repeatable.
     fn finish(&mut self, frames: u64) -> Result<(), FormatError>;
+
+    /// What the sidecar says of the acquisition (per-frame metadata, counters, how it ended) and the detector
+    /// mode (the region's geometry), given before [`FormatFile::finish`], for a format that stores them in the file too (HDF5). Formats
+    /// that do not ignore it.
+    fn describe(&mut self, _sidecar: &Sidecar, _detector_mode: u32) {}
+
+    /// CPU time spent compressing (ns, all threads) and compressed bytes written, by this file since it was
+    /// opened; zeros for a format or file that does not compress.
+    fn compression_stats(&self) -> (u64, u64) {
+        (0, 0)
+    }
 
     /// Renames the finished file(s) to the final name.
     fn publish(&mut self) -> Result<(), FormatError>;
@@ -176,7 +200,7 @@ pub trait FormatFile: Send {
 }
 
 /// Every output format, in order of preference. A new format is registered here.
-static FORMATS: &[&dyn OutputFormat] = &[&npy::Npy];
+static FORMATS: &[&dyn OutputFormat] = &[&npy::Npy, &hdf5::Hdf5];
 
 /// The registered output formats.
 pub fn registry() -> &'static [&'static dyn OutputFormat] {
@@ -208,7 +232,7 @@ mod tests {
         assert_eq!(for_path(Path::new("/d/run.npy")).map(|f| f.name()).ok(), Some("npy"));
         assert_eq!(for_path(Path::new("/d/RUN.NPY")).map(|f| f.name()).ok(), Some("npy"));
         let err = for_path(Path::new("/d/run.tif")).err().map(|e| e.to_string()).unwrap_or_default();
-        assert_eq!(err, "/d/run.tif: no output format for extension \"tif\"; known: .npy");
+        assert_eq!(err, "/d/run.tif: no output format for extension \"tif\"; known: .npy, .h5, .hdf5, .nxs");
         let err = for_path(Path::new("/d/run")).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("extension \"\""), "{err}");
     }

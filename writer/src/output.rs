@@ -84,6 +84,11 @@ impl Output {
         self.file.is_direct()
     }
 
+    /// CPU time spent compressing (ns) and compressed bytes written since the file was opened.
+    pub fn compression_stats(&self) -> (u64, u64) {
+        self.file.compression_stats()
+    }
+
     /// Writes frame `meta.index` and its journal record; repeating it is harmless.
     pub fn write(&mut self, meta: &FrameMeta, pixels: &[u8]) -> Result<(), FormatError> {
         self.file.write_frame(meta.index, pixels)?;
@@ -92,11 +97,19 @@ impl Output {
         })
     }
 
-    /// Finishes the acquisition with `frames` frames: the file is fixed and synced, the sidecar (made by
-    /// `sidecar` from the journal's records) written, then the file renamed into place and the journal removed.
-    pub fn finish(&mut self, frames: u64, sidecar: impl FnOnce(Vec<FrameMeta>) -> Sidecar) -> Result<(), FormatError> {
+    /// Finishes the acquisition with `frames` frames: the file is fixed (given the sidecar, made by `sidecar`
+    /// from the journal's records, and the detector mode, for a format that stores them) and synced, the sidecar
+    /// written, then the file renamed into place and the journal removed.
+    pub fn finish(
+        &mut self,
+        frames: u64,
+        detector_mode: u32,
+        sidecar: impl FnOnce(Vec<FrameMeta>) -> Sidecar,
+    ) -> Result<(), FormatError> {
+        let side = sidecar(self.journal.read(frames));
+        self.file.describe(&side, detector_mode);
         self.file.finish(frames)?;
-        sidecar::write(&sidecar(self.journal.read(frames)), &self.path)?;
+        sidecar::write(&side, &self.path)?;
         self.file.publish()?;
         self.journal.remove();
         // The renames are durable once the directory is synced.
@@ -109,11 +122,22 @@ impl Output {
 
     /// On failure: keeps the first `frames` frames readable in the temporary file, and says where.
     pub fn keep(&mut self, frames: u64) -> String {
-        let _ = self.file.keep(frames);
-        format!(
-            "the first {frames} frames are kept in {} (a valid {})",
-            self.file.temp_path().display(),
-            self.format.kind()
-        )
+        match self.file.keep(frames) {
+            Ok(()) => format!(
+                "the first {frames} frames are kept in {} (a valid {})",
+                self.file.temp_path().display(),
+                self.format.kind()
+            ),
+            Err(e) => format!(
+                "the first {frames} frames could not be made a valid {} ({e}); what was written is left in {}",
+                self.format.kind(),
+                self.format
+                    .temp_files(&self.path)
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
     }
 }

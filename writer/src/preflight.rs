@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use shm_protocol::pipeline::CONTINUOUS;
 
-use crate::format::{self, FormatError, FrameShape, Plan};
+use crate::format::{self, Compression, FormatError, FrameShape, Plan};
 use crate::stage::GROW_BYTES;
 
 /// Bytes of the frame journal per frame (see `journal`), which exists until the sidecar is written.
@@ -21,6 +21,9 @@ pub enum PreflightError {
     /// No format writes the path's extension.
     #[error(transparent)]
     Format(#[from] FormatError),
+    /// The format cannot store frames so, or cannot grow its file for a continuous acquisition.
+    #[error("{0}")]
+    Unsupported(String),
     /// The directory cannot be written by the writer (the supervisor's user; it runs the writer).
     #[error("cannot write to {}: {source}", dir.display())]
     Unwritable {
@@ -63,8 +66,8 @@ pub enum PreflightError {
 
 /// Bytes the files of an acquisition of `frames` frames of `shape` into `path` take at most on disk: the
 /// format's file, the frame journal and the sidecar (they exist together while the file is finished).
-pub fn bytes_needed(path: &Path, shape: FrameShape, frames: u64) -> Result<u64, FormatError> {
-    let plan = Plan { shape, frames, direct_io: false, placement: Default::default() };
+pub fn bytes_needed(path: &Path, shape: FrameShape, frames: u64, compression: Compression) -> Result<u64, FormatError> {
+    let plan = Plan { shape, frames, direct_io: false, compression };
     let per_frame = JOURNAL_BYTES_PER_FRAME + SIDECAR_BYTES_PER_FRAME;
     Ok(format::for_path(path)?
         .file_bytes(&plan)
@@ -76,10 +79,27 @@ pub fn bytes_needed(path: &Path, shape: FrameShape, frames: u64) -> Result<u64, 
 /// be written: the directory is writable and its file system has room for all of it (a continuous one,
 /// `frames` = [`CONTINUOUS`]: for its first preallocation step, [`GROW_BYTES`] of frames). Returns the bytes
 /// needed.
-pub fn check(path: &Path, shape: FrameShape, frames: u64) -> Result<u64, PreflightError> {
+pub fn check(path: &Path, shape: FrameShape, frames: u64, compression: Compression) -> Result<u64, PreflightError> {
     let continuous = frames == CONTINUOUS;
+    let f = format::for_path(path)?;
+    if !f.compressions().contains(&compression) {
+        let known: Vec<&str> = f.compressions().iter().map(|c| c.as_str()).collect();
+        return Err(PreflightError::Unsupported(format!(
+            "{} files cannot be stored with compression {}; they take: {} (bslz4 needs an .h5 output)",
+            f.kind(),
+            compression.as_str(),
+            known.join(", ")
+        )));
+    }
+    if continuous && !f.grows() {
+        return Err(PreflightError::Unsupported(format!(
+            "{} files are sized for their frame count when they are created: give --frames (a continuous \
+             acquisition, until `ringdaq stop`, needs a .npy output)",
+            f.kind()
+        )));
+    }
     let frames = if continuous { (GROW_BYTES / shape.frame_bytes().max(1)).max(1) } else { frames };
-    let needs = bytes_needed(path, shape, frames)?;
+    let needs = bytes_needed(path, shape, frames, compression)?;
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
     rustix::fs::access(dir, access)
@@ -124,27 +144,27 @@ mod tests {
 
     #[test]
     fn the_issue_s_request_needs_761_tb() {
-        let needs = bytes_needed(Path::new("/data/huge.npy"), K2_IS, 100_000_000).expect("npy");
+        let needs = bytes_needed(Path::new("/data/huge.npy"), K2_IS, 100_000_000, Compression::None).expect("npy");
         assert_eq!(human_bytes(needs), "762 TB");
-        assert!(bytes_needed(Path::new("/data/huge.tif"), K2_IS, 1).is_err());
+        assert!(bytes_needed(Path::new("/data/huge.tif"), K2_IS, 1, Compression::None).is_err());
         // No overflow for an absurd request.
-        assert_eq!(bytes_needed(Path::new("/d/x.npy"), K2_IS, u64::MAX).ok(), Some(u64::MAX));
+        assert_eq!(bytes_needed(Path::new("/d/x.npy"), K2_IS, u64::MAX, Compression::None).ok(), Some(u64::MAX));
     }
 
     #[test]
     fn refused_with_the_numbers_or_accepted() {
         let dir = crate::conformance::TempDir::new("preflight").expect("temp dir");
         let path = dir.path().join("run.npy");
-        let err = check(&path, K2_IS, 100_000_000).expect_err("no disk has 762 TB free").to_string();
+        let err = check(&path, K2_IS, 100_000_000, Compression::None).expect_err("no disk has 762 TB free").to_string();
         assert!(err.starts_with("not enough space: needs 762 TB for 100000000 frames, "), "{err}");
         assert!(err.ends_with(&format!(" free on {}", dir.path().display())), "{err}");
-        assert!(check(&path, K2_IS, 1).is_ok_and(|n| n > K2_IS.frame_bytes()));
+        assert!(check(&path, K2_IS, 1, Compression::None).is_ok_and(|n| n > K2_IS.frame_bytes()));
         // A continuous acquisition needs room for its first step (1 GiB of frames: 140 of a K2 IS).
-        let first = bytes_needed(&path, K2_IS, 140).expect("npy");
-        assert_eq!(check(&path, K2_IS, CONTINUOUS).ok(), Some(first));
+        let first = bytes_needed(&path, K2_IS, 140, Compression::None).expect("npy");
+        assert_eq!(check(&path, K2_IS, CONTINUOUS, Compression::None).ok(), Some(first));
         // (Root may write anywhere but on a read-only file system, so a directory that is not there stands in.)
         let gone = dir.path().join("gone").join("run.npy");
-        let err = check(&gone, K2_IS, 1).expect_err("no such directory").to_string();
+        let err = check(&gone, K2_IS, 1, Compression::None).expect_err("no such directory").to_string();
         assert!(err.starts_with("cannot write to ") && err.contains("gone"), "{err}");
     }
 }

@@ -37,13 +37,19 @@ struct OpenAcquisition {
     out: Output,
     /// It runs until stopped: its file grows in steps of `grow_frames`.
     continuous: bool,
+    /// The output's compression statistics last added to the writer's counters.
+    counted: (u64, u64),
 }
 
 /// Why a format error ends an acquisition: a full disk, or another write error.
 fn end_reason_of(e: &FormatError) -> EndReason {
     match e {
         FormatError::NoSpace { .. } => EndReason::DiskFull,
-        FormatError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => EndReason::DiskFull,
+        FormatError::Io { source, .. }
+            if source.raw_os_error() == Some(libc::ENOSPC) || source.kind() == std::io::ErrorKind::StorageFull =>
+        {
+            EndReason::DiskFull
+        }
         _ => EndReason::WriteError,
     }
 }
@@ -61,8 +67,11 @@ struct Files<'r> {
     area: &'r PipelineArea,
     cfg: WriterConfig,
     shape: FrameShape,
+    /// The detector mode (the region's geometry), for formats that record it.
+    mode: u32,
     frame_bytes: usize,
-    /// Where the frames lie in the whole detector's frame (recorded in every file).
+    /// Where the frames lie in the whole detector's frame (recorded in every sidecar, and from it in the
+    /// formats' metadata).
     placement: shm_protocol::pipeline::Placement,
     open: Option<OpenAcquisition>,
 }
@@ -75,7 +84,8 @@ impl<'r> Writer<'r> {
         let frames = region.ring(FRAME_RING)?.consumer(WRITER_CURSOR)?;
         let shape = FrameShape { rows: g.frame_rows.into(), cols: g.frame_cols.into() };
         let placement = area.placement.or_whole(shape.rows, shape.cols);
-        let files = Files { area, cfg, shape, frame_bytes: shape.frame_bytes() as usize, placement, open: None };
+        let frame_bytes = shape.frame_bytes() as usize;
+        let files = Files { area, cfg, shape, mode: g.mode, frame_bytes, placement, open: None };
         Ok(Self { frames, files })
     }
 
@@ -174,7 +184,14 @@ impl Files<'_> {
             last_block_ns: h.last_block_ns,
             published_ns: h.published_ns,
         };
-        match open.out.write(&meta, pixels) {
+        let written = open.out.write(&meta, pixels);
+        // Compression CPU time and output, counted as they come (a restarted writer counts its own).
+        let (cpu, bytes) = open.out.compression_stats();
+        let w = &self.area.writer;
+        w.compress_cpu_ns.fetch_add(cpu.saturating_sub(open.counted.0), Ordering::Relaxed);
+        w.compressed_bytes.fetch_add(bytes.saturating_sub(open.counted.1), Ordering::Relaxed);
+        open.counted = (cpu, bytes);
+        match written {
             Ok(()) => {
                 // The highest index written, + 1: idempotent, so a frame rewritten after a restart counts once.
                 rec.written.fetch_max(h.index + 1, Ordering::Release);
@@ -208,7 +225,7 @@ impl Files<'_> {
         // the frames written so far (the next frame grows it again).
         let planned = if continuous { self.grow_cover(rec.written.load(Ordering::Acquire)) } else { requested };
         let plan =
-            Plan { shape: self.shape, frames: planned, direct_io: self.cfg.direct_io, placement: self.placement };
+            Plan { shape: self.shape, frames: planned, direct_io: self.cfg.direct_io, compression: rec.compression() };
         let out = Output::open(&path, &plan, resume)?;
         if resume {
             tracing::info!(acquisition = id, path = %path.display(), "file reopened after a restart");
@@ -219,7 +236,7 @@ impl Files<'_> {
             }
             tracing::info!(acquisition = id, path = %path.display(), frames = requested, direct = out.is_direct(), "file opened");
         }
-        self.open = Some(OpenAcquisition { id, out, continuous });
+        self.open = Some(OpenAcquisition { id, out, continuous, counted: (0, 0) });
         Ok(())
     }
 
@@ -325,7 +342,7 @@ impl Files<'_> {
         let requested = if continuous { n } else { planned };
         let o_path = o.out.path().to_owned();
         let path = o_path.display().to_string();
-        o.out.finish(n, |frame_list| {
+        o.out.finish(n, self.mode, |frame_list| {
             let complete = frame_list.iter().filter(|m| m.complete).count() as u64;
             Sidecar {
                 version: 1,
@@ -362,6 +379,9 @@ mod tests {
         assert_eq!(end_reason_of(&no_space), EndReason::DiskFull);
         let enospc = FormatError::io("writing frame 7", std::io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(end_reason_of(&enospc), EndReason::DiskFull);
+        // libhdf5's full disk, in words (see format::hdf5).
+        let hdf5 = FormatError::io("finishing", std::io::Error::new(std::io::ErrorKind::StorageFull, "errno = 28"));
+        assert_eq!(end_reason_of(&hdf5), EndReason::DiskFull);
         let eio = FormatError::io("writing frame 7", std::io::Error::from_raw_os_error(libc::EIO));
         assert_eq!(end_reason_of(&eio), EndReason::WriteError);
         assert_eq!(end_reason_of(&FormatError::Invalid { path, why: "x".into() }), EndReason::WriteError);

@@ -27,5 +27,8 @@ fn every_format_survives_sigkill_between_any_two_steps() {
 #[test]
 fn an_unknown_extension_is_a_clear_error() {
     let err = writer::temp_files(std::path::Path::new("/data/run.tiff")).expect_err("no format writes .tiff");
-    assert_eq!(err.to_string(), "/data/run.tiff: no output format for extension \"tiff\"; known: .npy");
+    assert_eq!(
+        err.to_string(),
+        "/data/run.tiff: no output format for extension \"tiff\"; known: .npy, .h5, .hdf5, .nxs"
+    );
 }

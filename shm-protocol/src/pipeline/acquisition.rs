@@ -194,6 +194,38 @@ impl SyncMode {
     }
 }
 
+/// How an acquisition's frames are stored in its file. Stored in the region as its `u32` discriminant (in what
+/// was padding of [`AcquisitionRecord`], so a record armed by an older build reads as `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+#[repr(u32)]
+pub enum Compression {
+    /// As they are.
+    #[default]
+    None = 0,
+    /// Bitshuffle + LZ4 in HDF5 filter 32008's chunk format (`.h5` only).
+    Bslz4 = 1,
+}
+
+impl Compression {
+    /// The compression stored as `raw`, if it names one.
+    pub const fn from_raw(raw: u32) -> Option<Self> {
+        match raw {
+            0 => Some(Self::None),
+            1 => Some(Self::Bslz4),
+            _ => None,
+        }
+    }
+
+    /// The stable name, as the command line spells it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Bslz4 => "bslz4",
+        }
+    }
+}
+
 /// One acquisition: armed by the supervisor, its frames assigned by the assembler, its file written by the
 /// writer. Plain fields are written before `state` is stored (Release) and read after it is loaded (Acquire).
 #[repr(C, align(64))]
@@ -222,7 +254,8 @@ pub struct AcquisitionRecord {
     pub complete: AtomicU64,
     /// Length of `error`.
     error_len: AtomicU32,
-    _pad: [u8; 4],
+    /// A [`Compression`] (this was padding before: 0, none).
+    compression: AtomicU32,
     /// Output path (UTF-8), `path_len` bytes. Written through `&self` (the record is shared), so in a cell.
     path: UnsafeCell<[u8; MAX_PATH]>,
     /// Why the acquisition failed (UTF-8), `error_len` bytes.
@@ -274,6 +307,11 @@ impl AcquisitionRecord {
     /// The sync mode it was armed with.
     pub fn sync(&self) -> SyncMode {
         SyncMode::from_raw(self.sync.load(Ordering::Relaxed)).unwrap_or_default()
+    }
+
+    /// How the frames are stored (a value that names none reads as none).
+    pub fn compression(&self) -> Compression {
+        Compression::from_raw(self.compression.load(Ordering::Relaxed)).unwrap_or_default()
     }
 
     /// The output path.
@@ -338,7 +376,15 @@ impl AcquisitionRecord {
     /// # Safety
     /// Only the supervisor may call it, and only while no stage uses this record (its previous acquisition is
     /// over: [`AcquisitionState::is_over`]).
-    pub unsafe fn arm(&self, id: u64, frames: u64, sync: SyncMode, path: &str, armed_block_seq: u64) {
+    pub unsafe fn arm(
+        &self,
+        id: u64,
+        frames: u64,
+        sync: SyncMode,
+        compression: Compression,
+        path: &str,
+        armed_block_seq: u64,
+    ) {
         let b = path.as_bytes();
         let n = b.len().min(MAX_PATH);
         self.set_state(AcquisitionState::Empty);
@@ -347,6 +393,7 @@ impl AcquisitionRecord {
         self.path_len.store(n as u32, Ordering::Relaxed);
         self.frames.store(frames, Ordering::Relaxed);
         self.sync.store(sync as u32, Ordering::Relaxed);
+        self.compression.store(compression as u32, Ordering::Relaxed);
         self.armed_block_seq.store(armed_block_seq, Ordering::Relaxed);
         self.stop_requested.store(0, Ordering::Relaxed);
         self.assigned.store(0, Ordering::Relaxed);
@@ -391,6 +438,10 @@ mod tests {
         for m in [SyncMode::Immediate, SyncMode::Flag] {
             assert_eq!(SyncMode::from_raw(m as u32), Some(m));
         }
+        for c in [Compression::None, Compression::Bslz4] {
+            assert_eq!(Compression::from_raw(c as u32), Some(c));
+            assert_eq!(serde_json::to_string(&c).ok(), Some(format!("\"{}\"", c.as_str())));
+        }
     }
 
     #[test]
@@ -399,10 +450,10 @@ mod tests {
         let rec: Box<AcquisitionRecord> = unsafe { Box::new(std::mem::zeroed()) };
         assert_eq!(rec.state(), AcquisitionState::Empty);
         // SAFETY: the record is ours alone.
-        unsafe { rec.arm(7, 100, SyncMode::Flag, "/data/run.npy", 3) };
+        unsafe { rec.arm(7, 100, SyncMode::Flag, Compression::None, "/data/run.npy", 3) };
         assert_eq!(
-            (rec.state(), rec.sync(), rec.path()),
-            (AcquisitionState::Armed, SyncMode::Flag, "/data/run.npy".into())
+            (rec.state(), rec.sync(), rec.compression(), rec.path()),
+            (AcquisitionState::Armed, SyncMode::Flag, Compression::None, "/data/run.npy".into())
         );
         assert!(rec.transition(AcquisitionState::Armed, AcquisitionState::Running));
         assert!(!rec.transition(AcquisitionState::Armed, AcquisitionState::Running));
@@ -417,7 +468,7 @@ mod tests {
         // SAFETY: all-zero bytes are a valid record (atomics and byte arrays), an EMPTY one.
         let rec: Box<AcquisitionRecord> = unsafe { Box::new(std::mem::zeroed()) };
         // SAFETY: the record is ours alone.
-        unsafe { rec.arm(1, 10, SyncMode::Immediate, "/d/a.npy", 0) };
+        unsafe { rec.arm(1, 10, SyncMode::Immediate, Compression::None, "/d/a.npy", 0) };
         assert_eq!(rec.end_reason(), None);
         assert!(rec.claim_end(EndReason::StreamIdle, "no frame for 5 s"));
         assert!(!rec.claim_end(EndReason::Shutdown, "shutdown"));
@@ -425,7 +476,7 @@ mod tests {
         rec.settle_complete();
         assert_eq!(rec.end_reason(), Some(EndReason::Complete));
         // SAFETY: the record is ours alone.
-        unsafe { rec.arm(2, 10, SyncMode::Immediate, "/d/b.npy", 0) };
+        unsafe { rec.arm(2, 10, SyncMode::Immediate, Compression::Bslz4, "/d/b.npy", 0) };
         assert_eq!((rec.end_reason(), rec.reason()), (None, String::new()));
         for r in EndReason::ALL {
             assert_eq!(EndReason::from_raw(r as u32), Some(r));

@@ -49,7 +49,15 @@ mod tests {
         assert_eq!(AssemblerCounters::NAMES.len(), 7);
         assert_eq!(
             WriterCounters::NAMES,
-            ["writer.frames", "writer.bytes", "writer.errors", "writer.done", "writer.failed"]
+            [
+                "writer.frames",
+                "writer.bytes",
+                "writer.errors",
+                "writer.done",
+                "writer.failed",
+                "writer.compress_cpu_ns",
+                "writer.compressed_bytes"
+            ]
         );
     }
 }

@@ -6,10 +6,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::Stage;
-pub use crate::pipeline::{AcquisitionState, CONTINUOUS, EndReason, SyncMode};
+pub use crate::pipeline::{AcquisitionState, CONTINUOUS, Compression, EndReason, SyncMode};
 
 /// Version of this protocol; a peer speaking another is refused with both versions named.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// Who connects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,10 +38,14 @@ pub enum Request {
     Acquire {
         /// Frames to acquire ([`CONTINUOUS`]: until `Stop`).
         frames: u64,
-        /// Final path of the `.npy` file (absolute).
+        /// Final path of the output file (absolute; its extension chooses the format).
         path: String,
         /// When frame 0 is.
         sync: SyncMode,
+        /// How frames are stored (`.h5` only takes another than none). Added in protocol 6; postcard has no
+        /// optional trailing fields, hence the version.
+        #[serde(default)]
+        compression: Compression,
     },
     /// Ask for the state of an acquisition.
     Acquisition {

@@ -24,7 +24,7 @@ pub mod messages;
 mod placement;
 pub mod session;
 
-pub use acquisition::{AcquisitionRecord, AcquisitionState, CONTINUOUS, EndReason, SyncMode};
+pub use acquisition::{AcquisitionRecord, AcquisitionState, CONTINUOUS, Compression, EndReason, SyncMode};
 pub use placement::{MAX_PLACED, PlacedRect, Placement, PlacementError, RectNumbers};
 
 /// Index of the block ring (receiver → assembler).
@@ -291,6 +291,10 @@ counters::counter_set! {
         done,
         /// Acquisitions failed.
         failed,
+        /// CPU time spent compressing frames, ns, all compression threads (`--compression bslz4`).
+        compress_cpu_ns,
+        /// Bytes of compressed chunks written.
+        compressed_bytes,
     }
 }
 

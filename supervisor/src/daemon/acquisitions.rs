@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
-use shm_protocol::messages::{AcquisitionStatus, SyncMode};
+use shm_protocol::messages::{AcquisitionStatus, Compression, SyncMode};
 use shm_protocol::pipeline::{self, AcquisitionState, BLOCK_RING, EndReason};
 
 use super::Supervisor;
@@ -15,8 +15,8 @@ use super::Supervisor;
 const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Supervisor {
-    /// Arms an acquisition of `frames` frames into `path`.
-    pub fn arm(&self, frames: u64, path: &str, sync: SyncMode) -> anyhow::Result<u64> {
+    /// Arms an acquisition of `frames` frames into `path`, stored with `compression`.
+    pub fn arm(&self, frames: u64, path: &str, sync: SyncMode, compression: Compression) -> anyhow::Result<u64> {
         anyhow::ensure!(frames > 0, "an acquisition needs at least one frame");
         anyhow::ensure!(!self.shutting_down(), "the pipeline is shutting down");
         let p = Path::new(path);
@@ -38,7 +38,8 @@ impl Supervisor {
         // without room for every frame (with the numbers).
         let g = self.region.header().geometry;
         let shape = writer::format::FrameShape { rows: g.frame_rows.into(), cols: g.frame_cols.into() };
-        writer::preflight::check(p, shape, frames).with_context(|| format!("refusing to acquire into {path}"))?;
+        writer::preflight::check(p, shape, frames, compression)
+            .with_context(|| format!("refusing to acquire into {path}"))?;
         let _ = dir;
         let area = self.area();
         let mut g = self.lock();
@@ -61,10 +62,10 @@ impl Supervisor {
         g.next_acquisition += 1;
         let armed_at = self.region.ring(BLOCK_RING).map(|r| r.published()).unwrap_or(0);
         // SAFETY: we are the supervisor and the record's previous acquisition is finished (checked above).
-        unsafe { rec.arm(id, frames, sync, path, armed_at) };
+        unsafe { rec.arm(id, frames, sync, compression, path, armed_at) };
         area.active_acquisition.store(id, Ordering::Release);
         shm_protocol::logging::set_acquisition(id);
-        tracing::info!(frames, path, "acquisition armed");
+        tracing::info!(frames, path, compression = compression.as_str(), "acquisition armed");
         Ok(id)
     }
 

@@ -306,7 +306,7 @@ impl Supervisor {
     pub fn handle(&self, req: Request) -> Reply {
         match req {
             Request::Status => Reply::Status(Box::new(self.status())),
-            Request::Acquire { frames, path, sync } => match self.arm(frames, &path, sync) {
+            Request::Acquire { frames, path, sync, compression } => match self.arm(frames, &path, sync, compression) {
                 Ok(id) => Reply::Armed { id },
                 Err(e) => Reply::Error { message: format!("{e:#}") },
             },

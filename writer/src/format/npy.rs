@@ -230,7 +230,7 @@ mod tests {
         for direct_io in [true, false] {
             for n in [FRAMES, 2, 0] {
                 let path = dir.path().join(format!("{direct_io}-{n}.npy"));
-                let plan = Plan { shape: SHAPE, frames: FRAMES, direct_io, placement: Default::default() };
+                let plan = Plan { shape: SHAPE, frames: FRAMES, direct_io, compression: Default::default() };
                 let mut f = Npy.create(&path, &plan).unwrap();
                 assert_eq!(f.temp_path(), with_suffix(&path, ".partial"));
                 for i in (0..n).rev() {
@@ -251,7 +251,7 @@ mod tests {
         let dir = TempDir::new("npy-refused").unwrap();
         let path = dir.path().join("x.npy");
         let mut f = Npy
-            .create(&path, &Plan { shape: SHAPE, frames: 2, direct_io: false, placement: Default::default() })
+            .create(&path, &Plan { shape: SHAPE, frames: 2, direct_io: false, compression: Default::default() })
             .unwrap();
         let px = vec![0u8; SHAPE.frame_bytes() as usize];
         assert!(f.write_frame(2, &px).is_err());
