@@ -1,15 +1,18 @@
 //! Scale-out: several pipelines share one detector, each taking some of its sectors (`--sectors`), on one port
 //! base; each writes its part of every frame with the part's placement; the parts put side by side are the
-//! frames the detector sent.
+//! frames the detector sent, and `ringdaq stitch` presents them as whole frames (an HDF5 virtual dataset) that
+//! h5py reads (`stitch_check.py`).
 //!
 //! The tests of this file run real pipelines on the machine's two cores, so they run one at a time.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use detector::k2;
 use ringdaq_tests::pipeline::{Acquired, Pipeline, expected_frames};
 use ringdaq_tests::{bin_path, free_udp_port_base};
-use shm_protocol::messages::SyncMode;
+use shm_protocol::messages::{Compression, SyncMode};
 
 /// Frames each part acquires.
 const FRAMES: u64 = 12;
@@ -66,6 +69,62 @@ fn two_pipelines_take_half_a_k2_each() {
         let c = p.counters();
         assert_eq!(c["assembler.invalid.geometry"], 0, "no datagram of another sector was taken");
     }
+    assert!(left.shutdown());
+    assert!(right.shutdown());
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// The same two halves, written as `.h5` (one uncompressed, one bitshuffle-LZ4), stitched: h5py reads the
+/// stitched dataset as the whole frames sent, from another working directory (the parts are named relative to
+/// the stitched file), and each part as its placement's rectangles of them.
+#[test]
+fn two_h5_halves_stitch_into_the_frames_sent() {
+    let _g = ringdaq_tests::serial();
+    let port_base = free_udp_port_base(8);
+    let left = Pipeline::start_on_ports(port_base, "sectors = \"0-3\"\n");
+    let right = Pipeline::start_on_ports(port_base, "sectors = \"4-7\"\n");
+    let (id_l, path_l) = left.acquire_compressed(FRAMES, "left.h5", SyncMode::Flag, Compression::None);
+    let (id_r, path_r) = right.acquire_compressed(FRAMES, "right.h5", SyncMode::Flag, Compression::Bslz4);
+    let mut sim = left.sim_config(FRAMES + SYNC_AT + 4, 100.0);
+    sim.first_frame_id = FIRST_ID;
+    sim.sync_at = Some(SYNC_AT);
+    left.simulate(sim);
+    for (p, id) in [(&left, id_l), (&right, id_r)] {
+        let st = p.wait(id, Duration::from_secs(60));
+        assert_eq!(st.state, "done", "{st:?}\n{}", p.log());
+    }
+    let out_dir = ringdaq_tests::TempDir::new("stitched").expect("temp dir");
+    let whole = out_dir.path().join("whole.h5");
+    let run = Command::new(bin_path("ringdaq"))
+        .args(["stitch", "--out", s(&whole), s(&path_l), s(&path_r)])
+        .output()
+        .expect("ringdaq stitch");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(String::from_utf8_lossy(&run.stdout).contains(&format!("{FRAMES} frames of 1860×2048 from 2 parts")));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stitch_check.py");
+    let first = (FIRST_ID + SYNC_AT as u32).to_string();
+    let check = Command::new("python3")
+        .arg(&script)
+        .args(["stitched", s(&whole), &first, &FRAMES.to_string(), s(&path_l), s(&path_r)])
+        .current_dir("/")
+        .output()
+        .expect("python3");
+    assert!(
+        check.status.success(),
+        "stitch_check.py failed (h5py and hdf5plugin are installed by .ci/run):\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // Stitching one half alone is refused: the other sectors are in no part.
+    let half = Command::new(bin_path("ringdaq"))
+        .args(["stitch", "--out", s(&out_dir.path().join("half.h5")), s(&path_l)])
+        .output()
+        .expect("ringdaq stitch");
+    let err = String::from_utf8_lossy(&half.stderr);
+    assert!(!half.status.success() && err.contains("sectors 4,5,6,7 are in no part"), "{err}");
     assert!(left.shutdown());
     assert!(right.shutdown());
 }
