@@ -47,7 +47,12 @@ pub fn record(runtime_dir: &Path, a: &RecordArgs, stop: &AtomicBool, out: &mut i
         other => bail!("unexpected reply {other:?}"),
     };
     let region = Region::attach(fd, Access::ReadOnly)?;
-    let params = pipeline::pipeline_area(&region)?.params;
+    let area = pipeline::pipeline_area(&region)?;
+    let params = area.params;
+    // A pipeline that takes some of the detector's sectors has them as its sockets 0, 1, ...: the recording names
+    // the detector's sector (the port offset), so that it replays to the same ports.
+    let sectors = area.placement.streams();
+    let detector_sector = |socket: u16| sectors.get(usize::from(socket)).map_or(socket, |&s| s as u16);
     let ring = region.ring(BLOCK_RING)?;
     let file = std::fs::File::create(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
@@ -93,7 +98,7 @@ pub fn record(runtime_dir: &Path, a: &RecordArgs, stop: &AtomicBool, out: &mut i
             let len = (rec.len as usize).min(stride);
             let off = params.datagram_offset as usize + i * stride;
             w.write_all(&rec.recv_ns.to_le_bytes())?;
-            w.write_all(&rec.sector.to_le_bytes())?;
+            w.write_all(&detector_sector(rec.sector).to_le_bytes())?;
             w.write_all(&rec.flags.to_le_bytes())?;
             w.write_all(&(len as u32).to_le_bytes())?;
             w.write_all(&copy[off..off + len])?;
@@ -117,7 +122,7 @@ pub fn record(runtime_dir: &Path, a: &RecordArgs, stop: &AtomicBool, out: &mut i
 pub struct Recorded {
     /// Kernel receive time, ns since the Unix epoch.
     pub recv_ns: u64,
-    /// Sector (socket index).
+    /// The detector's sector (stream) it came on: its port is `port_base + sector`.
     pub sector: u16,
     /// The receiver's flags (truncated).
     pub flags: u16,

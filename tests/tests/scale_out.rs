@@ -64,6 +64,7 @@ fn two_pipelines_take_half_a_k2_each() {
         assert_eq!(p.streams, (half as u32 * 4..half as u32 * 4 + 4).collect::<Vec<_>>());
         assert_eq!(p.rects, [[0, 0, 0, first_col, rows as u64, 1024]]);
     }
+    assert_eq!((left.status().mode, right.status().mode), ("is sectors 0-3".into(), "is sectors 4-7".into()));
     // Each bound only its own four ports: no datagram of the other half reached it.
     for p in [&left, &right] {
         let c = p.counters();
@@ -71,6 +72,38 @@ fn two_pipelines_take_half_a_k2_each() {
     }
     assert!(left.shutdown());
     assert!(right.shutdown());
+}
+
+/// JUNGFRAU: two pipelines take one module each of a two-module detector (modules are stacked, so each part
+/// is 512 rows of the 1024); each part is its module's rows of the frames sent, complete.
+#[test]
+fn two_pipelines_take_a_jungfrau_module_each() {
+    let _g = ringdaq_tests::serial();
+    let jf2 = detector::jungfrau::FORMATS[1];
+    let port_base = free_udp_port_base(8);
+    let top = Pipeline::start_on_ports(port_base, "detector = \"jungfrau\"\nmodules = 2\nsectors = \"0\"\n");
+    let bottom = Pipeline::start_on_ports(port_base, "detector = \"jungfrau\"\nmodules = 2\nsectors = [1]\n");
+    // A JUNGFRAU has no sync flag: both parts, armed before it sends, start at its first frame.
+    let (id_t, path_t) = top.acquire(FRAMES, "top.npy", SyncMode::Flag);
+    let (id_b, path_b) = bottom.acquire(FRAMES, "bottom.npy", SyncMode::Flag);
+    let sim = detector::sim::SimConfig { mode: jf2, first_frame_id: 1, ..top.sim_config(FRAMES, 200.0) };
+    top.simulate(sim);
+    let expected = expected_frames(jf2);
+    for (p, id, path, module) in [(&top, id_t, &path_t, 0usize), (&bottom, id_b, &path_b, 1)] {
+        let st = p.wait(id, Duration::from_secs(60));
+        assert_eq!(st.state, "done", "{st:?}\n{}", p.log());
+        let a = Acquired::read(path);
+        assert_eq!((a.shape.clone(), a.sidecar.complete_frames), (vec![FRAMES, 512, 1024], FRAMES));
+        for (i, m) in a.sidecar.frame_list.iter().enumerate() {
+            let v = (m.frame_id % detector::pattern::PATTERN_PERIOD) as usize;
+            let rows = &expected[v][module * 512 * 1024..(module + 1) * 512 * 1024];
+            assert!(a.frame(i) == rows, "frame {i} of module {module} differs from its rows of the frame sent");
+        }
+        let pl = a.sidecar.placement.expect("placement");
+        assert_eq!(pl.rects, [[0, 0, 512 * module as u64, 0, 512, 1024]]);
+    }
+    assert!(top.shutdown());
+    assert!(bottom.shutdown());
 }
 
 fn s(p: &Path) -> &str {
