@@ -3,7 +3,9 @@
 //! `cargo build --release && target/release/perf` runs them all (see BENCHMARKS.md); the modules here hold
 //! the measurements, the binaries in `src/bin` drive them.
 
+pub mod bslz4;
 pub mod decode;
+pub mod h5;
 pub mod idle;
 pub mod ingest;
 pub mod latency;

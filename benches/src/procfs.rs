@@ -36,3 +36,27 @@ pub fn rss_anon_kib(pid: u32) -> std::io::Result<u64> {
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .ok_or_else(|| std::io::Error::other("no RssAnon in /proc/<pid>/status"))
 }
+
+/// CPU seconds (user + system) of this process so far, threads that have ended included (`getrusage`).
+pub fn self_cpu_s() -> f64 {
+    // SAFETY: all-zero bytes are a valid `rusage` (plain C data), which `getrusage` fills.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable `rusage` for the duration of the call.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// CPU seconds (user + system) of `pid` so far, threads that have ended included (`/proc/<pid>/stat`, in clock
+/// ticks of 10 ms: for spans of seconds).
+pub fn process_cpu_s(pid: u32) -> std::io::Result<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command (in parentheses, which may hold spaces), from the state (field 3) on: utime and
+    // stime are fields 14 and 15.
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((field(14) + field(15)) as f64 / hz)
+}

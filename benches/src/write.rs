@@ -1,5 +1,5 @@
-//! Writer: frames from the frame ring to a `.npy` file on a local disk, beside plain `O_DIRECT` writes of the
-//! same bytes to the same file system.
+//! Writer: frames from the frame ring to a `.npy` or `.h5` file (uncompressed or bitshuffle-LZ4) on a local disk,
+//! beside plain `O_DIRECT` writes of the same bytes to the same file system.
 //!
 //! The writer is the real one (`writer::Writer`, `O_DIRECT`, journal, sidecar, fsync, rename) on a real pipeline
 //! region; this process plays the assembler, publishing already-decoded frames as fast as the writer frees
@@ -13,14 +13,40 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use assembler::acquisition::{self, Assignment};
 use detector::k2;
+use detector::pattern::Pattern;
 use shm_protocol::pipeline::{
     self, AcquisitionState, Compression, FRAME_COMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FrameHeader,
     MAX_BLOCKS_PER_FRAME, PipelineSizes, SyncMode,
 };
 
-/// Seconds the writer took for `frames` IS frames into a file in `dir`: from the first frame published to the
-/// acquisition DONE (file synced, sidecar written, renamed).
+/// Seconds the writer took for `frames` IS frames into a `.npy` file in `dir`: from the first frame published to
+/// the acquisition DONE (file synced, sidecar written, renamed).
 pub fn writer_seconds(dir: &Path, frames: u64) -> anyhow::Result<f64> {
+    Ok(writer_run(dir, frames, "writer.npy", Compression::None, &Pattern::Counting)?.secs)
+}
+
+/// One run of the writer.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterRun {
+    /// From the first frame published to the acquisition DONE.
+    pub secs: f64,
+    /// Bytes of compressed chunks written (0 without compression).
+    pub compressed_bytes: u64,
+    /// CPU seconds spent compressing, all compression threads.
+    pub compress_cpu_s: f64,
+    /// CPU seconds of this whole process over the run (the writer's threads and the publishing loop).
+    pub process_cpu_s: f64,
+}
+
+/// The writer writing `frames` IS frames of `pattern` (the frame ring's slots hold different frames) into
+/// `dir/name` with `compression`.
+pub fn writer_run(
+    dir: &Path,
+    frames: u64,
+    name: &str,
+    compression: Compression,
+    pattern: &Pattern,
+) -> anyhow::Result<WriterRun> {
     let rings = supervisor::config::Config::default().rings;
     let sizes = PipelineSizes {
         geometry: supervisor::geometry::region_geometry(k2::IS),
@@ -38,8 +64,8 @@ pub fn writer_seconds(dir: &Path, frames: u64) -> anyhow::Result<f64> {
     let ring = region.ring(FRAME_RING)?;
     let mut producer = ring.producer()?;
     // Every slot holds a real frame's pixels once; the header is what changes from frame to frame.
-    let pixels = detector::pattern::expected_frame(&*k2::IS, 7);
     for seq in 0..u64::from(sizes.frame_slots) {
+        let pixels = pattern.frame(&*k2::IS, 7 + seq as u32 * 997);
         let p = ring.slot_ptr(seq);
         // SAFETY: nothing reads the ring yet (no frame is published); the slot holds FRAME_PIXELS_OFFSET +
         // frame_bytes bytes (the spec above), and `pixels` is frame_pixels u16.
@@ -47,14 +73,15 @@ pub fn writer_seconds(dir: &Path, frames: u64) -> anyhow::Result<f64> {
             std::ptr::copy_nonoverlapping(pixels.as_ptr().cast::<u8>(), p.add(FRAME_PIXELS_OFFSET), g.frame_bytes())
         };
     }
-    let path = dir.join("writer.npy");
+    let path = dir.join(name);
     let id = 1;
     let rec = area.acquisition(id);
     // SAFETY: this process is the only "supervisor" of this region, and the record has never been used.
-    unsafe { rec.arm(id, frames, SyncMode::Immediate, Compression::None, &path.to_string_lossy(), 0) };
+    unsafe { rec.arm(id, frames, SyncMode::Immediate, compression, &path.to_string_lossy(), 0) };
     area.active_acquisition.store(id, Ordering::Release);
 
     let stop = AtomicBool::new(false);
+    let cpu0 = crate::procfs::self_cpu_s();
     let secs = std::thread::scope(|s| -> anyhow::Result<f64> {
         let w = s.spawn(|| -> anyhow::Result<()> {
             let mut w = writer::Writer::new(&region, writer::WriterConfig::default())?;
@@ -99,9 +126,16 @@ pub fn writer_seconds(dir: &Path, frames: u64) -> anyhow::Result<f64> {
         w.join().map_err(|_| anyhow::anyhow!("writer thread panicked"))??;
         res
     })?;
+    let cpu1 = crate::procfs::self_cpu_s();
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(writer::sidecar_path(&path));
-    Ok(secs)
+    let w = &area.writer;
+    Ok(WriterRun {
+        secs,
+        compressed_bytes: w.compressed_bytes.load(Ordering::Relaxed),
+        compress_cpu_s: w.compress_cpu_ns.load(Ordering::Relaxed) as f64 / 1e9,
+        process_cpu_s: cpu1 - cpu0,
+    })
 }
 
 /// Seconds for `frames` page-aligned, frame-sized `O_DIRECT` writes to a new file in `dir`, then `fsync`.

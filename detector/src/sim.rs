@@ -2,20 +2,24 @@
 //!
 //! Stream `s` sends to `target:port_base + s`. Within a frame, datagrams go in the format's
 //! [`send_order`](crate::format::DetectorFormat::send_order) (for a K2: the eight sectors interleaved block by block, each
-//! sector's blocks in the camera's order). Pixel values follow [`crate::pattern`]. Payloads are encoded once per
-//! pattern period and sent zero-copy with `sendmmsg`, so one core can keep up with the camera's 400 frames/s.
-//! The simulator knows the detector only through [`DetectorFormat`](crate::format::DetectorFormat).
+//! sector's blocks in the camera's order). Pixel values follow [`crate::pattern`] ([`SimConfig::pattern`]). For a
+//! periodic pattern (the counting one) payloads are encoded once per period and sent zero-copy with `sendmmsg`, so
+//! one core can keep up with the camera's 400 frames/s. A pattern without a period (4D-STEM) is made and encoded
+//! frame by frame on a second thread, two frames ahead of the sender, so sending takes one core and making the
+//! frames another. The simulator knows the detector only through
+//! [`DetectorFormat`](crate::format::DetectorFormat).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::format::{BlockMeta, Format};
-use crate::pattern::{PATTERN_PERIOD, expected_frame};
+use crate::pattern::{PATTERN_PERIOD, Pattern, expected_frame};
 
 /// What to send and which faults to inject.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +51,8 @@ pub struct SimConfig {
     pub reset_at: Option<u64>,
     /// Seed of the fault injector.
     pub seed: u64,
+    /// Pixel values.
+    pub pattern: Pattern,
 }
 
 impl Default for SimConfig {
@@ -65,6 +71,7 @@ impl Default for SimConfig {
             corrupt: 0.0,
             reset_at: None,
             seed: 1,
+            pattern: Pattern::Counting,
         }
     }
 }
@@ -141,6 +148,85 @@ impl Payloads {
     }
 }
 
+/// Frames made and encoded as they are sent (patterns without a period): the frames in flight, oldest first, each
+/// as its blocks' payloads back to back.
+struct LiveFrames {
+    /// Byte offset of each block's payload in a frame's buffer, and the total at the end.
+    offsets: Vec<usize>,
+    /// (frame index, payloads) of the frames datagrams may still refer to.
+    frames: VecDeque<(u64, Vec<u8>)>,
+}
+
+impl LiveFrames {
+    fn get(&self, index: u64, block: usize) -> &[u8] {
+        match self.frames.iter().find(|(i, _)| *i == index) {
+            Some((_, buf)) => &buf[self.offsets[block]..self.offsets[block + 1]],
+            None => &[],
+        }
+    }
+}
+
+/// A made frame (its index and payloads), or why it could not be made.
+type Made = Result<(u64, Vec<u8>), SimError>;
+
+/// The sender's side of frames made as they are sent.
+struct Live<'a> {
+    frames: &'a mut LiveFrames,
+    /// Made frames, from maker `m` for frame indices `m` modulo their number.
+    made: Vec<Receiver<Made>>,
+    /// Buffers back to maker `m`.
+    give_back: Vec<std::sync::mpsc::Sender<Vec<u8>>>,
+}
+
+/// The frame ids the simulator sends, by frame index: from `first_frame_id`, back to it at `reset_at`.
+fn frame_ids(cfg: &SimConfig) -> impl Iterator<Item = (u64, u32)> + use<> {
+    let (first, reset_at) = (cfg.first_frame_id, cfg.reset_at);
+    let mut id = first;
+    (0u64..).map(move |index| {
+        if reset_at == Some(index) {
+            id = first;
+        }
+        let this = id;
+        id = id.wrapping_add(1);
+        (index, this)
+    })
+}
+
+/// Makes and encodes the frames whose index is `nth` modulo `of`, in send order, until the sender hangs up.
+fn make_frames(
+    cfg: &SimConfig,
+    (nth, of): (u64, u64),
+    offsets: &[usize],
+    tx: SyncSender<Made>,
+    recycled: Receiver<Vec<u8>>,
+) {
+    let f = cfg.mode;
+    let maker = cfg.pattern.frames(&*f);
+    let mut pixels = vec![0u16; f.frame_pixels()];
+    let total = offsets.last().copied().unwrap_or(0);
+    for (index, frame_id) in frame_ids(cfg).filter(|(i, _)| i % of == nth) {
+        if cfg.frames != 0 && index >= cfg.frames {
+            return;
+        }
+        let mut buf = recycled.try_recv().unwrap_or_else(|_| vec![0u8; total]);
+        maker.fill(frame_id, &mut pixels);
+        let mut result = Ok((index, Vec::new()));
+        for (b, w) in offsets.windows(2).enumerate() {
+            if let Err(e) = f.encode_payload(b, &pixels, &mut buf[w[0]..w[1]]) {
+                result = Err(SimError::Config(format!("encoding: {e}")));
+                break;
+            }
+        }
+        if let Ok((_, v)) = &mut result {
+            *v = buf;
+        }
+        let failed = result.is_err();
+        if tx.send(result).is_err() || failed {
+            return;
+        }
+    }
+}
+
 /// Most header bytes a format may have for the simulator (a K2 header is 40).
 const MAX_HEADER: usize = 64;
 
@@ -149,6 +235,7 @@ const MAX_HEADER: usize = 64;
 struct Outgoing {
     stream: usize,
     header: [u8; MAX_HEADER],
+    index: u64,
     frame_id: u32,
     block: usize,
     len: usize,
@@ -174,7 +261,8 @@ impl Rng {
 pub struct Simulator {
     cfg: SimConfig,
     f: Format,
-    payloads: Payloads,
+    /// Payloads encoded up front (periodic patterns); `None` when frames are made as they are sent.
+    payloads: Option<Payloads>,
     socket: UdpSocket,
     targets: Vec<libc::sockaddr_storage>,
     target_len: libc::socklen_t,
@@ -211,7 +299,10 @@ impl Simulator {
             return Err(SimError::Config(format!("{f}: headers of {} bytes", f.header_bytes())));
         }
         // Frame ids run from any start and wrap around the period, so every variant is encoded up front.
-        let payloads = Payloads::new(f, PATTERN_PERIOD)?;
+        let payloads = match cfg.pattern {
+            Pattern::Counting => Some(Payloads::new(f, PATTERN_PERIOD)?),
+            Pattern::Stem { .. } => None,
+        };
         let bind: SocketAddr = match cfg.target {
             std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
             std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -231,6 +322,37 @@ impl Simulator {
 
     /// Sends the configured frames (or until `stop` is set) and reports what was sent.
     pub fn run(&self, stop: &AtomicBool) -> Result<SimReport, SimError> {
+        if self.payloads.is_some() {
+            return self.send(stop, None);
+        }
+        let f = self.f;
+        let mut offsets = vec![0usize];
+        for b in 0..f.blocks_per_frame() {
+            offsets.push(offsets[b] + f.payload_bytes(b));
+        }
+        // Making and encoding a K2 IS frame takes about 4 ms of one core (0.6 ms the pattern, the rest the 12-bit
+        // packing), so at 400 frames/s the frames are made by the cores the sender leaves, up to 4, each maker
+        // taking every n-th frame and staying two frames ahead; a slow maker shows as a lower rate.
+        let makers = std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).clamp(1, 4));
+        let mut made = Vec::new();
+        let mut give_back = Vec::new();
+        let mut live = LiveFrames { offsets, frames: VecDeque::new() };
+        std::thread::scope(|s| {
+            for m in 0..makers {
+                let (tx, rx) = std::sync::mpsc::sync_channel(2);
+                let (back, recycled) = std::sync::mpsc::channel();
+                let (cfg, offsets) = (&self.cfg, live.offsets.clone());
+                s.spawn(move || make_frames(cfg, (m as u64, makers as u64), &offsets, tx, recycled));
+                made.push(rx);
+                give_back.push(back);
+            }
+            // Dropping the receivers at the end (inside the scope) ends the makers.
+            self.send(stop, Some(Live { frames: &mut live, made, give_back }))
+        })
+    }
+
+    /// The send loop; `live` has the channels of made frames when the pattern has no period.
+    fn send(&self, stop: &AtomicBool, mut live: Option<Live<'_>>) -> Result<SimReport, SimError> {
         let cfg = &self.cfg;
         let f = self.f;
         let mut rng = Rng(cfg.seed | 1);
@@ -251,12 +373,19 @@ impl Simulator {
             }
             let sync = cfg.sync_at.is_some_and(|s| index >= s);
             let mut lost = 0u32;
+            if let Some(l) = &mut live {
+                let rx = &l.made[(index % l.made.len() as u64) as usize];
+                let made = rx.recv().map_err(|_| SimError::Config("the frame maker stopped".into()))??;
+                debug_assert_eq!(made.0, index);
+                l.frames.frames.push_back(made);
+            }
             for i in 0..blocks {
                 let block = f.send_order(i);
                 let meta = BlockMeta { frame_id, block, frame_seq: index, sync };
                 let mut out = Outgoing {
                     stream: f.stream_of(block),
                     header: [0; MAX_HEADER],
+                    index,
                     frame_id,
                     block,
                     len: hb + f.payload_bytes(block),
@@ -280,7 +409,15 @@ impl Simulator {
                 }
                 // Pace per round of the streams: the deadline of the datagrams after this round.
                 if (i + 1) % round == 0 && pending.len() >= cfg.reorder.max(BATCH) {
-                    self.flush(&mut pending, &mut rng, &mut report)?;
+                    self.flush(&mut pending, &mut rng, &mut report, live.as_ref().map(|l| &*l.frames))?;
+                    if let Some(l) = &mut live {
+                        // Nothing pending refers to earlier frames any more: hand their buffers back.
+                        while l.frames.frames.len() > 1 {
+                            if let Some((i, buf)) = l.frames.frames.pop_front() {
+                                let _ = l.give_back[(i % l.give_back.len() as u64) as usize].send(buf);
+                            }
+                        }
+                    }
                     if let Some(p) = frame_period {
                         let due = start + p.mul_f64(index as f64 + (i + 1) as f64 / blocks as f64);
                         let now = Instant::now();
@@ -296,14 +433,20 @@ impl Simulator {
             frame_id = frame_id.wrapping_add(1);
             index += 1;
         }
-        self.flush(&mut pending, &mut rng, &mut report)?;
+        self.flush(&mut pending, &mut rng, &mut report, live.as_ref().map(|l| &*l.frames))?;
         report.frames = index;
         report.seconds = start.elapsed().as_secs_f64();
         Ok(report)
     }
 
     /// Shuffles `pending` (when reordering) and sends it all.
-    fn flush(&self, pending: &mut Vec<Outgoing>, rng: &mut Rng, report: &mut SimReport) -> Result<(), SimError> {
+    fn flush(
+        &self,
+        pending: &mut Vec<Outgoing>,
+        rng: &mut Rng,
+        report: &mut SimReport,
+        live: Option<&LiveFrames>,
+    ) -> Result<(), SimError> {
         if self.cfg.reorder > 1 {
             for w in pending.chunks_mut(self.cfg.reorder) {
                 for i in (1..w.len()).rev() {
@@ -313,18 +456,27 @@ impl Simulator {
             }
         }
         for chunk in pending.chunks(BATCH) {
-            self.send_batch(chunk, report)?;
+            self.send_batch(chunk, report, live)?;
         }
         pending.clear();
         Ok(())
     }
 
-    fn send_batch(&self, batch: &[Outgoing], report: &mut SimReport) -> Result<(), SimError> {
+    fn send_batch(
+        &self,
+        batch: &[Outgoing],
+        report: &mut SimReport,
+        live: Option<&LiveFrames>,
+    ) -> Result<(), SimError> {
         let mut iov = [[libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2]; BATCH];
         // SAFETY: mmsghdr is a plain C struct for which all-zero is a valid value.
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
         for (i, o) in batch.iter().enumerate() {
-            let payload = self.payloads.get(o.frame_id, o.block);
+            let payload = match (&self.payloads, live) {
+                (Some(p), _) => p.get(o.frame_id, o.block),
+                (None, Some(l)) => l.get(o.index, o.block),
+                (None, None) => &[],
+            };
             let hb = self.f.header_bytes();
             iov[i][0] = libc::iovec { iov_base: o.header.as_ptr() as *mut _, iov_len: o.len.min(hb) };
             iov[i][1] = libc::iovec {

@@ -235,6 +235,17 @@ pub fn render_status(s: &StatusReport) -> String {
         "  rings: block {}/{} slots in use, frame {}/{} slots in use",
         s.block_ring_used, s.block_ring_slots, s.frame_ring_used, s.frame_ring_slots
     );
+    if rate("compress_cores") > 0.0 {
+        // Compression runs before the writer commits a frame: frames not yet compressed wait in the frame ring.
+        let _ = writeln!(
+            o,
+            "  compression: {:.2} cores busy, {:.1} MB/s out of {:.1} MB/s in, backlog {} frames in the frame ring",
+            rate("compress_cores"),
+            rate("compressed_mb_per_s"),
+            rate("write_mb_per_s"),
+            s.frame_ring_used
+        );
+    }
     for (k, v) in &s.counters {
         if *v != 0 {
             let _ = writeln!(o, "  {k:<32} {v}");

@@ -46,6 +46,16 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     /// Serve the counters in the Prometheus text format on this address (`GET /metrics`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// The built-in simulator (`ringdaq run --simulate`).
+    pub simulator: SimulatorConfig,
+}
+
+/// The built-in simulator's settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulatorConfig {
+    /// Pixel values: `"counting"` (default), `"stem"` or `"stem:SEED"` (a 4D-STEM scan; see `detector::pattern`).
+    pub pattern: detector::pattern::Pattern,
 }
 
 /// Ring sizes.
@@ -117,6 +127,7 @@ impl Default for Config {
             writer: WriterConfig::default(),
             supervisor: SupervisorConfig::default(),
             metrics: None,
+            simulator: SimulatorConfig::default(),
         }
     }
 }
@@ -357,6 +368,17 @@ mod tests {
         let round: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
         assert_eq!(round, c);
         assert!(Config::default().view().unwrap().is_whole());
+    }
+
+    #[test]
+    fn the_simulator_pattern_is_configurable() {
+        use detector::pattern::Pattern;
+        assert_eq!(Config::default().simulator.pattern, Pattern::Counting);
+        let c: Config = toml::from_str("[simulator]\npattern = \"stem\"").unwrap();
+        assert_eq!(c.simulator.pattern, Pattern::Stem { seed: 0 });
+        let c: Config = toml::from_str("[simulator]\npattern = \"stem:5\"").unwrap();
+        assert_eq!(c.simulator.pattern, Pattern::Stem { seed: 5 });
+        assert!(toml::from_str::<Config>("[simulator]\npattern = \"noise\"").is_err());
     }
 
     #[test]

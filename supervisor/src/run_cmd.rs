@@ -62,6 +62,10 @@ pub struct RunArgs {
     /// With --simulate: probability that the simulator drops each datagram.
     #[arg(long, default_value_t = 0.0)]
     pub sim_drop: f64,
+    /// With --simulate: pixel values, "counting" or "stem" / "stem:SEED" (a 4D-STEM scan); default: the
+    /// configuration's `[simulator] pattern`, else "counting".
+    #[arg(long, requires = "simulate")]
+    pub pattern: Option<detector::pattern::Pattern>,
 }
 
 impl RunArgs {
@@ -213,6 +217,7 @@ fn simulate(sup: &Arc<Supervisor>, args: &RunArgs, stop: &AtomicBool) -> anyhow:
         fps: Some(args.fps),
         mode: cfg.mode,
         drop: args.sim_drop,
+        pattern: args.pattern.unwrap_or(cfg.simulator.pattern),
         ..SimConfig::default()
     };
     let sim = Simulator::new(sim_cfg)?;

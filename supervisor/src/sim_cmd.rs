@@ -54,6 +54,10 @@ pub struct SimArgs {
     /// Seed of the fault injector.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Pixel values: "counting" (hash of frame id mod 8, row, col: random pixels) or "stem" / "stem:SEED"
+    /// (a 4D-STEM scan: dark offset, read noise, electron hits in a moving disk).
+    #[arg(long, default_value = "counting")]
+    pub pattern: detector::pattern::Pattern,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -94,6 +98,7 @@ impl SimArgs {
             corrupt: self.corrupt,
             reset_at: self.reset_at,
             seed: self.seed,
+            pattern: self.pattern,
         }
     }
 }

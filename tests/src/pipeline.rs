@@ -299,10 +299,56 @@ pub fn expected_frames(mode: Format) -> Vec<Vec<u16>> {
     (0..detector::pattern::PATTERN_PERIOD).map(|v| detector::pattern::expected_frame(&*mode, v)).collect()
 }
 
+/// The simulator's frames of any pattern, by frame id: every frame made once and kept (the counting pattern's
+/// period of 8), or made when asked (a pattern without a period, such as `stem`; about 1 ms a K2 IS frame).
+pub struct ExpectedFrames {
+    pattern: detector::pattern::Pattern,
+    frames: detector::pattern::Frames,
+    pixels: usize,
+    period: Vec<Vec<u16>>,
+}
+
+impl ExpectedFrames {
+    /// The frames of `pattern` in format `mode`.
+    pub fn new(mode: Format, pattern: detector::pattern::Pattern) -> Self {
+        let period = match pattern.period() {
+            Some(n) => (0..n).map(|v| pattern.frame(&*mode, v)).collect(),
+            None => Vec::new(),
+        };
+        Self { pattern, frames: pattern.frames(&*mode), pixels: mode.frame_pixels(), period }
+    }
+
+    /// The pattern.
+    pub fn pattern(&self) -> detector::pattern::Pattern {
+        self.pattern
+    }
+
+    /// Frame `frame_id`.
+    pub fn frame(&self, frame_id: u32) -> std::borrow::Cow<'_, [u16]> {
+        if !self.period.is_empty() {
+            return std::borrow::Cow::Borrowed(&self.period[frame_id as usize % self.period.len()]);
+        }
+        let mut f = vec![0u16; self.pixels];
+        self.frames.fill(frame_id, &mut f);
+        std::borrow::Cow::Owned(f)
+    }
+}
+
 /// Checks an acquisition's file without holding it in memory (thousands of frames are gigabytes): its header
 /// says (frames, rows, cols) of `<u2`, every frame is at its index in frame-id order from `first_frame_id`,
 /// complete, and pixel-equal to the simulator's frame. Returns the sidecar.
 pub fn verify_large_acquisition(path: &Path, mode: Format, frames: u64, first_frame_id: u32) -> writer::Sidecar {
+    verify_large_acquisition_of(path, mode, detector::pattern::Pattern::Counting, frames, first_frame_id)
+}
+
+/// [`verify_large_acquisition`] for frames of any simulator pattern.
+pub fn verify_large_acquisition_of(
+    path: &Path,
+    mode: Format,
+    pattern: detector::pattern::Pattern,
+    frames: u64,
+    first_frame_id: u32,
+) -> writer::Sidecar {
     use std::io::Read;
     let side = writer::sidecar_path(path);
     let sidecar: writer::Sidecar =
@@ -325,13 +371,13 @@ pub fn verify_large_acquisition(path: &Path, mode: Format, frames: u64, first_fr
     let npy = npyz::NpyFile::new(&header[..]).expect("npy header parses");
     assert_eq!(npy.shape(), &[frames, mode.rows() as u64, mode.cols() as u64], "shape");
     assert_eq!(npy.dtype(), npyz::DType::Plain("<u2".parse().expect("dtype")), "dtype");
-    let expected = expected_frames(mode);
+    let expected = ExpectedFrames::new(mode, pattern);
     let mut buf = vec![0u8; mode.frame_bytes()];
     for i in 0..frames {
         f.read_exact(&mut buf).unwrap_or_else(|e| panic!("frame {i}: {e}"));
-        let v = (first_frame_id.wrapping_add(i as u32) % detector::pattern::PATTERN_PERIOD) as usize;
+        let frame = expected.frame(first_frame_id.wrapping_add(i as u32));
         // The machine is little-endian, as `<u2` is.
-        let want: &[u8] = bytemuck::cast_slice(&expected[v]);
+        let want: &[u8] = bytemuck::cast_slice(&frame);
         assert!(buf == want, "frame {i} differs from the simulator's");
     }
     let mut rest = Vec::new();

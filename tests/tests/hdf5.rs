@@ -63,6 +63,12 @@ fn the_same_stream_as_npy_and_as_h5_is_pixel_equal_through_h5py() {
     assert!(c["writer.compressed_bytes"] > 0 && c["writer.compress_cpu_ns"] > 0, "{c:?}");
     // The simulator's random 12-bit pixels compress only a little (16 bits stored → about 12 and LZ4's share).
     assert!(c["writer.compressed_bytes"] < 24 * 1860 * 2048 * 2, "{c:?}");
+    // Compression's CPU and output are in /metrics, as counters and as rates.
+    let metrics = supervisor::metrics::render(&p.status());
+    for m in ["ringdaq_writer_compress_cpu_ns_total", "ringdaq_writer_compressed_bytes_total", "ringdaq_compress_cores"]
+    {
+        assert!(metrics.contains(m), "{m} in /metrics:\n{metrics}");
+    }
     assert!(p.shutdown());
 }
 

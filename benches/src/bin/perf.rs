@@ -1,7 +1,7 @@
 //! Every performance figure of ringdaq beside its baseline, measured in one run on this machine, as a table.
 //!
 //! `cargo build --release && target/release/perf [--quick]
-//! [--only ingest,jungfrau,writer,decode,handoff,idle,steady] [--out DIR]`
+//! [--only ingest,jungfrau,writer,decode,handoff,idle,steady,bslz4,h5] [--out DIR]`
 //!
 //! What each figure is, and what bounds it, is in BENCHMARKS.md. Progress goes to stderr (`RUST_LOG=info`).
 
@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::Parser;
 use detector::k2;
 use ringdaq_benches::pipeline::Pipeline;
-use ringdaq_benches::{decode, idle, ingest, latency, percentile, steady, write};
+use ringdaq_benches::{bslz4, decode, h5, idle, ingest, latency, percentile, steady, write};
 
 #[derive(Parser)]
 struct Args {
@@ -21,7 +21,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these measurements.
-    #[arg(long, value_delimiter = ',', default_value = "decode,writer,idle,handoff,steady,ingest,jungfrau")]
+    #[arg(long, value_delimiter = ',', default_value = "decode,writer,idle,handoff,steady,ingest,jungfrau,bslz4,h5")]
     only: Vec<String>,
     /// A directory on the disk the writer is measured on (files are removed afterwards).
     #[arg(long)]
@@ -38,7 +38,7 @@ struct Args {
 }
 
 /// The measurements, in the order they run.
-const MEASUREMENTS: [&str; 7] = ["decode", "writer", "idle", "handoff", "steady", "ingest", "jungfrau"];
+const MEASUREMENTS: [&str; 9] = ["decode", "writer", "idle", "handoff", "steady", "ingest", "jungfrau", "bslz4", "h5"];
 
 /// Configuration of the pipeline under test: the defaults, with more restarts allowed than a benchmark needs.
 const CONFIG: &str = "[supervisor]\nmax_restarts = 1000\n";
@@ -74,6 +74,12 @@ fn main() -> anyhow::Result<()> {
     let mut res = run(&a, &dir, &mut rows, &mut notes);
     if res.is_ok() && a.only.iter().any(|o| o == "jungfrau") {
         res = jungfrau_ingest(&a, &mut rows, &mut notes);
+    }
+    if res.is_ok() && a.only.iter().any(|o| o == "bslz4") {
+        res = bitshuffle_lz4(&a, &mut rows, &mut notes);
+    }
+    if res.is_ok() && a.only.iter().any(|o| o == "h5") {
+        res = hdf5_output(&a, &dir, &mut rows, &mut notes);
     }
     let _ = std::fs::remove_dir_all(&dir);
     println!("{}", machine(&out_dir));
@@ -478,4 +484,162 @@ fn machine(dir: &Path) -> String {
         })
         .unwrap_or_default();
     format!("machine: {cpu}, {cores} cores, {mem:.0} GiB, Linux {}; disk: {} at {fs}", kernel.trim(), dir.display())
+}
+
+/// bitshuffle-LZ4 per core beside memcpy and LZ4 alone, and its ratio on three kinds of frames.
+fn bitshuffle_lz4(a: &Args, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> anyhow::Result<()> {
+    tracing::info!("bslz4");
+    let b = bslz4::measure(if a.quick { 2 } else { 8 }, if a.quick { 1 } else { 3 })?;
+    for d in &b.data {
+        rows.push(Row::new(
+            &format!("bslz4 compress, one core, IS frames of the {} (GB/s in)", d.name),
+            format!("{:.2}", d.compress_gbs),
+            format!("LZ4 alone {:.2}; memcpy {:.2}", d.lz4_compress_gbs, d.memcpy_gbs),
+            format!("{:.2}× LZ4", d.compress_gbs / d.lz4_compress_gbs),
+            "≥ 1.5 GB/s",
+            Some(d.compress_gbs >= 1.5),
+        ));
+        rows.push(Row::new(
+            &format!("bslz4 decompress, one core, {} (GB/s out)", d.name),
+            format!("{:.2}", d.decompress_gbs),
+            format!("LZ4 alone {:.2}; memcpy {:.2}", d.lz4_decompress_gbs, d.memcpy_gbs),
+            format!("{:.2}× LZ4", d.decompress_gbs / d.lz4_decompress_gbs),
+            "",
+            None,
+        ));
+        rows.push(Row::new(
+            &format!("bslz4 compression ratio, {} (uncompressed / compressed)", d.name),
+            format!("{:.2} ({:.1} bits/pixel)", d.ratio, 16.0 / d.ratio),
+            format!("LZ4 alone {:.2}", d.lz4_ratio),
+            format!("{:.2}×", d.ratio / d.lz4_ratio),
+            "",
+            None,
+        ));
+    }
+    notes.push(format!(
+        "bit transposition alone, one 8 KiB block in cache (shuffle / unshuffle GB/s): {}",
+        b.kernels.iter().map(|(k, s, u)| format!("{k} {s:.2} / {u:.2}")).collect::<Vec<_>>().join("; ")
+    ));
+    notes.push(format!(
+        "4D-STEM pattern generation: {:.0} K2 IS frames/s on one core ({:.2} GB/s of pixels)",
+        b.stem_frames_per_s,
+        b.stem_frames_per_s * k2::IS.frame_bytes() as f64 / 1e9
+    ));
+    Ok(())
+}
+
+/// `.h5` output: the writer without compression beside plain `O_DIRECT` writes (alternating rounds), the writer
+/// with bitshuffle-LZ4 on the 4D-STEM pattern, and the highest zero-loss rate of the whole pipeline to this disk
+/// with each, with every process's CPU.
+fn hdf5_output(a: &Args, dir: &Path, rows: &mut Vec<Row>, notes: &mut Vec<String>) -> anyhow::Result<()> {
+    use shm_protocol::messages::Compression;
+    tracing::info!("h5");
+    let fb = k2::IS_GEOMETRY.frame_bytes();
+    let frames = if a.quick { 120 } else { 300 };
+    let gbs = |s: f64| frames as f64 * fb as f64 / s / 1e9;
+    let (mut w, mut o, mut n, mut ratios) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let counting = detector::pattern::Pattern::Counting;
+    // The three alternate, as in `writer`: the disk's speed drifts; .npy is the writer's other format, beside.
+    for _ in 0..if a.quick { 2 } else { 3 } {
+        let os = write::odirect_seconds(dir, frames, fb)?;
+        let ws = write::writer_run(dir, frames, "writer.h5", Compression::None, &counting)?.secs;
+        let ns = write::writer_seconds(dir, frames)?;
+        o.push(gbs(os));
+        w.push(gbs(ws));
+        n.push(gbs(ns));
+        ratios.push(os / ws);
+    }
+    let rounds: Vec<String> = w.iter().zip(&o).zip(&n).map(|((w, o), n)| format!("{w:.2}/{o:.2}/{n:.2}")).collect();
+    let (wg, og, ng) =
+        (ringdaq_benches::median(&mut w), ringdaq_benches::median(&mut o), ringdaq_benches::median(&mut n));
+    let ratio = ringdaq_benches::median(&mut ratios);
+    rows.push(Row::new(
+        &format!("writer: {frames} frames ring → .h5 uncompressed, to done (GB/s; median of {} rounds)", w.len()),
+        format!("{wg:.2} ({:.0} frames/s)", wg * 1e9 / fb as f64),
+        format!("O_DIRECT {og:.2} (.npy {ng:.2})"),
+        format!("{ratio:.2}×"),
+        "≥ 0.9×",
+        Some(ratio >= 0.9),
+    ));
+    notes.push(format!("writer rounds, .h5 uncompressed (GB/s, .h5/O_DIRECT/.npy): {}", rounds.join(", ")));
+
+    let stem = detector::pattern::Pattern::Stem { seed: 0 };
+    let r = write::writer_run(dir, frames, "writer-bslz4.h5", Compression::Bslz4, &stem)?;
+    let input = frames as f64 * fb as f64;
+    rows.push(Row::new(
+        &format!(
+            "writer: {frames} 4D-STEM frames ring → .h5 bitshuffle-LZ4, to done ({} compression threads; GB/s in)",
+            std::thread::available_parallelism().map_or(1, usize::from)
+        ),
+        format!("{:.2} ({:.0} frames/s)", input / r.secs / 1e9, frames as f64 / r.secs),
+        format!("ratio {:.2}", input / r.compressed_bytes.max(1) as f64),
+        format!("{:.2} GB/s per compressing core", input / r.compress_cpu_s.max(1e-9) / 1e9),
+        "",
+        None,
+    ));
+    notes.push(format!(
+        "writer .h5 bitshuffle-LZ4 run: {:.2} s to done, compression {:.2} CPU s, the whole process {:.2} CPU s, \
+         {:.0} MB of chunks for {:.0} MB of frames (the finish copies the chunks from the store into the file)",
+        r.secs,
+        r.compress_cpu_s,
+        r.process_cpu_s,
+        r.compressed_bytes as f64 / 1e6,
+        input / 1e6
+    ));
+
+    // The whole pipeline to this disk: the highest zero-loss rate with each compression.
+    let config = pipeline_config(a)?;
+    let mut p = Pipeline::start("perf-h5", &config)?;
+    // 400 frames: 3 GB uncompressed; bslz4's arming checks room for twice the worst case (6 GB).
+    let trial_frames = if a.quick { 200 } else { 400 };
+    let mut best = Vec::new();
+    for c in [Compression::None, Compression::Bslz4] {
+        let mut figs = Vec::new();
+        let s = ingest::search_from(100.0, 100.0, 50.0, |fps| {
+            let (t, f) = h5::disk_trial(&mut p, dir, fps, trial_frames, c)?;
+            tracing::info!(
+                compression = c.as_str(),
+                asked = fps,
+                reached = t.sent_fps,
+                state = f.state,
+                written = f.written,
+                "disk trial"
+            );
+            figs.push((t.clone(), f));
+            Ok(t)
+        })?;
+        let rate = s.best.as_ref().map_or(0.0, |t| t.sent_fps);
+        notes.push(format!(
+            "disk trials, .h5 {} (asked → reached frames/s: frames written complete/sent, state; CPU s of simulator, \
+             receiver, assembler, writer; chunks MB): {}",
+            c.as_str(),
+            figs.iter()
+                .map(|(t, f)| format!(
+                    "{:.0} → {:.0}: {}/{} {}; {:.1}, {:.1}, {:.1}, {:.1}; {:.0}",
+                    t.asked,
+                    t.sent_fps,
+                    t.complete.unwrap_or(0),
+                    t.frames,
+                    f.state,
+                    f.cpu_s[0],
+                    f.cpu_s[1],
+                    f.cpu_s[2],
+                    f.cpu_s[3],
+                    f.compressed_bytes as f64 / 1e6
+                ))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ));
+        best.push((rate, s.sender_bound));
+    }
+    let bound = |b: bool| if b { " (sender's limit)" } else { "" };
+    rows.push(Row::new(
+        &format!("whole pipeline → .h5 on this disk, 4D-STEM pattern: highest zero-loss rate, {trial_frames}-frame trials (frames/s)"),
+        format!("bslz4 {:.0}{}", best[1].0, bound(best[1].1)),
+        format!("uncompressed {:.0}{}", best[0].0, bound(best[0].1)),
+        format!("{:.2}×", best[1].0 / best[0].0.max(1.0)),
+        "400 with bslz4",
+        Some(best[1].0 >= 400.0),
+    ));
+    Ok(())
 }

@@ -281,7 +281,8 @@ pub struct StatusReport {
     pub stages: Vec<StageStatus>,
     /// Named counters (`receiver.datagrams`, `assembler.invalid.sync_word`, ...).
     pub counters: Vec<(String, u64)>,
-    /// Rates over the last second: `datagrams_per_s`, `frames_per_s`, `receive_mb_per_s`, `write_mb_per_s`.
+    /// Rates over the last second: `datagrams_per_s`, `frames_per_s`, `receive_mb_per_s`, `write_mb_per_s`
+    /// (pixels), `compress_cores` (CPU seconds a second spent compressing), `compressed_mb_per_s`.
     pub rates: Vec<(String, f64)>,
     /// Slots in each ring.
     pub block_ring_slots: u64,

@@ -37,6 +37,9 @@ impl Supervisor {
                 ("frames_per_s".into(), d(&["assembler.frames_complete", "assembler.frames_incomplete"])),
                 ("receive_mb_per_s".into(), d(&["receiver.bytes"]) / 1e6),
                 ("write_mb_per_s".into(), d(&["writer.bytes"]) / 1e6),
+                // Cores busy compressing (CPU seconds a second, all compression threads) and what they write.
+                ("compress_cores".into(), d(&["writer.compress_cpu_ns"]) / 1e9),
+                ("compressed_mb_per_s".into(), d(&["writer.compressed_bytes"]) / 1e6),
             ];
         }
         r.last = Some((now, c));
