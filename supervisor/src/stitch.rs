@@ -440,16 +440,17 @@ mod tests {
         }
     }
 
-    fn temp(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("ringdaq-stitch-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+    /// A directory removed (with everything in it) when the test ends, passed or not; `set/parts` made.
+    fn temp(name: &str) -> (writer::conformance::TempDir, PathBuf) {
+        let root = writer::conformance::TempDir::new(&format!("stitch-{name}")).unwrap();
+        let d = root.path().join("set");
         std::fs::create_dir_all(d.join("parts")).unwrap();
-        d
+        (root, d)
     }
 
     #[test]
     fn two_halves_read_as_whole_frames_and_move_together() {
-        let d = temp("halves");
+        let (root, d) = temp("halves");
         let a = part(&d.join("parts"), "a.h5", 0..4, 3, 50);
         let b = part(&d.join("parts"), "b.h5", 4..8, 3, 50);
         let out = d.join("whole.h5");
@@ -457,8 +458,7 @@ mod tests {
         let s = stitch(&args(&out, &[&b, &a])).unwrap();
         assert_eq!((s.frames, s.full_shape, s.warnings.len()), (3, [ROWS, COLS], 0));
         // Moved, the set still reads: the parts are named relative to the stitched file.
-        let moved = std::env::temp_dir().join(format!("ringdaq-stitch-moved-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&moved);
+        let moved = root.path().join("moved");
         std::fs::rename(&d, &moved).unwrap();
         let f = hdf5::File::open(moved.join("whole.h5")).unwrap();
         let ds = f.dataset(DATA).unwrap();
@@ -471,13 +471,11 @@ mod tests {
         assert_eq!(f.dataset("/entry/data/complete").unwrap().read_raw::<u8>().unwrap(), [1, 0, 1]);
         let p = placement::read_hdf5(&f.group(placement::DETECTOR_GROUP).unwrap()).unwrap().unwrap();
         assert_eq!((p.streams, p.rects), (vec![0, 1], vec![[0, 0, 0, 0, ROWS as u64, COLS as u64]]));
-        drop((ds, f));
-        std::fs::remove_dir_all(&moved).unwrap();
     }
 
     #[test]
     fn overlaps_gaps_and_different_frames_are_refused_or_said() {
-        let d = temp("refused");
+        let (_root, d) = temp("refused");
         let p = d.join("parts");
         let a = part(&p, "a.h5", 0..4, 3, 50);
         let b = part(&p, "b.h5", 4..8, 3, 50);
@@ -505,7 +503,6 @@ mod tests {
         let px = hdf5::File::open(&out2).unwrap().dataset(DATA).unwrap().read_raw::<u16>().unwrap();
         assert_eq!((px[3], px[4]), (whole(0, 0, 3), 7), "the missing sector reads as the fill value");
         assert!(stitch(&args(&out, &[&a, &b])).unwrap_err().to_string().contains("exists"));
-        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]

@@ -89,9 +89,8 @@ mod tests {
 
     #[test]
     fn a_placement_round_trips_through_hdf5_attributes() {
-        let dir = std::env::temp_dir().join(format!("ringdaq-placement-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("p.h5");
+        let dir = crate::conformance::TempDir::new("placement").unwrap();
+        let path = dir.path().join("p.h5");
         let p = PartPlacement {
             full_shape: [1860, 2048],
             detector_streams: 8,
@@ -107,6 +106,5 @@ mod tests {
         }
         let f = hdf5::File::open(&path).unwrap();
         assert_eq!(read_hdf5(&f.group(DETECTOR_GROUP).unwrap()).unwrap(), Some(p));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
