@@ -21,7 +21,7 @@ pub mod window;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use detector::{Format, PixelType};
+use detector::{PixelType, Streams, View};
 use shm_protocol::pipeline::{
     self, ASSEMBLER_CURSOR, BLOCK_RING, BlockSlotHeader, DATAGRAM_TRUNCATED, DatagramRecord, FRAME_COMPLETE,
     FRAME_INCOMPLETE, FRAME_PIXELS_OFFSET, FRAME_RING, FRAME_SYNC, FrameHeader, MAX_BLOCKS_PER_FRAME,
@@ -110,7 +110,8 @@ struct Candidate {
 
 /// The assembly loop over one region.
 pub struct Assembler<'r> {
-    format: Format,
+    /// The detector, or the part of it this pipeline takes (its streams are the region's sockets).
+    format: View,
     /// Classifies the slot being read (apart: the slot's guard borrows `blocks`).
     scan: Scan<'r>,
     /// Counter index of the pipeline's `out_of_window` reason.
@@ -158,8 +159,18 @@ impl<'r> Assembler<'r> {
     pub fn new(region: &'r Region, cfg: AssemblerConfig) -> Result<Self, AssemblerError> {
         let area = pipeline::pipeline_area(region)?;
         let geo = region.header().geometry;
-        let format = detector::registry::by_id(geo.mode)
+        let full = detector::registry::by_id(geo.mode)
             .ok_or_else(|| AssemblerError::Geometry(format!("mode id {}", geo.mode)))?;
+        // The streams the pipeline takes, as its creator recorded them (none recorded: all of them).
+        let format = match area.placement.stream_mask {
+            0 => View::whole(full),
+            mask => Streams::from_mask(full.get(), mask)
+                .and_then(|s| View::new(full, s))
+                .map_err(|e| AssemblerError::Geometry(e.to_string()))?,
+        };
+        if geo.sectors as usize != format.streams() {
+            return Err(AssemblerError::Geometry(format!("{} sockets for {format}", geo.sectors)));
+        }
         if geo.frame_rows as usize != format.rows() || geo.frame_cols as usize != format.cols() {
             return Err(AssemblerError::Geometry(format!(
                 "{}x{} frames for mode {format}",
@@ -203,8 +214,7 @@ impl<'r> Assembler<'r> {
         };
         let arrivals = Vec::with_capacity(params.datagrams_per_slot as usize);
         Ok(Self {
-            format,
-            scan: Scan { format, area, params, oversized, arrivals },
+            scan: Scan { format: format.clone(), area, params, oversized, arrivals },
             out_of_window,
             cfg,
             area,
@@ -224,6 +234,7 @@ impl<'r> Assembler<'r> {
             receiver_seen: (0, 0, std::time::Instant::now()),
             logged_acquisition: 0,
             idle_watch: None,
+            format,
         })
     }
 
@@ -673,7 +684,7 @@ impl<'r> Assembler<'r> {
 /// arrivals, the invalid ones are counted. Apart from the [`Assembler`]'s other state because the guard borrows
 /// its consumer. `arrivals` keeps its capacity (one slot's datagrams), so reading allocates nothing.
 struct Scan<'r> {
-    format: Format,
+    format: View,
     area: &'r PipelineArea,
     params: PipelineParams,
     /// Counter index of the pipeline's `oversized` reason (after the format's reasons).

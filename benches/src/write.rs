@@ -56,6 +56,7 @@ pub fn writer_run(
         frame_cursors: rings.frame_cursors,
         fill_value: rings.fill_value,
         invalid_reasons: k2::IS.invalid_reasons(),
+        placement: Default::default(),
     };
     let region = sizes.create_region()?;
     let area = pipeline::pipeline_area(&region)?;

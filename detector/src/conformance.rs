@@ -9,9 +9,13 @@
 //! - every invalid reason is reachable: a datagram corrupted for reason r classifies as r;
 //! - out-of-range input is refused with an error, not a panic: a stream out of range, decode buffers of the
 //!   wrong size, encode of a block out of range.
+//!
+//! [`check_view`] runs it over a part of a format (some of its streams, [`crate::subset`]) and checks that the
+//! part, fed the whole detector's datagrams of its streams, decodes exactly their rectangles of the whole frame.
 
 use crate::format::{BlockInfo, BlockMeta, DetectorFormat, Format};
 use crate::pattern::splitmix64;
+use crate::subset::{Streams, View};
 
 /// A way in which a format does not conform.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,7 +31,11 @@ fn ensure(f: &dyn DetectorFormat, ok: bool, what: impl FnOnce() -> String) -> Re
 
 /// Runs the whole suite on `format`.
 pub fn check(format: Format) -> Result<(), Nonconformance> {
-    let f = format.get();
+    check_format(format.get())
+}
+
+/// Runs the whole suite on a format given as a trait object (a registered format or a part of one).
+pub fn check_format(f: &dyn DetectorFormat) -> Result<(), Nonconformance> {
     geometry(f)?;
     let frame = random_frame(f, 0x5EED);
     let datagrams = encode_all(f, &frame, 77)?;
@@ -35,6 +43,87 @@ pub fn check(format: Format) -> Result<(), Nonconformance> {
     round_trip(f, &frame, &datagrams)?;
     invalid_reasons(f, &datagrams[0])?;
     refuses_bad_input(f, &frame, &datagrams)?;
+    Ok(())
+}
+
+/// Checks the part of `full` that takes `streams`: it conforms as a format of its own, the streams' rectangles
+/// tile the part's frame and the whole frame, and the whole detector's datagrams of those streams, classified
+/// on the part's streams, are the part's blocks and decode to exactly the pixels of the placement's rectangles
+/// of the whole frame (complete, and with every other block missing).
+pub fn check_view(full: Format, streams: Streams) -> Result<(), Nonconformance> {
+    let whole = full.get();
+    let fail = |what: String| Nonconformance { format: whole.name(), what: format!("sectors {streams}: {what}") };
+    let view = View::new(full, streams).map_err(|e| fail(e.to_string()))?;
+    let part: &dyn DetectorFormat = &*view;
+    check_format(part)?;
+    tiles(whole, whole.streams(), whole.rows(), whole.cols()).map_err(|e| fail(format!("whole frame: {e}")))?;
+    tiles(part, part.streams(), part.rows(), part.cols()).map_err(|e| fail(format!("part's frame: {e}")))?;
+    let frame = random_frame(whole, 0xC0FFEE);
+    let datagrams = encode_all(whole, &frame, 77)?;
+    let fill = whole.pixel_mask();
+    let mut blocks: Vec<Option<&[u8]>> = vec![None; part.blocks_per_frame()];
+    for (block, d) in datagrams.iter().enumerate() {
+        let s = whole.stream_of(block);
+        let Some(local) = streams.iter().position(|x| x == s) else { continue };
+        let info = part.classify(local, d).map_err(|e| fail(format!("block {block} of stream {s}: {e}")))?;
+        let slot = blocks.get_mut(info.index).ok_or_else(|| fail(format!("block {block} → {}", info.index)))?;
+        if slot.is_some() {
+            return Err(fail(format!("two blocks classify as the part's block {}", info.index)));
+        }
+        *slot = Some(d.as_slice());
+    }
+    if blocks.iter().any(Option::is_none) {
+        return Err(fail("a block of the part is not among the whole's datagrams of its streams".into()));
+    }
+    let placement = view.placement();
+    let covered: usize = placement.rects.iter().map(|r| r.rows * r.cols).sum();
+    if covered != part.frame_pixels() {
+        return Err(fail(format!("the placement covers {covered} pixels of {}", part.frame_pixels())));
+    }
+    for missing_odd in [false, true] {
+        let given: Vec<Option<&[u8]>> =
+            blocks.iter().enumerate().map(|(i, b)| if missing_odd && i % 2 == 1 { None } else { *b }).collect();
+        let mut out = vec![0u16; part.frame_pixels()];
+        part.decode_frame(&given, &mut out, fill).map_err(|e| fail(format!("decode: {e}")))?;
+        for r in &placement.rects {
+            for y in 0..r.rows {
+                for x in 0..r.cols {
+                    let got = out[(r.row + y) * part.cols() + r.col + x];
+                    let want = frame[(r.full_row + y) * whole.cols() + r.full_col + x];
+                    if got != want && !(missing_odd && got == fill) {
+                        return Err(fail(format!(
+                            "pixel ({}, {}) of the part is {got}, the whole frame's ({}, {}) is {want}",
+                            r.row + y,
+                            r.col + x,
+                            r.full_row + y,
+                            r.full_col + x
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The streams' rectangles lie in the frame and cover each of its pixels once (that each stream's pixels are
+/// in its rectangle is checked by decoding: [`check_view`] compares the part's pixels with the whole's).
+fn tiles(f: &dyn DetectorFormat, streams: usize, rows: usize, cols: usize) -> Result<(), String> {
+    let mut cover = vec![0u8; rows * cols];
+    for s in 0..streams {
+        let r = f.stream_rect(s).ok_or_else(|| format!("stream {s} has no rectangle"))?;
+        if r.row + r.rows > rows || r.col + r.cols > cols {
+            return Err(format!("stream {s}: {r:?} outside the {rows} x {cols} frame"));
+        }
+        for y in r.row..r.row + r.rows {
+            for c in &mut cover[y * cols + r.col..y * cols + r.col + r.cols] {
+                *c += 1;
+            }
+        }
+    }
+    if let Some(p) = cover.iter().position(|&c| c != 1) {
+        return Err(format!("pixel ({}, {}) is covered {} times", p / cols, p % cols, cover[p]));
+    }
     Ok(())
 }
 

@@ -12,6 +12,9 @@
 //! [encode]: DetectorFormat::encode_datagram
 
 use std::fmt;
+use std::sync::Arc;
+
+use crate::subset::{Rect, Streams};
 
 /// Type of a decoded pixel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +199,23 @@ pub trait DetectorFormat: Send + Sync + fmt::Debug {
     /// The reasons the simulator's `corrupt` fault draws from (indices into
     /// [`DetectorFormat::invalid_reasons`]): faults a network or a device really produces.
     fn sim_faults(&self) -> &'static [usize];
+
+    /// Where the pixels of stream `stream` lie in a decoded frame: every block the stream sends falls in this
+    /// rectangle, and the streams' rectangles tile the frame. `None` for a stream out of range, and for a format
+    /// that does not say (it can then only be received whole).
+    fn stream_rect(&self, stream: usize) -> Option<Rect> {
+        let _ = stream;
+        None
+    }
+
+    /// This format restricted to the detector's streams `streams` (not all of them), for a pipeline that
+    /// receives only those (see [`crate::subset`]): its stream `i` is the `i`-th of `streams`, its blocks are
+    /// theirs, and its frame holds their pixels, each stream's rectangle of the same size as in the whole frame,
+    /// placed as its own [`DetectorFormat::stream_rect`] says. `None` if the format cannot be split (the default).
+    fn restrict(&self, streams: &Streams) -> Option<Arc<dyn DetectorFormat>> {
+        let _ = streams;
+        None
+    }
 
     /// Pixels of a decoded frame.
     fn frame_pixels(&self) -> usize {

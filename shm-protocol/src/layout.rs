@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 pub const MAGIC: [u8; 8] = *b"RINGDAQ\0";
 
 /// Version of the layout described in this module. A process refuses to attach to a region of another version.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Size of a cache line; every independently written word lives on a line of its own.
 pub const CACHE_LINE: usize = 64;

@@ -137,7 +137,8 @@ pub struct Found {
 /// supervisor runs it). `None`: nothing to adopt, start afresh. An error: one runs, but not as `cfg` describes
 /// it (the message says what differs and what to do).
 pub fn find(runtime: &Path, cfg: &Config) -> anyhow::Result<Option<Found>> {
-    let stored = systemd_descriptors(cfg.mode.streams());
+    // The pipeline's sockets: the detector's, or those of its sectors this pipeline takes (`--sectors`).
+    let stored = systemd_descriptors(cfg.view()?.subset().iter().count());
     let path = runtime.join(PIPELINE_FILE);
     let file: Option<PipelineFile> = match std::fs::read(&path) {
         Ok(text) => match serde_json::from_slice(&text) {
@@ -333,7 +334,9 @@ pub fn take_back(
         region_fd = Some(r);
         sockets = s;
     }
-    let streams = cfg.mode.streams();
+    // Socket i listens on the port of the i-th sector this pipeline takes (all of them, or `--sectors`).
+    let ports: Vec<u16> = cfg.view()?.subset().iter().map(|s| cfg.port_base + s as u16).collect();
+    let streams = ports.len();
     let control = crate::config::control_socket(&cfg.runtime_dir());
     let mut rejoined: Vec<(Stage, Connection)> = Vec::new();
     let t = Instant::now();
@@ -408,9 +411,9 @@ pub fn take_back(
                 .and_then(|a| std::net::SocketAddr::try_from(a).ok())
                 .map(|a| a.port());
             anyhow::ensure!(
-                port == Some(cfg.port_base + s as u16),
-                "the surviving pipeline's socket of sector {s} is on port {port:?}, not {}",
-                cfg.port_base + s as u16
+                port == Some(ports[s]),
+                "the surviving pipeline's socket {s} is on port {port:?}, not {}",
+                ports[s]
             );
         }
     } else {

@@ -15,10 +15,13 @@ use shm_protocol::pipeline::{self, BLOCK_RING, BlockSlotHeader, DatagramRecord};
 use shm_protocol::{Access, Region, RingError};
 
 /// What the tap found when it attached.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TapInfo {
     /// The region's detector format id.
     pub mode: u32,
+    /// The detector's sectors (streams) this pipeline takes, in socket order, when it takes only some of them
+    /// (`ringdaq run --sectors`); empty for the whole detector.
+    pub part_sectors: Vec<u32>,
     /// The pipeline's fill value for missing pixels.
     pub fill_value: u16,
     /// The block-ring slot the tap starts at.
@@ -30,7 +33,7 @@ pub struct TapInfo {
 pub struct Tapped<'a> {
     /// Kernel receive time, ns since the Unix epoch.
     pub recv_ns: u64,
-    /// Sector (socket index).
+    /// The detector's sector (stream) it came on: its port is `port_base + sector`.
     pub sector: u16,
     /// The receiver's flags (truncated).
     pub flags: u16,
@@ -78,11 +81,19 @@ pub fn run(
         other => bail!("unexpected reply {other:?}"),
     };
     let region = Region::attach(fd, Access::ReadOnly)?;
-    let params = pipeline::pipeline_area(&region)?.params;
+    let area = pipeline::pipeline_area(&region)?;
+    let params = area.params;
+    // A pipeline that takes some of the detector's sectors has them as its sockets 0, 1, …: the tap names the
+    // detector's sector (the port offset), so that a recording replays to the same ports.
+    let sectors = area.placement.streams();
+    let whole = sectors.iter().enumerate().all(|(i, &s)| i as u32 == s)
+        && detector::registry::by_id(region.header().geometry.mode).is_none_or(|f| f.streams() == sectors.len());
+    let detector_sector = |socket: u16| sectors.get(usize::from(socket)).map_or(socket, |&s| s as u16);
     let ring = region.ring(BLOCK_RING)?;
     let mut reader = ring.reader(ring.published(), false);
     sink.start(&TapInfo {
         mode: region.header().geometry.mode,
+        part_sectors: if whole || sectors.is_empty() { Vec::new() } else { sectors.clone() },
         fill_value: params.fill_value as u16,
         first_slot: reader.next_seq(),
     })?;
@@ -123,7 +134,12 @@ pub fn run(
             let rec: DatagramRecord = bytemuck::pod_read_unaligned(&copy[at..at + size_of::<DatagramRecord>()]);
             let len = (rec.len as usize).min(stride);
             let off = params.datagram_offset as usize + i * stride;
-            let d = Tapped { recv_ns: rec.recv_ns, sector: rec.sector, flags: rec.flags, bytes: &copy[off..off + len] };
+            let d = Tapped {
+                recv_ns: rec.recv_ns,
+                sector: detector_sector(rec.sector),
+                flags: rec.flags,
+                bytes: &copy[off..off + len],
+            };
             if sink.datagram(d)?.is_break() {
                 return Ok(TapEnd::Sink);
             }

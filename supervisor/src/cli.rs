@@ -89,6 +89,9 @@ pub enum Command {
         /// The stage.
         stage: StageArg,
     },
+    /// Present the parts written by several pipelines that each took some of one detector's sectors
+    /// (`run --sectors`) as whole frames: an HDF5 virtual dataset /entry/data/data over the parts' files.
+    Stitch(crate::stitch::StitchArgs),
     /// Read the running pipeline's frames (zero-copy) and print, every second, how many came, how many were
     /// missed, and their pixel statistics.
     Tail(TailArgs),
@@ -145,6 +148,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Detach { stage } => crate::client::detach(&rt, stage.into()),
         Command::Attach { stage } => crate::client::attach(&rt, stage.into()),
         Command::Sim(a) => crate::sim_cmd::run(&a),
+        Command::Stitch(a) => crate::stitch::run(&a),
         Command::Tail(a) => {
             let stop: &'static std::sync::atomic::AtomicBool =
                 Box::leak(Box::new(std::sync::atomic::AtomicBool::new(false)));

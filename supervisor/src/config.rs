@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-use detector::Format;
+use detector::{Format, Streams, View};
 use serde::{Deserialize, Serialize};
 
 /// Everything `ringdaq run` can be told.
@@ -23,6 +23,10 @@ pub struct Config {
     /// Modules of the detector (with `detector`, or within the family of `mode`); default 1.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub modules: Option<usize>,
+    /// The detector's streams (K2 sectors, JUNGFRAU modules) this pipeline receives, assembles and writes:
+    /// `"0-3"`, `"0,1,2,3"` or `[0, 1, 2, 3]`; default every stream. Stream s stays on `port_base + s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sectors: Option<SectorList>,
     /// Multicast group to join on every socket (the real K2 sends to 225.1.1.1).
     pub multicast_group: Option<std::net::Ipv4Addr>,
     /// Interface address for the multicast join.
@@ -116,6 +120,7 @@ impl Default for Config {
             mode: Format::default(),
             detector: None,
             modules: None,
+            sectors: None,
             multicast_group: None,
             multicast_interface: std::net::Ipv4Addr::UNSPECIFIED,
             recv_buffer_bytes: 64 << 20,
@@ -210,12 +215,12 @@ impl Config {
         anyhow::ensure!(idle.is_finite() && idle >= 0.0, "assembler.stream_idle_timeout_s must be 0 or more seconds");
         let orphan = self.supervisor.orphan_timeout_s;
         anyhow::ensure!(orphan.is_finite() && orphan >= 0.0, "supervisor.orphan_timeout_s must be 0 or more seconds");
-        let f = self.mode;
         anyhow::ensure!(
-            usize::from(self.port_base) + f.streams() <= 65536,
+            usize::from(self.port_base) + self.mode.streams() <= 65536,
             "port_base leaves no room for {} ports",
-            f.streams()
+            self.mode.streams()
         );
+        let f = self.view()?;
         anyhow::ensure!(
             f.blocks_per_frame() <= shm_protocol::pipeline::MAX_BLOCKS_PER_FRAME,
             "mode {f} has {} blocks per frame, more than a frame header records",
@@ -237,9 +242,52 @@ impl Config {
         Ok(())
     }
 
+    /// The part of the detector this pipeline takes: `mode` restricted to `sectors` (the whole without them).
+    pub fn view(&self) -> anyhow::Result<View> {
+        let Some(list) = &self.sectors else { return Ok(View::whole(self.mode)) };
+        let streams = Streams::new(self.mode.get(), &list.0).map_err(|e| anyhow::anyhow!("sectors: {e}"))?;
+        View::new(self.mode, streams).map_err(|e| anyhow::anyhow!("sectors: {e}"))
+    }
+
     /// The runtime directory to use.
     pub fn runtime_dir(&self) -> PathBuf {
         resolve_runtime_dir(self.runtime_dir.as_deref())
+    }
+}
+
+/// Stream indices as a user writes them (`"0-3"`, `"0,1,2,3"`, `[0, 1, 2, 3]` or `3`), checked against the
+/// detector by [`Config::view`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SectorList(pub Vec<usize>);
+
+impl std::str::FromStr for SectorList {
+    type Err = detector::subset::SubsetError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        detector::subset::parse_list(s).map(Self)
+    }
+}
+
+impl Serialize for SectorList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0.iter().map(usize::to_string).collect::<Vec<_>>().join(","))
+    }
+}
+
+impl<'de> Deserialize<'de> for SectorList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Text(String),
+            List(Vec<usize>),
+            One(usize),
+        }
+        match Written::deserialize(d)? {
+            Written::Text(t) => t.parse().map_err(serde::de::Error::custom),
+            Written::List(v) if v.is_empty() => Err(serde::de::Error::custom("sectors: an empty list")),
+            Written::List(v) => Ok(Self(v)),
+            Written::One(n) => Ok(Self(vec![n])),
+        }
     }
 }
 
@@ -303,6 +351,28 @@ mod tests {
         let mut c = Config::default();
         c.resolve_detector().unwrap();
         assert_eq!(c.mode, detector::k2::IS);
+    }
+
+    #[test]
+    fn sectors_are_a_range_or_a_list_of_existing_ones() {
+        for text in ["sectors = \"0-3\"", "sectors = \"0,1,2,3\"", "sectors = [0, 1, 2, 3]"] {
+            let c: Config = toml::from_str(text).unwrap();
+            let v = c.view().unwrap();
+            assert_eq!((v.subset().to_string(), v.cols(), v.streams()), ("0-3".into(), 1024, 4), "{text}");
+            c.validate().unwrap();
+        }
+        let c: Config = toml::from_str("sectors = 5").unwrap();
+        assert_eq!(c.view().unwrap().subset().to_string(), "5");
+        let c: Config = toml::from_str("sectors = \"4-8\"").unwrap();
+        assert_eq!(c.validate().unwrap_err().to_string(), "sectors: sector 8 does not exist: is has sectors 0-7");
+        assert!(toml::from_str::<Config>("sectors = \"3-1\"").is_err());
+        assert!(toml::from_str::<Config>("sectors = []").is_err());
+        assert!(toml::from_str::<Config>("sectors = \"x\"").is_err());
+        let c: Config = toml::from_str("mode = \"jungfrau-2\"\nsectors = \"1\"").unwrap();
+        assert_eq!((c.view().unwrap().rows(), c.view().unwrap().cols()), (512, 1024));
+        let round: Config = toml::from_str(&toml::to_string(&c).unwrap()).unwrap();
+        assert_eq!(round, c);
+        assert!(Config::default().view().unwrap().is_whole());
     }
 
     #[test]

@@ -90,6 +90,13 @@ impl<W: Write> Sink for GatanSink<'_, W> {
         let Some(g) = gatan::geometry_of(format) else {
             bail!("{}", gatan::GatanError::NotK2(format.to_string()));
         };
+        if !info.part_sectors.is_empty() {
+            bail!(
+                "a Gatan recording holds every sector, and this pipeline takes only sectors {:?} (ringdaq run \
+                 --sectors); record it as .rdq instead",
+                info.part_sectors
+            );
+        }
         let paths = self.paths.take().context("started twice")?;
         let opts = Options {
             scan: self.scan,

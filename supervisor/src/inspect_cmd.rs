@@ -119,6 +119,19 @@ fn print(region: &Region, how: &str, out: &mut impl Write) -> anyhow::Result<()>
         writeln!(out, "  slots holding their published sequence: {held} of the last {}", r.slot_count().min(p))?;
     }
     let area = pipeline::pipeline_area(region)?;
+    let pl = &area.placement;
+    if pl.is_recorded() {
+        let sectors: Vec<String> = pl.streams().iter().map(u32::to_string).collect();
+        writeln!(
+            out,
+            "placement: sectors {} of {} of a {} x {} frame; rectangles [row, col, full_row, full_col, rows, cols] {:?}",
+            sectors.join(","),
+            pl.detector_streams,
+            pl.full_rows,
+            pl.full_cols,
+            pl.rect_numbers()
+        )?;
+    }
     for st in Stage::ALL {
         let s = area.stage(st);
         writeln!(

@@ -21,5 +21,6 @@ pub mod sockets;
 pub mod stage_process;
 pub mod stage_state;
 pub mod stages;
+pub mod stitch;
 pub mod tail_cmd;
 pub mod top_cmd;

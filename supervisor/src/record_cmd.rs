@@ -173,7 +173,7 @@ impl<W: Write> Sink for RdqSink<'_, W> {
 pub struct Recorded {
     /// Kernel receive time, ns since the Unix epoch.
     pub recv_ns: u64,
-    /// Sector (socket index).
+    /// The detector's sector (stream) it came on: its port is `port_base + sector`.
     pub sector: u16,
     /// The receiver's flags (truncated).
     pub flags: u16,

@@ -36,6 +36,10 @@ pub struct RunArgs {
     /// Modules of the detector (default 1); module m listens on PORT_BASE + m.
     #[arg(long)]
     pub modules: Option<usize>,
+    /// Receive, assemble and write only these sectors (streams: K2 sectors, JUNGFRAU modules), a range "0-3" or a
+    /// list "0,1,2,3"; sector s stays on PORT_BASE + s, and a frame holds only their pixels.
+    #[arg(long)]
+    pub sectors: Option<crate::config::SectorList>,
     /// Run the built-in simulator against this pipeline.
     #[arg(long)]
     pub simulate: bool,
@@ -91,6 +95,9 @@ impl RunArgs {
             c.modules = Some(n);
         }
         c.resolve_detector()?;
+        if let Some(s) = &self.sectors {
+            c.sectors = Some(s.clone());
+        }
         if let Some(a) = self.metrics {
             c.metrics = Some(a);
         }

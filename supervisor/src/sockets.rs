@@ -8,12 +8,13 @@ use anyhow::Context;
 
 use crate::config::Config;
 
-/// Binds one socket per stream (sector) of the detector format at `bind:port_base + s`, with large receive
-/// buffers and, if configured, the multicast group joined.
+/// Binds one socket per stream (sector) the pipeline takes (every stream of the detector format, or the
+/// configured `sectors`) at `bind:port_base + s`, in stream order, with large receive buffers and, if
+/// configured, the multicast group joined. Datagrams for the other streams' ports are not received here.
 pub fn bind_sector_sockets(cfg: &Config) -> anyhow::Result<Vec<OwnedFd>> {
-    let streams = cfg.mode.streams();
-    let mut out = Vec::with_capacity(streams);
-    for s in 0..streams {
+    let view = cfg.view()?;
+    let mut out = Vec::with_capacity(view.streams());
+    for s in view.subset().iter() {
         let port = cfg.port_base + s as u16;
         let bind_ip: IpAddr = match (cfg.multicast_group, cfg.bind) {
             // Bind multicast receivers to the group (or any) so that only its traffic arrives.

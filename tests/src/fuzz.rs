@@ -64,6 +64,7 @@ fn assembly_sizes() -> PipelineSizes {
         frame_cursors: 1,
         fill_value: 0,
         invalid_reasons: k2::IS.invalid_reasons(),
+        placement: Default::default(),
     }
 }
 

@@ -64,9 +64,18 @@ impl Pipeline {
         Self::start_config(config, &[])
     }
 
+    /// A pipeline with top-level configuration keys `keys` (TOML) and [`SMALL_RINGS`], on UDP ports from
+    /// `port_base` (several pipelines that each take some of one detector's sectors share its port base).
+    pub fn start_on_ports(port_base: u16, keys: &str) -> Self {
+        Self::start_at(port_base, &format!("{keys}{SMALL_RINGS}"), &[])
+    }
+
     fn start_config(config: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_at(free_udp_port_base(8), config, env)
+    }
+
+    fn start_at(port_base: u16, config: &str, env: &[(&str, &str)]) -> Self {
         let dir = TempDir::new("pipeline").expect("temp dir");
-        let port_base = free_udp_port_base(8);
         let cfg = dir.path().join("ringdaq.toml");
         std::fs::write(&cfg, config).expect("config");
         let child = launch(dir.path(), port_base, env);

@@ -379,6 +379,7 @@ pub fn output_with_sidecar(format: Subject, dir: &Path) -> Result<(), Failure> {
             shape: [3, SHAPE.rows, SHAPE.cols],
             dtype: "uint16".into(),
             fill_value: 0,
+            placement: None,
             counters: Default::default(),
             frame_list: frames,
         }

@@ -10,7 +10,8 @@
 //!
 //! Modules: [`stage`] (the loop over the frame ring), [`output`] (an acquisition's files, format-agnostic),
 //! [`format`] (the output-format trait, its registry and the formats: [`npy`]), [`sidecar`],
-//! [`conformance`] (the checks every format passes), [`preflight`] (what an acquisition needs, checked when it
+//! [`placement`] (where a file's frames lie in the whole detector's frame), [`conformance`] (the checks every
+//! format passes), [`preflight`] (what an acquisition needs, checked when it
 //! is armed). The writer crate alone names the files it writes:
 //! [`temp_files`] lists an acquisition's temporary files.
 
@@ -20,6 +21,7 @@ mod direct;
 pub mod format;
 mod journal;
 pub mod output;
+pub mod placement;
 pub mod preflight;
 pub mod sidecar;
 pub mod stage;

@@ -8,6 +8,7 @@ use serde::Serialize;
 use shm_protocol::pipeline::EndReason;
 
 use crate::format::{FormatError, with_suffix};
+pub use crate::placement::PartPlacement;
 
 /// Per-frame entry of the sidecar.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
@@ -61,6 +62,9 @@ pub struct Sidecar {
     pub dtype: String,
     /// Value of the pixels of missing blocks.
     pub fill_value: u32,
+    /// Where the frames lie in the whole detector's frame (absent in sidecars written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<PartPlacement>,
     /// Pipeline counters when the file was finished.
     pub counters: std::collections::BTreeMap<String, u64>,
     /// One entry per frame, by index.

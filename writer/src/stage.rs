@@ -70,6 +70,9 @@ struct Files<'r> {
     /// The detector mode (the region's geometry), for formats that record it.
     mode: u32,
     frame_bytes: usize,
+    /// Where the frames lie in the whole detector's frame (recorded in every sidecar, and from it in the
+    /// formats' metadata).
+    placement: shm_protocol::pipeline::Placement,
     open: Option<OpenAcquisition>,
     /// The live-only acquisition (no output path) whose frames are passing: counted, not written.
     live: Option<u64>,
@@ -82,8 +85,9 @@ impl<'r> Writer<'r> {
         let g = region.header().geometry;
         let frames = region.ring(FRAME_RING)?.consumer(WRITER_CURSOR)?;
         let shape = FrameShape { rows: g.frame_rows.into(), cols: g.frame_cols.into() };
-        let files =
-            Files { area, cfg, shape, mode: g.mode, frame_bytes: shape.frame_bytes() as usize, open: None, live: None };
+        let placement = area.placement.or_whole(shape.rows, shape.cols);
+        let frame_bytes = shape.frame_bytes() as usize;
+        let files = Files { area, cfg, shape, mode: g.mode, frame_bytes, placement, open: None, live: None };
         Ok(Self { frames, files })
     }
 
@@ -426,6 +430,7 @@ impl Files<'_> {
                 shape: [n, shape.rows, shape.cols],
                 dtype: "uint16".into(),
                 fill_value: self.area.params.fill_value,
+                placement: Some((&self.placement).into()),
                 counters: crate::baseline::since_start(&o_path, self.area.counters()),
                 frame_list,
             }

@@ -11,7 +11,10 @@
 
 pub mod header;
 
+use std::sync::Arc;
+
 use crate::format::{BlockInfo, BlockMeta, DetectorFormat, Format, FormatError, InvalidReason, PixelType};
+use crate::subset::{Rect, Streams};
 use header::{DET_TYPE_JUNGFRAU, HEADER_BYTES, SlsHeader, VERSION, at};
 
 /// Rows of one module.
@@ -47,12 +50,17 @@ const SIM_EXPOSURE: u32 = 100;
 /// Timestamp ticks per frame the simulator writes: the 10 MHz clock at 2 kHz.
 const SIM_TICKS_PER_FRAME: u64 = 5_000;
 
-/// A JUNGFRAU detector of `modules` modules stacked vertically.
+/// A JUNGFRAU detector of `modules` modules stacked vertically (or a part of one: some of its modules, stacked
+/// in the same order).
 #[derive(Debug)]
 pub struct Jungfrau {
     modules: usize,
     name: &'static str,
     description: &'static str,
+    /// The detector's modules (the registered format's count; a part has fewer `modules`).
+    whole: usize,
+    /// The module (header `row`, place in the whole stack) each stream of this format receives.
+    module_of: [u16; MAX_MODULES],
 }
 
 const NAMES: [&str; MAX_MODULES] =
@@ -69,7 +77,13 @@ const DESCRIPTIONS: [&str; MAX_MODULES] = [
 ];
 
 const fn jungfrau(modules: usize) -> Jungfrau {
-    Jungfrau { modules, name: NAMES[modules - 1], description: DESCRIPTIONS[modules - 1] }
+    Jungfrau {
+        modules,
+        name: NAMES[modules - 1],
+        description: DESCRIPTIONS[modules - 1],
+        whole: modules,
+        module_of: [0, 1, 2, 3, 4, 5, 6, 7],
+    }
 }
 
 const DETECTORS: [Jungfrau; MAX_MODULES] =
@@ -108,7 +122,7 @@ impl DetectorFormat for Jungfrau {
     }
 
     fn id(&self) -> u32 {
-        16 + self.modules as u32
+        16 + self.whole as u32
     }
 
     fn description(&self) -> &'static str {
@@ -168,7 +182,7 @@ impl DetectorFormat for Jungfrau {
             return Err(PACKET_NUMBER);
         }
         // The module's place in the stack is its row; it must be the one its port serves.
-        if stream >= self.modules || usize::from(h.row) != stream || h.column != 0 {
+        if stream >= self.modules || h.row != self.module_of[stream] || h.column != 0 {
             return Err(MODULE);
         }
         // A JUNGFRAU sends only while it acquires: every packet is inside the exposure.
@@ -218,14 +232,14 @@ impl DetectorFormat for Jungfrau {
         let Some(out) = out.get_mut(..HEADER_BYTES).and_then(|o| <&mut [u8; HEADER_BYTES]>::try_from(o).ok()) else {
             return Err(FormatError::Size { what: "header buffer", found: out.len(), expected: HEADER_BYTES });
         };
-        let module = meta.block / PACKETS_PER_MODULE;
+        let module = self.module_of[meta.block / PACKETS_PER_MODULE];
         SlsHeader {
             frame_number: u64::from(meta.frame_id),
             exp_length: SIM_EXPOSURE,
             packet_number: (meta.block % PACKETS_PER_MODULE) as u32,
             timestamp: meta.frame_seq.wrapping_mul(SIM_TICKS_PER_FRAME),
-            mod_id: module as u16,
-            row: module as u16,
+            mod_id: module,
+            row: module,
             det_type: DET_TYPE_JUNGFRAU,
             version: VERSION,
             ..SlsHeader::default()
@@ -280,6 +294,28 @@ impl DetectorFormat for Jungfrau {
             r => return Err(FormatError::Reason(r)),
         }
         Ok(())
+    }
+
+    fn stream_rect(&self, stream: usize) -> Option<Rect> {
+        // Module m is rows 512 m .. 512 (m + 1), all 1024 columns.
+        (stream < self.modules).then(|| Rect {
+            row: stream * MODULE_ROWS,
+            col: 0,
+            rows: MODULE_ROWS,
+            cols: MODULE_COLS,
+        })
+    }
+
+    fn restrict(&self, streams: &Streams) -> Option<Arc<dyn DetectorFormat>> {
+        // A packet names its module (header `row`), so a part checks it against the module its port serves.
+        if streams.is_empty() || streams.iter().any(|s| s >= self.modules) {
+            return None;
+        }
+        let mut module_of = [0u16; MAX_MODULES];
+        for (m, s) in module_of.iter_mut().zip(streams.iter()) {
+            *m = self.module_of[s];
+        }
+        Some(Arc::new(Jungfrau { modules: streams.len(), module_of, ..*self }))
     }
 
     fn sim_faults(&self) -> &'static [usize] {

@@ -11,7 +11,10 @@ pub mod gatan;
 pub mod geometry;
 pub mod header;
 
+use std::sync::Arc;
+
 use crate::format::{BlockInfo, BlockMeta, DetectorFormat, Format, FormatError, InvalidReason, PixelType};
+use crate::subset::{Rect, Streams};
 use decode::{Decoder, Implementation, PlaceError};
 use geometry::{Geometry, HEADER_BYTES, PixelEncoding, SECTORS};
 use header::{BlockHeader, FLAG_SYNC, HeaderError, REASONS};
@@ -214,6 +217,34 @@ impl DetectorFormat for K2 {
             r => return Err(FormatError::Reason(r)),
         }
         Ok(())
+    }
+
+    fn stream_rect(&self, stream: usize) -> Option<Rect> {
+        // Sector s is columns 256 s .. 256 (s + 1) (IS) of every row.
+        let g = &self.g;
+        (stream < g.sectors()).then(|| Rect {
+            row: 0,
+            col: stream * g.sector_width(),
+            rows: g.sector_height(),
+            cols: g.sector_width(),
+        })
+    }
+
+    fn restrict(&self, streams: &Streams) -> Option<Arc<dyn DetectorFormat>> {
+        // A block header names its position within its sector, not the sector (that is the port), so a part is
+        // the same mode with fewer sectors side by side, in the order of the ports it binds.
+        let g = &self.g;
+        let part = Geometry::new(
+            streams.len(),
+            g.block_bytes(),
+            g.sector_width(),
+            g.sector_height(),
+            g.block_width(),
+            g.block_height(),
+            g.encoding(),
+        )
+        .ok()?;
+        Some(Arc::new(K2 { g: part, ..*self }))
     }
 
     fn sim_faults(&self) -> &'static [usize] {

@@ -21,10 +21,12 @@ mod acquisition;
 pub mod consumer;
 mod counters;
 pub mod messages;
+mod placement;
 pub mod session;
 mod supervision;
 
 pub use acquisition::{AcquisitionRecord, AcquisitionState, CONTINUOUS, Compression, EndReason, SyncMode};
+pub use placement::{MAX_PLACED, PlacedRect, Placement, PlacementError, RectNumbers};
 
 /// Index of the block ring (receiver → assembler).
 pub const BLOCK_RING: usize = 0;
@@ -323,6 +325,9 @@ pub struct PipelineArea {
     pub acquisitions: [AcquisitionRecord; ACQUISITION_SLOTS],
     /// The receiver's current `recvmmsg` call.
     pub receive_journal: ReceiveJournal,
+    /// Where this pipeline's frames lie in the whole detector's frame, written once by the region's creator
+    /// from [`PipelineSizes::placement`].
+    pub placement: Placement,
 }
 
 /// Most datagrams one receive call takes (the receiver's turn on one socket).
@@ -401,7 +406,12 @@ const _: () = {
     assert!(offset_of!(PipelineArea, invalid_names) == 640);
     assert!(offset_of!(PipelineArea, acquisitions) == 640 + MAX_INVALID_REASONS * MAX_REASON_NAME);
     assert!(offset_of!(PipelineArea, receive_journal) == 1152 + ACQUISITION_SLOTS * size_of::<AcquisitionRecord>());
-    assert!(size_of::<PipelineArea>() == 1152 + ACQUISITION_SLOTS * size_of::<AcquisitionRecord>() + 2112);
+    assert!(offset_of!(PipelineArea, placement) == 1152 + ACQUISITION_SLOTS * size_of::<AcquisitionRecord>() + 2112);
+    assert!(
+        size_of::<PipelineArea>()
+            == (1152 + ACQUISITION_SLOTS * size_of::<AcquisitionRecord>() + 2112 + size_of::<Placement>())
+                .next_multiple_of(CACHE_LINE)
+    );
     assert!(offset_of!(ReceiveJournal, seq) == 8);
     assert!(offset_of!(ReceiveJournal, base) == 16);
     assert!(offset_of!(ReceiveJournal, msgs) == 64);
@@ -427,6 +437,8 @@ pub struct PipelineSizes {
     /// The detector format's invalid reasons (the pipeline's [`PIPELINE_INVALID_REASONS`] follow them), recorded
     /// in the region so that every process names the counters alike.
     pub invalid_reasons: &'static [&'static str],
+    /// Where the pipeline's frames lie in the whole detector's frame (default, all zero: they are whole).
+    pub placement: Placement,
 }
 
 impl PipelineSizes {
@@ -499,6 +511,9 @@ impl PipelineSizes {
         // SAFETY: as above; `invalid_names` lies inside the area at its asserted offset, and u8 arrays need no
         // alignment.
         unsafe { std::ptr::write(app.add(offset_of!(PipelineArea, invalid_names)).cast(), table) };
+        // SAFETY: as above; `placement` lies inside the area at its asserted offset (a multiple of 8, and the area
+        // is page aligned), and is Pod.
+        unsafe { std::ptr::write(app.add(offset_of!(PipelineArea, placement)).cast(), self.placement) };
         let map_err = |e: crate::ring::RingError| crate::region::RegionError::Corrupt(e.to_string());
         use crate::layout::ConsumerMode;
         use crate::ring::StartAt;
@@ -610,6 +625,7 @@ mod tests {
             frame_cursors: 1,
             fill_value: 0,
             invalid_reasons,
+            placement: Placement::default(),
         }
     }
 

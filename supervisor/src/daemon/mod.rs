@@ -26,7 +26,7 @@ use shm_protocol::pipeline::{self, PipelineArea, PipelineSizes, Stage};
 
 use crate::adopt;
 use crate::config::{self, Config};
-use crate::geometry::region_geometry;
+use crate::geometry::{region_placement, view_geometry};
 use crate::restart_policy::History;
 use crate::stage_process::StageProcess;
 use crate::stage_state::StageState;
@@ -119,16 +119,18 @@ impl Supervisor {
         cfg.validate()?;
         let runtime = cfg.runtime_dir();
         prepare_runtime_dir(&runtime)?;
+        let view = cfg.view()?;
         // Two supervisors never drive one pipeline: the lock is held until this process ends.
         let lock = adopt::Lock::take(&runtime)?;
         let sizes = PipelineSizes {
-            geometry: region_geometry(cfg.mode),
+            geometry: view_geometry(&view),
             block_slots: cfg.rings.block_slots,
             datagrams_per_slot: cfg.rings.datagrams_per_slot,
             frame_slots: cfg.rings.frame_slots,
             frame_cursors: cfg.rings.frame_cursors,
             fill_value: cfg.rings.fill_value,
             invalid_reasons: cfg.mode.invalid_reasons(),
+            placement: region_placement(&view)?,
         };
         let bytes = sizes.region_spec();
         let total = shm_protocol::layout::compute_layout(&bytes)?.region_size;
@@ -164,8 +166,8 @@ impl Supervisor {
         tracing::info!(
             region_mb = total / (1 << 20),
             control = %control_path.display(),
-            mode = %cfg.mode,
-            ports = format!("{}:{}-{}", cfg.bind, cfg.port_base, usize::from(cfg.port_base) + cfg.mode.streams() - 1),
+            mode = %view,
+            ports = ports(&cfg, &view),
             "{}",
             if adopted.is_some() { "pipeline adopted" } else { "pipeline created" }
         );
@@ -347,6 +349,18 @@ impl Supervisor {
         while self.waiters.load(Ordering::Acquire) > 0 && t.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+}
+
+/// The ports the pipeline binds, for the log: `127.0.0.1:2001-2008`, or a part's `127.0.0.1:2005-2008` or
+/// `127.0.0.1:2001,2003`.
+fn ports(cfg: &Config, view: &detector::View) -> String {
+    let base = usize::from(cfg.port_base);
+    let list: Vec<usize> = view.subset().iter().map(|s| base + s).collect();
+    let contiguous = list.windows(2).all(|w| w[1] == w[0] + 1);
+    match (list.first(), list.last()) {
+        (Some(a), Some(b)) if contiguous => format!("{}:{a}-{b}", cfg.bind),
+        _ => format!("{}:{}", cfg.bind, list.iter().map(usize::to_string).collect::<Vec<_>>().join(",")),
     }
 }
 

@@ -77,7 +77,8 @@ impl Supervisor {
         StatusReport {
             pid: std::process::id(),
             uptime_s: self.started.elapsed().as_secs(),
-            mode: self.cfg.mode.to_string(),
+            // A part of the detector says which (`is sectors 0-3`); the whole, its mode's name as ever.
+            mode: self.cfg.view().map_or_else(|_| self.cfg.mode.to_string(), |v| v.to_string()),
             stages,
             counters: area.counters().into_iter().collect(),
             rates: self.rates.lock().unwrap_or_else(|p| p.into_inner()).current.clone(),

@@ -8,7 +8,8 @@
 //!     frames_written              uint64 (1,): frames 0..this are in `data` (kept current while written)
 //!     frame_id, complete, missing_blocks, first_block_ns, last_block_ns, published_ns   one value per frame
 //!   /instrument                   NX_class=NXinstrument
-//!     /detector                   NX_class=NXdetector; detector_mode, fill_value, sectors, blocks_per_frame
+//!     /detector                   NX_class=NXdetector; detector_mode, fill_value, sectors, blocks_per_frame;
+//!                                 full_frame_shape, placement, part_sectors, detector_sectors (`crate::placement`)
 //!   /counters                     NX_class=NXcollection; one uint64 attribute per pipeline counter
 //! ```
 //!
@@ -171,6 +172,11 @@ fn write_description(file: &File, data: &Group, n: u64, d: &Description) -> hdf5
     let detector = file.group("entry/instrument/detector")?;
     num_attr(&detector, "detector_mode", d.detector_mode)?;
     num_attr(&detector, "fill_value", s.fill_value)?;
+    // Where these frames lie in the whole detector's frame (a pipeline may take some of its sectors), for
+    // `ringdaq stitch`.
+    if let Some(p) = &s.placement {
+        crate::placement::write_hdf5(&detector, p)?;
+    }
     let counters = file.group("entry/counters")?;
     for (k, v) in &s.counters {
         num_attr(&counters, k, *v)?;
