@@ -136,22 +136,13 @@ pub fn wait_for(
         let st = match call(conn, Request::Acquisition { id }) {
             Ok(Reply::Acquisition(st)) => st,
             Ok(_) => bail!("unexpected reply"),
-            Err(e) if e.downcast_ref::<shm_protocol::control::ControlError>().is_some() => {
-                if let Some(c) = reconnect(runtime_dir) {
+            Err(e) => {
+                // The connection broke (a supervisor that died): a successor that adopts the pipeline answers.
+                let broken = e.downcast_ref::<shm_protocol::control::ControlError>().is_some();
+                if let Some(c) = broken.then(|| reconnect(runtime_dir)).flatten() {
                     *conn = c;
                     continue;
                 }
-                if progress {
-                    eprintln!();
-                }
-                return last.as_ref().and_then(from_sidecar).ok_or_else(|| {
-                    let seen = last.as_ref().map_or_else(String::new, |s| {
-                        format!(" (last seen {}: {} frames written to {})", s.state, s.written, s.path)
-                    });
-                    e.context(format!("the pipeline stopped before acquisition {id} ended{seen}"))
-                });
-            }
-            Err(e) => {
                 if progress {
                     eprintln!();
                 }
