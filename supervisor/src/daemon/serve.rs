@@ -262,50 +262,35 @@ impl Supervisor {
                 }
             };
             let reply = match req {
-                Request::Subscribe { lossless } => {
-                    if subscription.is_some() {
-                        Reply::Error { message: "this connection is subscribed already".into() }
-                    } else {
-                        match self.subscribe(lossless) {
-                            Ok((sub, reply)) => {
-                                let fd = match self.region.read_only_fd() {
-                                    Ok(fd) => fd,
-                                    Err(e) => {
-                                        let _ = conn.send(&Reply::Error { message: format!("{e}") });
-                                        sub.end(&self.region);
-                                        break;
-                                    }
-                                };
-                                let sent = conn.send_with_fds(&reply, &[fd.as_fd()]);
-                                subscription = Some(sub);
-                                if sent.is_err() {
-                                    break;
-                                }
-                                continue;
-                            }
-                            Err(e) => Reply::Error { message: format!("{e:#}") },
-                        }
-                    }
+                Request::Subscribe { .. } | Request::Resubscribe { .. } if subscription.is_some() => {
+                    Reply::Error { message: "this connection is subscribed already".into() }
                 }
-                Request::Resubscribe { cursor, lossless, released } => {
-                    if subscription.is_some() {
-                        Reply::Error { message: "this connection is subscribed already".into() }
-                    } else {
-                        match self.resubscribe(cursor as usize, lossless, released) {
-                            Ok((sub, reply)) => {
-                                let Ok(fd) = self.region.read_only_fd() else {
+                // A new consumer line, or (a consumer whose supervisor died) the line it had.
+                Request::Subscribe { lossless } | Request::Resubscribe { lossless, .. } => {
+                    let made = match req {
+                        Request::Resubscribe { cursor, released, .. } => {
+                            self.resubscribe(cursor as usize, lossless, released)
+                        }
+                        _ => self.subscribe(lossless),
+                    };
+                    match made {
+                        Ok((sub, reply)) => {
+                            let fd = match self.region.read_only_fd() {
+                                Ok(fd) => fd,
+                                Err(e) => {
+                                    let _ = conn.send(&Reply::Error { message: format!("{e}") });
                                     sub.end(&self.region);
                                     break;
-                                };
-                                let sent = conn.send_with_fds(&reply, &[fd.as_fd()]);
-                                subscription = Some(sub);
-                                if sent.is_err() {
-                                    break;
                                 }
-                                continue;
+                            };
+                            let sent = conn.send_with_fds(&reply, &[fd.as_fd()]);
+                            subscription = Some(sub);
+                            if sent.is_err() {
+                                break;
                             }
-                            Err(e) => Reply::Error { message: format!("{e:#}") },
+                            continue;
                         }
+                        Err(e) => Reply::Error { message: format!("{e:#}") },
                     }
                 }
                 // Not answered: a lossless consumer sends one per frame.
