@@ -20,16 +20,6 @@ fn signal(pid: u32, sig: Signal) {
     rustix::process::kill_process(pid, sig).expect("signal");
 }
 
-/// Processes whose command line mentions `needle` (the stages carry their control socket's path).
-fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
-        })
-        .collect()
-}
-
 /// The chaos test: 2000 frames at 80 frames/s while a randomly chosen stage is SIGKILLed every 0.2 to
 /// 0.8 s (at least 20 kills, every stage at least once). The file and its sidecar must be those of a run
 /// without kills, which the simulator's formula gives: every frame complete, in order, pixel-exact.
@@ -196,7 +186,7 @@ fn a_stage_that_always_dies_exhausts_the_budget() {
         text.contains("the writer failed 4 times within 60 s (last: exited with code 3); stopping the pipeline"),
         "a message naming the stage and how it failed:\n{text}"
     );
-    let left = processes_mentioning(&rt.display().to_string());
+    let left = ringdaq_tests::processes_mentioning(&rt.display().to_string());
     assert!(left.is_empty(), "processes left behind: {left:?}");
 }
 

@@ -16,16 +16,6 @@ use shm_protocol::messages::{Reply, Request};
 
 const STAGES: [&str; 3] = ["receiver", "assembler", "writer"];
 
-/// Processes whose command line mentions `needle` (the stages carry their control socket's path).
-fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
-        })
-        .collect()
-}
-
 /// `ringdaq acquire --frames N --out <dir>/<name> --wait` against `p`, its stderr in `<dir>/<name>.log`; returns
 /// once the acquisition is armed.
 fn acquire_wait(p: &Pipeline, frames: u64, name: &str) -> (ChildGuard, PathBuf, PathBuf) {
@@ -68,9 +58,10 @@ fn shutdown_clean(mut p: Pipeline) {
     let rt = p.runtime_dir();
     let _ = p.call(Request::Shutdown);
     assert!(p.wait_exit(Duration::from_secs(30)), "the last supervisor exits 0:\n{}", p.log());
-    let gone =
-        wait_for(Duration::from_secs(10), || processes_mentioning(&rt.display().to_string()).is_empty().then_some(()));
-    assert!(gone.is_some(), "processes left: {:?}", processes_mentioning(&rt.display().to_string()));
+    let gone = wait_for(Duration::from_secs(10), || {
+        ringdaq_tests::processes_mentioning(&rt.display().to_string()).is_empty().then_some(())
+    });
+    assert!(gone.is_some(), "processes left: {:?}", ringdaq_tests::processes_mentioning(&rt.display().to_string()));
     let files: Vec<String> = std::fs::read_dir(&rt)
         .map(|d| d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect())
         .unwrap_or_default();
