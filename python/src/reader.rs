@@ -109,8 +109,23 @@ impl RegionReader {
         Ok(())
     }
 
-    /// Copies frames `seqs` into `out` (C-contiguous, writable, `len(seqs) × rows × cols` elements).
-    fn copy(&self, py: Python<'_>, seqs: &[u64], indices: Option<&[u64]>, out: &Bound<'_, PyAny>) -> PyResult<()> {
+    /// Copies rows `rows` (all of them: None) of frames `seqs` into `out` (C-contiguous, writable,
+    /// `len(seqs) × rows × cols` elements).
+    fn copy(
+        &self,
+        py: Python<'_>,
+        seqs: &[u64],
+        indices: Option<&[u64]>,
+        rows: Option<(usize, usize)>,
+        out: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let (r0, r1) = rows.unwrap_or((0, self.rows));
+        if r0 >= r1 || r1 > self.rows {
+            return Err(PyValueError::new_err(format!(
+                "rows {r0}..{r1} are not a non-empty range within the frame's {} rows",
+                self.rows
+            )));
+        }
         let buf = PyUntypedBuffer::get(out)?;
         if buf.readonly() {
             return Err(PyValueError::new_err("the destination array is read-only"));
@@ -118,13 +133,13 @@ impl RegionReader {
         if !buf.is_c_contiguous() {
             return Err(PyValueError::new_err("the destination array must be C-contiguous"));
         }
-        let per = self.rows * self.cols;
+        let per = (r1 - r0) * self.cols;
         if buf.item_count() != seqs.len() * per {
             return Err(PyValueError::new_err(format!(
                 "the destination holds {} elements; {} frames of {}×{} need {}",
                 buf.item_count(),
                 seqs.len(),
-                self.rows,
+                r1 - r0,
                 self.cols,
                 seqs.len() * per
             )));
@@ -135,13 +150,15 @@ impl RegionReader {
         }
         let ring = self.region.ring(FRAME_RING).map_err(|e| ControlError::new_err(e.to_string()))?;
         let (dst, item) = (buf.buf_ptr() as usize, buf.item_size());
-        let srcs: Vec<usize> = seqs.iter().map(|&s| ring.slot_ptr(s) as usize + FRAME_PIXELS_OFFSET).collect();
+        let skip = r0 * self.cols * std::mem::size_of::<u16>();
+        let srcs: Vec<usize> = seqs.iter().map(|&s| ring.slot_ptr(s) as usize + FRAME_PIXELS_OFFSET + skip).collect();
         // The copy runs without the GIL (a K2 IS frame is 7.6 MB: about a millisecond); `buf` keeps the
         // destination alive and `self` the mapping.
         py.detach(|| {
             for (k, &src) in srcs.iter().enumerate() {
                 let (s, d) = (src as *const u16, dst + k * per * item);
-                // SAFETY: `s` is the pixels of a frame slot (rows × cols u16, page aligned, inside the mapping);
+                // SAFETY: `s` is row r0 of a frame slot's pixels (rows × cols u16, page aligned, inside the
+                // mapping) and r0 + per / cols = r1 <= rows, checked above, so `per` u16 from `s` are in the slot;
                 // `d` lies in the destination buffer, checked above to hold len(seqs) × per elements of the
                 // type `dest` names; the region is mapped read-only, so they cannot overlap.
                 unsafe {
@@ -235,25 +252,27 @@ impl RegionReader {
             None => py.import("numpy")?.call_method1("empty", ((self.rows, self.cols), "uint16"))?,
         };
         let idx = index.map(|i| [i]);
-        self.copy(py, &[seq], idx.as_ref().map(|i| &i[..]), &out)?;
+        self.copy(py, &[seq], idx.as_ref().map(|i| &i[..]), None, &out)?;
         Ok(out)
     }
 
     /// Copies frames `seqs` into `out`, a writable C-contiguous array of `len(seqs) × rows × cols` elements
-    /// (e.g. (n, rows, cols)), converting to its dtype; with `indices`, checks each frame's index too. One call
-    /// for a whole tile, the GIL released during the copy.
-    #[pyo3(signature = (seqs, out, indices = None))]
+    /// (e.g. (n, rows, cols)), converting to its dtype; with `indices`, checks each frame's index too; with
+    /// `rows=(start, stop)`, only those rows of each frame (`out` then holds `len(seqs) × (stop - start) ×
+    /// cols`: a band of a tile that fits a cache). One call for a whole tile, the GIL released during the copy.
+    #[pyo3(signature = (seqs, out, indices = None, rows = None))]
     fn read_many(
         &self,
         py: Python<'_>,
         seqs: Vec<u64>,
         out: &Bound<'_, PyAny>,
         indices: Option<Vec<u64>>,
+        rows: Option<(usize, usize)>,
     ) -> PyResult<()> {
         if indices.as_ref().is_some_and(|i| i.len() != seqs.len()) {
             return Err(PyValueError::new_err("seqs and indices differ in length"));
         }
-        self.copy(py, &seqs, indices.as_deref(), out)
+        self.copy(py, &seqs, indices.as_deref(), rows, out)
     }
 
     fn __repr__(&self) -> String {

@@ -1,7 +1,9 @@
 """LiberTEM on ringdaq: UDFs run live through `ringdaq.libertem` (LiberTEM-live's contract) with the
-pipelined executor and two workers, equal to numpy over the frames the simulator sent; scan sync on the
-detector's flag, a file written alongside and read back offline by LiberTEM; incomplete frames reported;
-aborted runs (cancelled, or a worker killed) stop the acquisition and free the gate, and the next one runs.
+pipelined executor and two workers, equal to numpy over the frames the simulator sent, whether they process
+tiles (bands of rows), frames or partitions, and with a region of interest; scan sync on the detector's flag,
+files written alongside (`.npy`, compressed `.h5`) and read back offline by LiberTEM; incomplete frames
+reported; aborted runs (cancelled, or a worker killed) stop the acquisition and free the gate, and the next one
+runs.
 
 One LiveContext serves the module (starting LiberTEM's workers takes seconds)."""
 
@@ -15,6 +17,8 @@ libertem = pytest.importorskip("libertem")
 pytest.importorskip("libertem_live")
 
 from libertem.executor.pipelined import PipelinedExecutor  # noqa: E402
+from libertem.io.dataset.base import Negotiator  # noqa: E402
+from libertem.udf.base import UDF  # noqa: E402
 from libertem.udf.masks import ApplyMasksUDF  # noqa: E402
 from libertem.udf.sum import SumUDF  # noqa: E402
 from libertem_live.api import Hooks, LiveContext  # noqa: E402
@@ -145,6 +149,95 @@ def test_flag_sync_with_a_file_read_back_offline_and_incomplete_frames_reported(
     ds = ctx.load("npy", path=str(path), nav_shape=scan)
     off = ctx.run_udf(ds, SumUDF())["intensity"].data
     assert np.array_equal(off, written.sum(axis=0, dtype=np.float64))
+
+
+class FrameMax(UDF):
+    """By frame: each frame's largest pixel."""
+
+    def get_result_buffers(self):
+        return {"max": self.buffer(kind="nav", dtype="float64")}
+
+    def process_frame(self, frame):
+        self.results.max[:] = frame.max()
+
+
+class RowSums(UDF):
+    """By partition: each frame's row sums."""
+
+    def get_result_buffers(self):
+        return {"rows": self.buffer(kind="nav", extra_shape=(self.meta.dataset_shape.sig[0],), dtype="float64")}
+
+    def process_partition(self, partition):
+        self.results.rows[:] = partition.sum(axis=-1)
+
+
+def test_by_frame_by_partition_and_by_band_and_an_h5_read_offline(ctx, pipeline):
+    import h5py
+    import hdf5plugin  # noqa: F401 (registers the bitshuffle filter)
+
+    path = pipeline.root / "scan.h5"
+    scan, n = SMALL, SMALL[0] * SMALL[1]
+    sent = sim_frames(0, n)
+    expected_sum = np.sum([f.astype(np.float64) for f in sent], axis=0)
+    with RingdaqConnection(pipeline.rt) as conn:
+        # Whole frames (a UDF by frame sets the tiling), written to a compressed HDF5 file as well.
+        hooks = StartSim(pipeline, n, FPS)
+        try:
+            aq = ctx.make_acquisition(conn=conn, nav_shape=scan, frames_per_partition=16, hooks=hooks,
+                                      controller=conn.get_active_controller(output=path, compression="bslz4"))
+            peak, total = ctx.run_udf(aq, [FrameMax(), SumUDF()])
+        finally:
+            hooks.stop()
+        assert aq.incomplete_frames == [] and aq.status["ended"] == "complete"
+        assert np.array_equal(peak["max"].data, np.array([f.max() for f in sent], np.float64).reshape(scan))
+        assert np.array_equal(total["intensity"].data, expected_sum)
+        # Whole partitions, live-only.
+        hooks = StartSim(pipeline, n, FPS)
+        try:
+            aq = ctx.make_acquisition(conn=conn, nav_shape=scan, frames_per_partition=16, hooks=hooks)
+            rows = ctx.run_udf(aq, RowSums())["rows"].data
+        finally:
+            hooks.stop()
+        assert aq.incomplete_frames == []
+        assert np.array_equal(rows, np.array([f.sum(axis=1, dtype=np.float64) for f in sent]).reshape(scan + (-1,)))
+        # UDFs by tile get bands of whole rows a few frames deep (cache-sized), not whole frames, and no deeper
+        # than a quarter of the frame ring (the frames of a band tile are held until all its bands are read).
+        scheme = Negotiator().get_scheme(udfs=[SumUDF()], dataset=aq, read_dtype=np.float32,
+                                         approx_partition_shape=next(aq.get_partitions()).shape)
+        assert len(scheme) > 1 and 1 < scheme.depth <= conn.frame_ring_slots // 4, scheme
+        assert all(tuple(scheme[k].shape)[1] == 2048 for k in range(len(scheme)))
+    # Offline: LiberTEM reads the HDF5 file (its workers load hdf5plugin for the bitshuffle filter).
+    pipeline.wait_file(path)
+    with h5py.File(path, "r") as f:
+        written = f["entry/data/data"][()]
+    assert written.shape == (n, 1860, 2048) and all(np.array_equal(w, s) for w, s in zip(written, sent))
+    ds = ctx.load("hdf5", path=str(path), ds_path="entry/data/data", nav_shape=scan)
+    off = ctx.run_udf(ds, SumUDF())["intensity"].data
+    assert np.array_equal(off, expected_sum)
+
+
+def test_a_region_of_interest(ctx, pipeline):
+    scan, n = SMALL, SMALL[0] * SMALL[1]
+    # Frames 16..47 only: with 16 frames a partition, LiberTEM skips the first and the last partition.
+    roi = np.zeros(scan, bool)
+    roi[2:6, ::2] = True
+    roi[3, 1] = True
+    sent = sim_frames(0, n)
+    picked = [f for f, r in zip(sent, roi.reshape(-1)) if r]
+    with RingdaqConnection(pipeline.rt) as conn:
+        for udfs in ([SumUDF()], [SumUDF(), FrameMax()]):  # tiles of bands; whole frames
+            hooks = StartSim(pipeline, n, FPS)
+            try:
+                aq = ctx.make_acquisition(conn=conn, nav_shape=scan, frames_per_partition=16, hooks=hooks)
+                res = ctx.run_udf(aq, udfs, roi=roi)
+            finally:
+                hooks.stop()
+            # The scan's last frames are outside the region: the acquisition ran to its end without the run.
+            assert aq.status["ended"] == "complete" and aq.status["assigned"] == n, aq.status
+            assert aq.incomplete_frames == []
+            assert np.array_equal(res[0]["intensity"].data, np.sum([f.astype(np.float64) for f in picked], axis=0))
+            if len(udfs) == 2:
+                assert np.array_equal(res[1]["max"].raw_data, [f.max() for f in picked])
 
 
 def run_next_acquisition(ctx, pipeline, conn):

@@ -58,6 +58,15 @@ def test_out_of_order_release_advances_the_gate_over_the_released_prefix(pipelin
         reader.read_many(kept[:2], out, indices=[0, 1])
         assert np.array_equal(out[0], sim_frame(2)) and np.array_equal(out[1], sim_frame(3))
         assert np.array_equal(reader.read(kept[5], index=5), sim_frame(7))
+        # A band of rows of several frames (LiberTEM's band tiles), the last rows included.
+        band = np.empty((2, 60, 2048), np.float64)
+        reader.read_many(kept[2:4], band, indices=[2, 3], rows=(1800, 1860))
+        assert np.array_equal(band[0], sim_frame(4)[1800:]) and np.array_equal(band[1], sim_frame(5)[1800:])
+        for bad in [(1800, 1861), (5, 5), (7, 3)]:
+            with pytest.raises(ValueError, match="rows"):
+                reader.read_many(kept[2:3], np.empty((1, 10, 2048), np.uint16), rows=bad)
+        with pytest.raises(ValueError, match="holds 20480 elements"):
+            reader.read_many(kept[2:3], np.empty((1, 10, 2048), np.uint16), rows=(0, 11))
         assert reader.frame_info(kept[4]) == (acq, 4, True)
         with pytest.raises(ringdaq.FrameOverwritten, match="not index 3"):
             reader.read(kept[4], index=3)

@@ -11,18 +11,23 @@ from libertem_live.detectors.base.controller import AcquisitionController
 import ringdaq
 
 SYNC_MODES = ("immediate", "flag")
+COMPRESSIONS = ("none", "bslz4")
 
 
 class RingdaqController(AcquisitionController):
     """How the connector arms an acquisition (active mode): `sync` ("immediate": frame 0 is the first frame
-    after arming; "flag": the first frame with the detector's sync flag, for scan sync) and `output` (a `.npy`
-    path the pipeline writes as well; None: live-only, nothing written)."""
+    after arming; "flag": the first frame with the detector's sync flag, for scan sync), `output` (a path the
+    pipeline writes as well, `.npy` or `.h5`; None: live-only, nothing written) and `compression` of an `.h5`
+    ("none" or "bslz4")."""
 
-    def __init__(self, sync: str = "immediate", output: str | Path | None = None):
+    def __init__(self, sync: str = "immediate", output: str | Path | None = None, compression: str = "none"):
         if sync not in SYNC_MODES:
             raise ValueError(f"sync must be one of {SYNC_MODES}, not {sync!r}")
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}, not {compression!r}")
         self.sync = sync
         self.output = None if output is None else Path(output).absolute()
+        self.compression = compression
 
 
 class RingdaqPendingAcquisition(PendingAcquisition):
@@ -52,10 +57,11 @@ class RingdaqConnection(DetectorConnection):
         self.frame_ring_slots: int = status["frame_ring_slots"]
         self._closed = False
 
-    def get_active_controller(self, sync: str = "immediate", output: str | Path | None = None) -> RingdaqController:
+    def get_active_controller(self, sync: str = "immediate", output: str | Path | None = None,
+                              compression: str = "none") -> RingdaqController:
         """How acquisitions made with this connection are armed (pass it as `controller=` to
-        `ctx.make_acquisition`)."""
-        return RingdaqController(sync=sync, output=output)
+        `ctx.make_acquisition`; see `RingdaqController`)."""
+        return RingdaqController(sync=sync, output=output, compression=compression)
 
     def wait_for_acquisition(self, timeout: float | None = None) -> RingdaqPendingAcquisition | None:
         """Passive mode: waits at most `timeout` seconds (None: without limit) for an acquisition of a fixed
