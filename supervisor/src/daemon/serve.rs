@@ -12,7 +12,7 @@ use shm_protocol::messages::{PROTOCOL_VERSION, Reply, Request, Role, StageComman
 use shm_protocol::pipeline::{FRAME_RING, Stage};
 
 use super::Supervisor;
-use crate::stage_state::Admitted;
+use crate::stage_state::{Admitted, Refused};
 
 /// How long a stage hello waits for a refusal that passes by itself (see
 /// [`Refused::is_transient`](crate::stage_state::Refused::is_transient)): a stage's Session waits 10 s for its
@@ -143,6 +143,22 @@ impl Supervisor {
         }
     }
 
+    /// Whether process `peer` may hold stage `st` ([`StageState::admit`](crate::stage_state::StageState::admit)),
+    /// a refusal that can pass by itself retried for up to [`ADMIT_WAIT`].
+    fn admit(&self, st: Stage, peer: u32) -> Result<Admitted, Refused> {
+        let t = Instant::now();
+        loop {
+            // The lock is not held while sleeping.
+            let r = self.lock().stages[st as usize].state.admit(peer);
+            match r {
+                Err(why) if why.is_transient() && t.elapsed() < ADMIT_WAIT && !self.shutting_down() => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// A process says hello as stage `st`. [`StageState::admit`](crate::stage_state::StageState::admit) alone
     /// decides whether it may hold the stage: only then does it get the region and the sockets (anything else that
     /// says it is a stage, a stray binary or a confused script, would take over the stage). A refusal that can
@@ -150,16 +166,7 @@ impl Supervisor {
     /// retried for up to [`ADMIT_WAIT`]; the two processes never run at once.
     fn welcome_stage(&self, st: Stage, conn: Connection) {
         let peer = conn.peer().pid as u32;
-        let t = Instant::now();
-        let admitted = loop {
-            let r = self.lock().stages[st as usize].state.admit(peer);
-            match r {
-                Err(why) if why.is_transient() && t.elapsed() < ADMIT_WAIT && !self.shutting_down() => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                r => break r,
-            }
-        };
+        let admitted = self.admit(st, peer);
         let kind = match admitted {
             Ok(kind) => kind,
             Err(why) => {
@@ -193,16 +200,7 @@ impl Supervisor {
     /// adopted for the stage), it runs on at once.
     fn welcome_back(&self, st: Stage, conn: Connection) {
         let peer = conn.peer().pid as u32;
-        let t = Instant::now();
-        let admitted = loop {
-            let r = self.lock().stages[st as usize].state.admit(peer);
-            match r {
-                Err(why) if why.is_transient() && t.elapsed() < ADMIT_WAIT && !self.shutting_down() => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                r => break r,
-            }
-        };
+        let admitted = self.admit(st, peer);
         if admitted != Ok(Admitted::Supervised) {
             let why = admitted.err().map_or_else(|| format!("the {} is detached", st.name()), |e| e.to_string());
             tracing::warn!(stage = st.name(), pid = peer, "refused a rejoining stage: {why}");
