@@ -204,6 +204,19 @@ pub fn free_udp_port_base(n: u16) -> u16 {
     bind_consecutive_udp(n).expect("free UDP ports").0
 }
 
+/// `ringdaq --runtime-dir RT run --port-base (free ports) --config CFG`, its standard error into a new file `log`
+/// and its standard output discarded: add arguments or environment, then spawn it (a [`ChildGuard`]).
+pub fn ringdaq_run(rt: &Path, cfg: &Path, log: &Path) -> Command {
+    let mut cmd = Command::new(bin_path("ringdaq"));
+    cmd.arg("--runtime-dir")
+        .arg(rt)
+        .args(["run", "--port-base", &free_udp_port_base(8).to_string(), "--config"])
+        .arg(cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(std::fs::File::create(log).expect("log file")));
+    cmd
+}
+
 /// Raises a socket's receive buffer, past `rmem_max` where the process may (root: `SO_RCVBUFFORCE`).
 pub fn grow_recv_buffer(sock: &impl std::os::fd::AsFd, bytes: usize) {
     use rustix::net::sockopt;
@@ -234,6 +247,13 @@ impl SmallFs {
             return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
         }
         Ok(Self(dir.to_owned()))
+    }
+
+    /// [`SmallFs::mount`], or None after saying on stderr that the test is skipped (mounting needs root).
+    pub fn mount_or_skip(dir: &Path, size: &str) -> Option<Self> {
+        Self::mount(dir, size)
+            .map_err(|why| eprintln!("skipped: cannot mount a small tmpfs here ({why}); needs root"))
+            .ok()
     }
 }
 

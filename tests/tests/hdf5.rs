@@ -182,13 +182,7 @@ fn a_full_disk_fails_an_h5_acquisition_not_the_pipeline() {
     let _g = ringdaq_tests::serial();
     let small = ringdaq_tests::TempDir::new("smallfs-h5").expect("temp dir");
     let mnt = small.path().join("small");
-    let _fs = match ringdaq_tests::SmallFs::mount(&mnt, "64m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("skipped: cannot mount a small tmpfs here ({why}); needs root");
-            return;
-        }
-    };
+    let Some(_fs) = ringdaq_tests::SmallFs::mount_or_skip(&mnt, "64m") else { return };
     let p = Pipeline::start("");
     let acquire_into = |frames: u64, path: &Path, compression| match p.call(Request::Acquire {
         frames,

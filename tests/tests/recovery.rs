@@ -3,13 +3,12 @@
 //!
 //! The tests of this file share the machine's two cores with real pipelines, so they run one at a time.
 
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use detector::k2;
 use ringdaq_tests::pipeline::{Pipeline, verify_large_acquisition};
-use ringdaq_tests::{ChildGuard, TempDir, XorShift, bin_path, free_udp_port_base, wait_for};
+use ringdaq_tests::{ChildGuard, TempDir, XorShift, bin_path, ringdaq_run, wait_for};
 use rustix::process::{Pid, Signal};
 use shm_protocol::messages::SyncMode;
 
@@ -167,17 +166,7 @@ fn a_stage_that_always_dies_exhausts_the_budget() {
     let rt = dir.path().join("rt");
     let log = dir.path().join("ringdaq.log");
     let t = Instant::now();
-    let mut child = ChildGuard::spawn(
-        Command::new(bin_path("ringdaq"))
-            .arg("--runtime-dir")
-            .arg(&rt)
-            .args(["run", "--port-base", &free_udp_port_base(8).to_string(), "--config"])
-            .arg(&cfg)
-            .env("RINGDAQ_STAGE_DIR", &stages)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(&log).expect("log"))),
-    )
-    .expect("spawn");
+    let mut child = ChildGuard::spawn(ringdaq_run(&rt, &cfg, &log).env("RINGDAQ_STAGE_DIR", &stages)).expect("spawn");
     let status = child.wait_timeout(Duration::from_secs(30)).expect("wait").expect("ringdaq run stops by itself");
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     eprintln!("stopped after {:?} with {status}", t.elapsed());

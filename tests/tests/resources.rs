@@ -4,12 +4,11 @@
 //! The tests of this file share the machine's two cores with real pipelines, so they run one at a time.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use detector::k2;
 use ringdaq_tests::pipeline::{Pipeline, verify_large_acquisition};
-use ringdaq_tests::{ChildGuard, TempDir, bin_path, free_udp_port_base};
+use ringdaq_tests::{ChildGuard, TempDir, ringdaq_run};
 use shm_protocol::messages::{Reply, Request, SyncMode};
 
 #[test]
@@ -19,16 +18,8 @@ fn rings_larger_than_memory_are_refused_at_start_up() {
     let cfg = dir.path().join("ringdaq.toml");
     // 100,000 frame slots of 7.6 MB: 760 GB.
     std::fs::write(&cfg, "[rings]\nframe_slots = 100000\n").expect("config");
-    let mut child = ChildGuard::spawn(
-        Command::new(bin_path("ringdaq"))
-            .arg("--runtime-dir")
-            .arg(dir.path().join("rt"))
-            .args(["run", "--port-base", &free_udp_port_base(8).to_string(), "--config"])
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.path().join("log")).expect("log"))),
-    )
-    .expect("spawn");
+    let mut child =
+        ChildGuard::spawn(&mut ringdaq_run(&dir.path().join("rt"), &cfg, &dir.path().join("log"))).expect("spawn");
     let st = child.wait_timeout(Duration::from_secs(20)).expect("wait").expect("it exits at once");
     let log = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
     assert!(!st.success(), "{log}");
@@ -42,13 +33,7 @@ fn a_full_disk_fails_the_acquisition_not_the_pipeline() {
     // is gone before its directory is removed (a busy mount point cannot be).
     let small = TempDir::new("smallfs").expect("temp dir");
     let mnt = small.path().join("small");
-    let _fs = match ringdaq_tests::SmallFs::mount(&mnt, "64m") {
-        Ok(fs) => fs,
-        Err(why) => {
-            eprintln!("skipped: cannot mount a small tmpfs here ({why}); needs root");
-            return;
-        }
-    };
+    let Some(_fs) = ringdaq_tests::SmallFs::mount_or_skip(&mnt, "64m") else { return };
     let p = Pipeline::start("");
     let acquire_into = |frames: u64, path: &Path| match p.call(Request::Acquire {
         frames,

@@ -3,14 +3,13 @@
 //! JUNGFRAU; and `ringdaq run --simulate --pattern`, whose flag overrides the configuration's
 //! `[simulator] pattern`.
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use detector::k2;
 use detector::pattern::Pattern;
 use detector::sim::SimConfig;
 use ringdaq_tests::pipeline::{ExpectedFrames, Pipeline, SMALL_RINGS, verify_large_acquisition_of};
-use ringdaq_tests::{ChildGuard, TempDir, bin_path, free_udp_port_base};
+use ringdaq_tests::{ChildGuard, TempDir, ringdaq_run};
 use shm_protocol::messages::SyncMode;
 
 const STEM: Pattern = Pattern::Stem { seed: 3 };
@@ -57,15 +56,9 @@ fn run_simulate_takes_the_pattern_flag_over_the_configuration() {
     let out = dir.path().join("out");
     std::fs::create_dir_all(&out).expect("out dir");
     let mut child = ChildGuard::spawn(
-        Command::new(bin_path("ringdaq"))
-            .arg("--runtime-dir")
-            .arg(dir.path().join("rt"))
-            .args(["run", "--port-base", &free_udp_port_base(8).to_string(), "--config"])
-            .arg(&cfg)
+        ringdaq_run(&dir.path().join("rt"), &cfg, &dir.path().join("log"))
             .args(["--simulate", "--pattern", "stem:3", "--frames", "30", "--fps", "100", "--out"])
-            .arg(&out)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.path().join("log")).expect("log"))),
+            .arg(&out),
     )
     .expect("spawn");
     let st = child.wait_timeout(Duration::from_secs(120)).expect("wait").expect("ringdaq run exits after its frames");
