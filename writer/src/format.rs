@@ -10,6 +10,8 @@
 //! `format/` that implements [`OutputFormat`], declared and registered in this file (`FORMATS`);
 //! `writer::conformance` then checks it.
 
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub use shm_protocol::pipeline::Compression;
@@ -214,6 +216,14 @@ pub fn for_path(path: &Path) -> Result<&'static dyn OutputFormat, FormatError> {
         let known: Vec<String> = FORMATS.iter().flat_map(|f| f.extensions().iter().map(|e| format!(".{e}"))).collect();
         FormatError::UnknownExtension { path: path.to_owned(), ext, known: known.join(", ") }
     })
+}
+
+/// How the writer opens its files (data, journal, chunk store): read-write, created with mode 0644, truncated
+/// unless a restarted writer resumes what its predecessor left.
+pub(crate) fn output_options(resume: bool) -> OpenOptions {
+    let mut opts = OpenOptions::new();
+    opts.read(true).write(true).create(true).truncate(!resume).mode(0o644);
+    opts
 }
 
 /// `path` with `suffix` appended to its file name (`run.npy` → `run.npy.partial`).

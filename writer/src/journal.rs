@@ -2,11 +2,11 @@
 //! which the sidecar is made at the end. Writing a record twice is harmless, and a restarted writer finds what
 //! its predecessor wrote. It is the same for every output format.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::format::{FormatError, with_suffix};
+use crate::format::{FormatError, output_options, with_suffix};
 use crate::sidecar::FrameMeta;
 
 /// Size of one record.
@@ -56,12 +56,7 @@ impl Journal {
     /// Creates the journal of output `path` (truncating a leftover), or reopens it if `resume`.
     pub(crate) fn open(output: &Path, resume: bool) -> Result<Self, FormatError> {
         let path = path(output);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(!resume)
-            .mode(0o644)
+        let file = output_options(resume)
             .open(&path)
             .map_err(|e| FormatError::io(format!("creating {}", path.display()), e))?;
         Ok(Self { file, path })

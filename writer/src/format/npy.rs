@@ -9,12 +9,10 @@
 //! Frame `i` is at byte `4096 + i × frame bytes` of `<path>.partial`, preallocated for every planned frame; when
 //! fewer frames come, the header is rewritten with the smaller shape and the file cut after the last one.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::direct::{self, DirectFile};
-use crate::format::{FormatError, FormatFile, OutputFormat, Plan, ReadBack, with_suffix};
+use crate::format::{FormatError, FormatFile, OutputFormat, Plan, ReadBack, output_options, with_suffix};
 
 /// Bytes before the first pixel.
 pub const HEADER_LEN: usize = 4096;
@@ -40,8 +38,7 @@ pub struct Npy;
 impl Npy {
     fn open(path: &Path, plan: &Plan, resume: bool) -> Result<Box<dyn FormatFile>, FormatError> {
         let tmp = with_suffix(path, ".partial");
-        let mut opts = OpenOptions::new();
-        opts.read(true).write(true).create(true).truncate(!resume).mode(0o644);
+        let opts = output_options(resume);
         let direct_ok = plan.direct_io && plan.shape.frame_bytes().is_multiple_of(direct::ALIGN as u64);
         let file = DirectFile::open(&tmp, &opts, direct_ok)
             .map_err(|e| FormatError::io(format!("creating {}", tmp.display()), e))?;

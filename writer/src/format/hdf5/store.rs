@@ -4,22 +4,19 @@
 //! - with bslz4, a [`ChunkStore`]: a header page, an index of 16 bytes a frame (offset, length of its chunk;
 //!   offset 0: not written) and the compressed chunks, each at a page-aligned offset.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::io_err;
 use super::layout::Places;
-use crate::format::{FormatError, Plan};
+use crate::format::{FormatError, Plan, output_options};
 
 const SKELETON_MAGIC: &[u8; 8] = b"RDQH5SK1";
 const CHUNKS_MAGIC: &[u8; 8] = b"RDQH5CS1";
 const PAGE: u64 = 4096;
 /// Bytes of a chunk's index record.
 const RECORD: u64 = 16;
-
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> FormatError {
-    FormatError::io(format!("{what} {}", path.display()), e)
-}
 
 fn invalid(path: &Path, why: impl Into<String>) -> FormatError {
     FormatError::Invalid { path: path.to_owned(), why: why.into() }
@@ -124,14 +121,7 @@ impl ChunkStore {
 
     /// Creates the store for `plan` (truncating), or reopens the one a killed writer left.
     pub(super) fn open(path: &Path, plan: &Plan, resume: bool) -> Result<Self, FormatError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(!resume)
-            .mode(0o644)
-            .open(path)
-            .map_err(|e| io_err("creating", path, e))?;
+        let file = output_options(resume).open(path).map_err(|e| io_err("creating", path, e))?;
         let chunks_at = round_up(Self::index_at(plan.frames));
         let mut header = [0u8; 32];
         header[..8].copy_from_slice(CHUNKS_MAGIC);
