@@ -1,5 +1,6 @@
 //! Compressing a frame with several threads: bitshuffle + LZ4 compresses independent blocks of 8 KiB, so a
-//! frame is cut at block boundaries into one part per thread, each part compressed by [`bslz4::compress`], and
+//! frame is cut at block boundaries into one part per thread, each part compressed by a [`bslz4::Compressor`]
+//! of its own (kept from frame to frame with its working buffers), and
 //! the parts' blocks joined under one chunk header. The result is byte for byte what one `compress` of the whole
 //! frame gives (the last part ends with the same short block and raw tail; checked below), so any decoder
 //! (hdf5plugin) reads it.
@@ -25,12 +26,19 @@ fn thread_cpu_ns() -> u64 {
     (t.tv_sec as u64).saturating_mul(1_000_000_000).saturating_add(t.tv_nsec as u64)
 }
 
+/// Compresses `src` into `out` with `c`, on this thread: the thread's CPU time it took, ns.
+fn compress_part(c: &mut bslz4::Compressor, src: &[u8], out: &mut Vec<u8>) -> Result<u64, String> {
+    let t = thread_cpu_ns();
+    c.compress(src, 2, out).map_err(|e| e.to_string())?;
+    Ok(thread_cpu_ns().saturating_sub(t))
+}
+
 /// Compresses frames of `u16` pixels into filter 32008 chunks with a number of threads.
 #[derive(Debug)]
 pub struct Compressor {
     threads: usize,
-    /// One output buffer per part (reused).
-    parts: Vec<Vec<u8>>,
+    /// One compressor and output buffer per part (reused).
+    parts: Vec<(bslz4::Compressor, Vec<u8>)>,
     /// The joined chunk (reused).
     out: Vec<u8>,
     /// CPU time spent compressing, all threads.
@@ -41,7 +49,7 @@ impl Compressor {
     /// A compressor that cuts each frame into `threads` parts.
     pub fn new(threads: usize) -> Self {
         let threads = threads.max(1);
-        Self { threads, parts: vec![Vec::new(); threads], out: Vec::new(), cpu_ns: 0 }
+        Self { threads, parts: vec![Default::default(); threads], out: Vec::new(), cpu_ns: 0 }
     }
 
     /// CPU time spent compressing so far, ns (all threads).
@@ -55,9 +63,7 @@ impl Compressor {
         let blocks = input.len() / block;
         let n = self.threads.min(blocks).max(1);
         if n == 1 {
-            let t = thread_cpu_ns();
-            bslz4::compress(input, 2, &mut self.out).map_err(|e| e.to_string())?;
-            self.cpu_ns += thread_cpu_ns().saturating_sub(t);
+            self.cpu_ns += compress_part(&mut self.parts[0].0, input, &mut self.out)?;
             return Ok(&self.out);
         }
         // Part k: blocks [k × blocks / n, (k + 1) × blocks / n); the last also takes the tail.
@@ -66,21 +72,14 @@ impl Compressor {
             let mut parts = self.parts.iter_mut().take(n).enumerate();
             let first = parts.next();
             let handles: Vec<_> = parts
-                .map(|(k, buf)| {
+                .map(|(k, (c, buf))| {
                     let src = &input[cut(k)..cut(k + 1)];
-                    s.spawn(move || {
-                        let t = thread_cpu_ns();
-                        bslz4::compress(src, 2, buf)
-                            .map(|_| thread_cpu_ns().saturating_sub(t))
-                            .map_err(|e| e.to_string())
-                    })
+                    s.spawn(move || compress_part(c, src, buf))
                 })
                 .collect();
             let mut results = Vec::with_capacity(n);
-            if let Some((_, buf)) = first {
-                let t = thread_cpu_ns();
-                let r = bslz4::compress(&input[..cut(1)], 2, buf);
-                results.push(r.map(|_| thread_cpu_ns().saturating_sub(t)).map_err(|e| e.to_string()));
+            if let Some((_, (c, buf))) = first {
+                results.push(compress_part(c, &input[..cut(1)], buf));
             }
             for h in handles {
                 // A compression thread that panicked fails the frame (and so the acquisition), not the writer.
@@ -94,7 +93,7 @@ impl Compressor {
         self.out.clear();
         self.out.extend_from_slice(&(input.len() as u64).to_be_bytes());
         self.out.extend_from_slice(&(block as u32).to_be_bytes());
-        for p in &self.parts[..n] {
+        for (_, p) in &self.parts[..n] {
             self.out.extend_from_slice(p.get(bslz4::HEADER_BYTES..).unwrap_or_default());
         }
         Ok(&self.out)
