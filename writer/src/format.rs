@@ -226,6 +226,35 @@ pub(crate) fn output_options(resume: bool) -> OpenOptions {
     opts
 }
 
+/// An I/O error while `what` (a step: "sizing", "writing", ...) file `path`.
+pub(crate) fn io_err(what: &str, path: &Path, e: std::io::Error) -> FormatError {
+    FormatError::io(format!("{what} {}", path.display()), e)
+}
+
+/// Gives `file` (at `path`) `len` bytes of disk, the space of `frames` frames (it never shrinks here). The frames
+/// get their space before they come: a disk that fills up later (another process, a long run) cannot fail a
+/// frame write, and one that is too small fails here, before any frame of the step. A file system without
+/// `fallocate` gets the file sized sparse.
+pub(crate) fn reserve(file: &std::fs::File, len: u64, frames: u64, path: &Path) -> Result<(), FormatError> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::NOSPC) => Err(FormatError::NoSpace { frames, bytes: len, path: path.to_owned() }),
+        Err(_) if file.metadata().is_ok_and(|m| m.len() >= len) => Ok(()),
+        Err(_) => file.set_len(len).map_err(|e| io_err("sizing", path, e)),
+    }
+}
+
+/// Whether frame `index` of `pixels.len()` bytes fits the file at `path` planned as `plan`.
+pub(crate) fn check_frame(path: &Path, plan: &Plan, index: u64, pixels: &[u8]) -> Result<(), FormatError> {
+    if index >= plan.frames || pixels.len() as u64 != plan.shape.frame_bytes() {
+        return Err(FormatError::Invalid {
+            path: path.to_owned(),
+            why: format!("frame {index} of {} bytes does not fit {plan:?}", pixels.len()),
+        });
+    }
+    Ok(())
+}
+
 /// `path` with `suffix` appended to its file name (`run.npy` → `run.npy.partial`).
 pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_owned();

@@ -41,15 +41,20 @@ struct OpenAcquisition {
     counted: (u64, u64),
 }
 
+/// Whether every frame of `rec` has passed the writer's cursor `committed`: all are assigned (the count is final)
+/// and the cursor is past the last (an acquisition's frames are consecutive in the frame ring; a count of writes
+/// would be fooled by a frame rewritten after a restart).
+fn all_passed(rec: &AcquisitionRecord, committed: u64) -> bool {
+    let (first, n) = (rec.first_seq.load(Ordering::Acquire), rec.assigned.load(Ordering::Acquire));
+    rec.state() == AcquisitionState::Assigned && (n == 0 || committed >= first.saturating_add(n))
+}
+
 /// Why a format error ends an acquisition: a full disk, or another write error.
 fn end_reason_of(e: &FormatError) -> EndReason {
     match e {
         FormatError::NoSpace { .. } => EndReason::DiskFull,
-        FormatError::Io { source, .. }
-            if source.raw_os_error() == Some(libc::ENOSPC) || source.kind() == std::io::ErrorKind::StorageFull =>
-        {
-            EndReason::DiskFull
-        }
+        // std classifies ENOSPC as StorageFull.
+        FormatError::Io { source, .. } if source.kind() == std::io::ErrorKind::StorageFull => EndReason::DiskFull,
         _ => EndReason::WriteError,
     }
 }
@@ -325,35 +330,24 @@ impl Files<'_> {
     fn housekeeping(&mut self, committed: u64) {
         if let Some(id) = self.live {
             let rec = self.area.acquisition(id);
-            let first = rec.first_seq.load(Ordering::Acquire);
-            let n = rec.assigned.load(Ordering::Acquire);
-            if rec.id.load(Ordering::Acquire) != id
-                || (rec.state() == AcquisitionState::Assigned && (n == 0 || committed >= first.saturating_add(n)))
-            {
+            if rec.id.load(Ordering::Acquire) != id || all_passed(rec, committed) {
                 self.finish_live();
             }
         }
-        if let Some(o) = &self.open {
-            let rec = self.area.acquisition(o.id);
-            // Done once the writer's own cursor has passed the acquisition's last frame (its frames are
-            // consecutive in the frame ring): a count of writes would be fooled by a frame rewritten after a restart.
-            let first = rec.first_seq.load(Ordering::Acquire);
-            let n = rec.assigned.load(Ordering::Acquire);
-            if rec.state() == AcquisitionState::Assigned && (n == 0 || committed >= first.saturating_add(n)) {
-                self.finish_open();
-            }
+        if let Some(o) = &self.open
+            && all_passed(self.area.acquisition(o.id), committed)
+        {
+            self.finish_open();
         }
         for rec in &self.area.acquisitions {
             let id = rec.id.load(Ordering::Acquire);
             // A live-only acquisition whose last frame passed before a restart of this stage: the new process
             // sees no frame of it, and ends it here.
-            let (first, n) = (rec.first_seq.load(Ordering::Acquire), rec.assigned.load(Ordering::Acquire));
             if id != 0
                 && self.live != Some(id)
                 && rec.is_live_only()
-                && rec.state() == AcquisitionState::Assigned
-                && n > 0
-                && committed >= first.saturating_add(n)
+                && rec.assigned.load(Ordering::Acquire) > 0
+                && all_passed(rec, committed)
             {
                 self.end_live(id);
             }

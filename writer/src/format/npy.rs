@@ -12,7 +12,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::direct::{self, DirectFile};
-use crate::format::{FormatError, FormatFile, OutputFormat, Plan, ReadBack, output_options, with_suffix};
+use crate::format::{
+    FormatError, FormatFile, OutputFormat, Plan, ReadBack, check_frame, io_err, output_options, reserve, with_suffix,
+};
 
 /// Bytes before the first pixel.
 pub const HEADER_LEN: usize = 4096;
@@ -123,31 +125,18 @@ impl NpyFile {
     }
 
     fn err(&self, step: &str, e: std::io::Error) -> FormatError {
-        FormatError::io(format!("{step} {}", self.tmp.display()), e)
+        io_err(step, &self.tmp, e)
     }
 
-    /// Gives the file the space of `frames` frames (it never shrinks here). The frames get their space before
-    /// they come: a disk that fills up later (another process, a long run) cannot fail a frame write, and one
-    /// that is too small fails here, before any frame of the step.
+    /// Gives the file the space of `frames` frames ([`reserve`]).
     fn reserve(&self, frames: u64) -> Result<(), FormatError> {
-        let total = self.len(frames);
-        match rustix::fs::fallocate(self.file.file(), rustix::fs::FallocateFlags::empty(), 0, total) {
-            Ok(()) => Ok(()),
-            Err(rustix::io::Errno::NOSPC) => Err(FormatError::NoSpace { frames, bytes: total, path: self.tmp.clone() }),
-            Err(_) if self.file.file().metadata().is_ok_and(|m| m.len() >= total) => Ok(()),
-            Err(_) => self.file.file().set_len(total).map_err(|e| self.err("sizing", e)),
-        }
+        reserve(self.file.file(), self.len(frames), frames, &self.tmp)
     }
 }
 
 impl FormatFile for NpyFile {
     fn write_frame(&mut self, index: u64, pixels: &[u8]) -> Result<(), FormatError> {
-        if index >= self.plan.frames || pixels.len() as u64 != self.plan.shape.frame_bytes() {
-            return Err(FormatError::Invalid {
-                path: self.tmp.clone(),
-                why: format!("frame {index} of {} bytes does not fit {:?}", pixels.len(), self.plan),
-            });
-        }
+        check_frame(&self.tmp, &self.plan, index, pixels)?;
         let offset = self.len(index);
         self.file
             .write_at(pixels, offset)

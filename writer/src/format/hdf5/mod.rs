@@ -62,7 +62,9 @@ use std::path::{Path, PathBuf};
 use self::layout::Description;
 use self::store::{ChunkStore, Skeleton};
 use crate::direct::{self, DirectFile};
-use crate::format::{Compression, FormatError, FormatFile, OutputFormat, Plan, ReadBack, with_suffix};
+use crate::format::{
+    Compression, FormatError, FormatFile, OutputFormat, Plan, ReadBack, check_frame, io_err, reserve, with_suffix,
+};
 use crate::sidecar::Sidecar;
 
 pub use self::compress::Compressor;
@@ -153,30 +155,6 @@ impl OutputFormat for Hdf5 {
     fn grows(&self) -> bool {
         false
     }
-}
-
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> FormatError {
-    FormatError::io(format!("{what} {}", path.display()), e)
-}
-
-/// Gives `file` `len` bytes of disk (it never shrinks here): the frames get their space before they come.
-fn reserve(file: &std::fs::File, len: u64, frames: u64, path: &Path) -> Result<(), FormatError> {
-    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
-        Ok(()) => Ok(()),
-        Err(rustix::io::Errno::NOSPC) => Err(FormatError::NoSpace { frames, bytes: len, path: path.to_owned() }),
-        Err(_) if file.metadata().is_ok_and(|m| m.len() >= len) => Ok(()),
-        Err(_) => file.set_len(len).map_err(|e| io_err("sizing", path, e)),
-    }
-}
-
-fn check_frame(tmp: &Path, plan: &Plan, index: u64, pixels: &[u8]) -> Result<(), FormatError> {
-    if index >= plan.frames || pixels.len() as u64 != plan.shape.frame_bytes() {
-        return Err(FormatError::Invalid {
-            path: tmp.to_owned(),
-            why: format!("frame {index} of {} bytes does not fit {plan:?}", pixels.len()),
-        });
-    }
-    Ok(())
 }
 
 fn publish(tmp: &Path, path: &Path, store: &Path) -> Result<(), FormatError> {

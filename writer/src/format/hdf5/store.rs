@@ -8,9 +8,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::io_err;
 use super::layout::Places;
-use crate::format::{FormatError, Plan, output_options};
+use crate::format::{FormatError, Plan, io_err, output_options, reserve};
 
 const SKELETON_MAGIC: &[u8; 8] = b"RDQH5SK1";
 const CHUNKS_MAGIC: &[u8; 8] = b"RDQH5CS1";
@@ -135,13 +134,7 @@ impl ChunkStore {
             }
         } else {
             // The index gets its space now: a disk that fills up later fails a chunk, never its record.
-            match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, chunks_at) {
-                Err(rustix::io::Errno::NOSPC) => {
-                    return Err(FormatError::NoSpace { frames: plan.frames, bytes: chunks_at, path: path.to_owned() });
-                }
-                Err(_) => file.set_len(chunks_at).map_err(|e| io_err("sizing", path, e))?,
-                Ok(()) => {}
-            }
+            reserve(&file, chunks_at, plan.frames, path)?;
             file.write_all_at(&header, 0).map_err(|e| io_err("writing", path, e))?;
         }
         let len = file.metadata().map_err(|e| io_err("reading", path, e))?.len();
