@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::control::{Connection, ControlError};
-use crate::pipeline::messages::{PROTOCOL_VERSION, Reply, Request, Role, StageCommand};
+use crate::pipeline::messages::{PROTOCOL_VERSION, Reply, Request, Role};
 use crate::region::{Access, Region, RegionError};
 
 /// Why a session could not be opened.
@@ -62,39 +62,6 @@ impl Session {
         let region = Region::attach(fds.next().ok_or(SessionError::NoRegion)?, access)?;
         conn.set_recv_timeout(None).map_err(ctl)?;
         Ok(Self { conn, region, fds: fds.collect() })
-    }
-
-    /// A command from the supervisor, if one is waiting; see [`poll_command`].
-    pub fn poll_command(&mut self) -> Result<Option<StageCommand>, ControlError> {
-        poll_command(&mut self.conn)
-    }
-}
-
-/// A command from the supervisor on a stage's connection, if one is waiting, without blocking.
-/// `Err(ControlError::Closed)` means the supervisor is gone, and the stage should exit.
-pub fn poll_command(conn: &mut Connection) -> Result<Option<StageCommand>, ControlError> {
-    if !conn.poll_readable(Duration::ZERO)? {
-        return Ok(None);
-    }
-    Ok(Some(conn.recv::<StageCommand>()?.msg))
-}
-
-/// Whether a stage should stop now: a Shutdown command arrived or the supervisor is gone. Either is logged
-/// with who told the stage and why, so that its `stopped` line that follows has a cause.
-pub fn should_stop(conn: &mut Connection) -> bool {
-    match poll_command(conn) {
-        Ok(Some(StageCommand::Shutdown { why })) => {
-            tracing::info!(reason = ?why, "the supervisor told this stage to stop: {}", why.describe());
-            true
-        }
-        Err(ControlError::Closed) => {
-            tracing::warn!(
-                "the supervisor closed this stage's connection (it exited, or the stage is not this process's); \
-                 stopping"
-            );
-            true
-        }
-        Ok(None) | Err(_) => false,
     }
 }
 

@@ -72,7 +72,6 @@ pub struct Supervision {
     rejoin: Option<Rejoin>,
     stage: Stage,
     orphan_timeout: Duration,
-    giving_up: bool,
 }
 
 impl Supervision {
@@ -92,7 +91,6 @@ impl Supervision {
             rejoin: Some(Rejoin { stage, path: path.to_owned(), fds }),
             stage,
             orphan_timeout,
-            giving_up: false,
         }
     }
 
@@ -135,7 +133,7 @@ impl Supervision {
         if self.shared.told_to_stop.load(Ordering::Acquire) {
             return true;
         }
-        if self.giving_up {
+        if self.shared.given_up.load(Ordering::Acquire) {
             return self.upstream_gone(region);
         }
         let at = self.shared.orphaned_at.load(Ordering::Acquire);
@@ -167,7 +165,6 @@ impl Supervision {
     /// in the assembler, lets go of external consumers' gates, which no supervisor advances any more (the
     /// assembler must drain into the frame ring).
     fn give_up(&mut self, region: &Region) {
-        self.giving_up = true;
         self.shared.given_up.store(true, Ordering::Release);
         let secs = self.orphan_timeout.as_secs_f64();
         tracing::error!(
