@@ -46,14 +46,7 @@ pub fn pixel(f: &dyn DetectorFormat, frame_id: u32, row: usize, col: usize) -> u
 
 /// The whole expected frame of the counting pattern for `frame_id`, row-major.
 pub fn expected_frame(f: &dyn DetectorFormat, frame_id: u32) -> Vec<u16> {
-    let (cols, mask) = (f.cols(), f.pixel_mask());
-    let mut out = vec![0u16; f.frame_pixels()];
-    for (r, row) in out.chunks_exact_mut(cols).enumerate() {
-        for (c, p) in row.iter_mut().enumerate() {
-            *p = pixel_masked(mask, frame_id, r, c);
-        }
-    }
-    out
+    Pattern::Counting.frame(f, frame_id)
 }
 
 /// Which pixel values the simulator sends.

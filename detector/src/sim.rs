@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::format::{BlockMeta, Format};
-use crate::pattern::{PATTERN_PERIOD, Pattern, expected_frame};
+use crate::pattern::Pattern;
 
 /// What to send and which faults to inject.
 #[derive(Debug, Clone, PartialEq)]
@@ -121,30 +121,48 @@ pub enum SimError {
     Config(String),
 }
 
-/// Encoded payloads of one pattern period: `[variant][block]`.
+/// Byte offset of each block's payload in a frame's encoded buffer, and the total at the end.
+fn payload_offsets(f: Format) -> Vec<usize> {
+    let mut offsets = vec![0usize];
+    for b in 0..f.blocks_per_frame() {
+        offsets.push(offsets[b] + f.payload_bytes(b));
+    }
+    offsets
+}
+
+/// Encodes frame `pixels` into `buf`, the payload of block `b` at `offsets[b]..offsets[b + 1]`.
+fn encode_frame(f: Format, pixels: &[u16], offsets: &[usize], buf: &mut [u8]) -> Result<(), SimError> {
+    for (b, w) in offsets.windows(2).enumerate() {
+        f.encode_payload(b, pixels, &mut buf[w[0]..w[1]]).map_err(|e| SimError::Config(format!("encoding: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Encoded payloads of one period of a periodic pattern: a frame's buffer per frame id modulo the period.
 struct Payloads {
-    blocks: usize,
-    data: Vec<Vec<u8>>,
+    offsets: Vec<usize>,
+    frames: Vec<Vec<u8>>,
 }
 
 impl Payloads {
-    fn new(f: Format, variants: u32) -> Result<Self, SimError> {
-        let blocks = f.blocks_per_frame();
-        let mut data = Vec::with_capacity(variants as usize * blocks);
-        for v in 0..variants {
-            let frame = expected_frame(&*f, v);
-            for b in 0..blocks {
-                let mut out = vec![0u8; f.payload_bytes(b)];
-                f.encode_payload(b, &frame, &mut out).map_err(|e| SimError::Config(format!("encoding: {e}")))?;
-                data.push(out);
-            }
+    fn new(f: Format, pattern: &Pattern, period: u32) -> Result<Self, SimError> {
+        let offsets = payload_offsets(f);
+        let total = offsets.last().copied().unwrap_or(0);
+        let maker = pattern.frames(&*f);
+        let mut pixels = vec![0u16; f.frame_pixels()];
+        let mut frames = Vec::with_capacity(period as usize);
+        for v in 0..period {
+            maker.fill(v, &mut pixels);
+            let mut buf = vec![0u8; total];
+            encode_frame(f, &pixels, &offsets, &mut buf)?;
+            frames.push(buf);
         }
-        Ok(Self { blocks, data })
+        Ok(Self { offsets, frames })
     }
 
     fn get(&self, frame_id: u32, block: usize) -> &[u8] {
-        let v = (frame_id % PATTERN_PERIOD) as usize % (self.data.len() / self.blocks);
-        &self.data[v * self.blocks + block]
+        let buf = &self.frames[frame_id as usize % self.frames.len()];
+        &buf[self.offsets[block]..self.offsets[block + 1]]
     }
 }
 
@@ -210,16 +228,7 @@ fn make_frames(
         }
         let mut buf = recycled.try_recv().unwrap_or_else(|_| vec![0u8; total]);
         maker.fill(frame_id, &mut pixels);
-        let mut result = Ok((index, Vec::new()));
-        for (b, w) in offsets.windows(2).enumerate() {
-            if let Err(e) = f.encode_payload(b, &pixels, &mut buf[w[0]..w[1]]) {
-                result = Err(SimError::Config(format!("encoding: {e}")));
-                break;
-            }
-        }
-        if let Ok((_, v)) = &mut result {
-            *v = buf;
-        }
+        let result = encode_frame(f, &pixels, offsets, &mut buf).map(|()| (index, buf));
         let failed = result.is_err();
         if tx.send(result).is_err() || failed {
             return;
@@ -299,10 +308,7 @@ impl Simulator {
             return Err(SimError::Config(format!("{f}: headers of {} bytes", f.header_bytes())));
         }
         // Frame ids run from any start and wrap around the period, so every variant is encoded up front.
-        let payloads = match cfg.pattern {
-            Pattern::Counting => Some(Payloads::new(f, PATTERN_PERIOD)?),
-            Pattern::Stem { .. } => None,
-        };
+        let payloads = cfg.pattern.period().map(|p| Payloads::new(f, &cfg.pattern, p)).transpose()?;
         let bind: SocketAddr = match cfg.target {
             std::net::IpAddr::V4(_) => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
             std::net::IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
@@ -325,11 +331,7 @@ impl Simulator {
         if self.payloads.is_some() {
             return self.send(stop, None);
         }
-        let f = self.f;
-        let mut offsets = vec![0usize];
-        for b in 0..f.blocks_per_frame() {
-            offsets.push(offsets[b] + f.payload_bytes(b));
-        }
+        let offsets = payload_offsets(self.f);
         // Making and encoding a K2 IS frame takes about 4 ms of one core (0.6 ms the pattern, the rest the 12-bit
         // packing), so at 400 frames/s the frames are made by the cores the sender leaves, up to 4, each maker
         // taking every n-th frame and staying two frames ahead; a slow maker shows as a lower rate.
@@ -365,11 +367,10 @@ impl Simulator {
         let faults = f.sim_faults();
         let start = Instant::now();
         let frame_period = cfg.fps.map(|f| Duration::from_secs_f64(1.0 / f));
-        let mut frame_id = cfg.first_frame_id;
-        let mut index = 0u64;
-        while (cfg.frames == 0 || index < cfg.frames) && !stop.load(Ordering::Relaxed) {
-            if cfg.reset_at == Some(index) {
-                frame_id = cfg.first_frame_id;
+        let mut frames = 0u64;
+        for (index, frame_id) in frame_ids(cfg) {
+            if (cfg.frames != 0 && index >= cfg.frames) || stop.load(Ordering::Relaxed) {
+                break;
             }
             let sync = cfg.sync_at.is_some_and(|s| index >= s);
             let mut lost = 0u32;
@@ -430,11 +431,10 @@ impl Simulator {
             if lost > 0 {
                 report.lossy_frames.insert(index, (frame_id, lost));
             }
-            frame_id = frame_id.wrapping_add(1);
-            index += 1;
+            frames = index + 1;
         }
         self.flush(&mut pending, &mut rng, &mut report, live.as_ref().map(|l| &*l.frames))?;
-        report.frames = index;
+        report.frames = frames;
         report.seconds = start.elapsed().as_secs_f64();
         Ok(report)
     }

@@ -174,11 +174,6 @@ impl Streams {
     pub fn iter(&self) -> impl Iterator<Item = usize> + '_ {
         (0..64).filter(|&s| self.contains(s))
     }
-
-    /// The `i`-th stream of the set (ascending), if there are that many.
-    pub fn nth(&self, i: usize) -> Option<usize> {
-        self.iter().nth(i)
-    }
 }
 
 impl fmt::Display for Streams {

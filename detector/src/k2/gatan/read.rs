@@ -41,7 +41,12 @@ impl Reader {
         }
         let first = &paths.bins[0];
         let mut head = [0u8; HEADER_BYTES];
-        let got = File::open(first).and_then(|mut f| f.read(&mut head)).map_err(io("reading", first))?;
+        let got = {
+            let buf = files[0].fill_buf().map_err(io("reading", first))?;
+            let n = buf.len().min(HEADER_BYTES);
+            head[..n].copy_from_slice(&buf[..n]);
+            n
+        };
         let not_k2 = |why: String| GatanError::NotK2File { path: first.clone(), why };
         if got < HEADER_BYTES {
             return Err(not_k2(format!("{got} bytes, shorter than a block header")));

@@ -118,10 +118,9 @@ impl Writer {
             let arrived = frame.block(i).is_some();
             let b = frame.slot_mut(i);
             if arrived {
-                let mut h = [0u8; HEADER_BYTES];
-                h.copy_from_slice(&b[..HEADER_BYTES]);
-                set_sync_flag(&mut h, true);
-                b[..HEADER_BYTES].copy_from_slice(&h);
+                if let Some(h) = b.first_chunk_mut::<HEADER_BYTES>() {
+                    set_sync_flag(h, true);
+                }
             } else {
                 missing += 1;
                 b[..HEADER_BYTES].copy_from_slice(&placeholder(&self.g, frame_id, base, i % per, true));
