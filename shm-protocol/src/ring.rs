@@ -255,10 +255,12 @@ impl<'r> Ring<'r> {
         Err(RingError::NoFreeConsumer)
     }
 
-    /// Releases consumer cursor `index`: a gating consumer no longer holds the producer back.
+    /// Releases consumer cursor `index`: a gating consumer no longer holds the producer back, and the free line
+    /// no longer asks for wake-ups ([`Ring::set_wake_always`]).
     pub fn release_consumer(&self, index: usize) -> Result<(), RingError> {
         self.check_writable()?;
         self.check_index(index)?;
+        self.control().sleep.consumer_sleeping[index].store(0, Ordering::SeqCst);
         self.line(index).mode.store(ConsumerMode::Free as u32, Ordering::Release);
         self.wake_producer();
         Ok(())

@@ -36,6 +36,13 @@ pub const FRAME_RING: usize = 1;
 pub const ASSEMBLER_CURSOR: usize = 0;
 /// The writer's cursor on the frame ring.
 pub const WRITER_CURSOR: usize = 0;
+
+/// The frame ring's consumer lines that subscribers hold: every line but the writer's that is not free.
+pub fn subscriber_lines<'a>(ring: &'a crate::ring::Ring<'_>) -> impl Iterator<Item = usize> + 'a {
+    (0..ring.max_consumers()).filter(move |&i| {
+        i != WRITER_CURSOR && ring.consumer_state(i).is_ok_and(|(_, mode, _)| mode != crate::layout::ConsumerMode::Free)
+    })
+}
 /// First frame-ring cursor available to external consumers.
 pub const FIRST_CONSUMER_CURSOR: usize = 1;
 

@@ -7,10 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::control::{Connection, ControlError};
-use crate::layout::ConsumerMode;
 use crate::pipeline::messages::{PROTOCOL_VERSION, Reply, Request, Role, StageCommand};
 use crate::pipeline::session::{Session, SessionError};
-use crate::pipeline::{EndReason, FRAME_RING, Stage, WRITER_CURSOR, pipeline_area};
+use crate::pipeline::{EndReason, FRAME_RING, Stage, pipeline_area, subscriber_lines};
 use crate::region::{Access, Region};
 
 /// How long a stage whose supervisor died waits for a successor before it ends the pipeline on its own
@@ -184,11 +183,8 @@ impl Supervision {
         if self.stage == Stage::Assembler
             && let Ok(ring) = region.ring(FRAME_RING)
         {
-            for i in (0..ring.max_consumers()).filter(|&i| i != WRITER_CURSOR) {
-                if ring.consumer_state(i).is_ok_and(|(_, mode, _)| mode != ConsumerMode::Free) {
-                    let _ = ring.set_wake_always(i, false);
-                    let _ = ring.release_consumer(i);
-                }
+            for i in subscriber_lines(&ring) {
+                let _ = ring.release_consumer(i);
             }
         }
     }

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use shm_protocol::Region;
 use shm_protocol::control::{Connection, ControlListener};
-use shm_protocol::layout::ConsumerMode;
 use shm_protocol::messages::{PROTOCOL_VERSION, Reply};
 use shm_protocol::pipeline::{self, PipelineArea, PipelineSizes, Stage};
 
@@ -225,11 +224,9 @@ impl Supervisor {
             tracing::info!(acquisition = id, state = %rec.state(), "carrying on with the running acquisition");
         }
         if let Ok(ring) = self.region.ring(pipeline::FRAME_RING) {
-            for i in (0..ring.max_consumers()).filter(|&i| i != pipeline::WRITER_CURSOR) {
-                if ring.consumer_state(i).is_ok_and(|(_, mode, _)| mode != ConsumerMode::Free) {
-                    tracing::info!(cursor = i, "holding a subscriber's consumer line for it");
-                    g.held_subscriptions.push((i, now));
-                }
+            for i in pipeline::subscriber_lines(&ring) {
+                tracing::info!(cursor = i, "holding a subscriber's consumer line for it");
+                g.held_subscriptions.push((i, now));
             }
         }
     }

@@ -38,7 +38,6 @@ impl Subscriber<'_> {
 
     fn end(self, region: &Region) {
         if let Ok(ring) = region.ring(FRAME_RING) {
-            let _ = ring.set_wake_always(self.index, false);
             let _ = ring.release_consumer(self.index);
         }
         tracing::info!(cursor = self.index, "consumer gone");

@@ -292,7 +292,6 @@ impl Supervisor {
                 cursor = index,
                 "a subscriber of the previous supervisor did not come back; its line is freed"
             );
-            let _ = ring.set_wake_always(index, false);
             let _ = ring.release_consumer(index);
             false
         });
