@@ -47,6 +47,11 @@ pub trait Sink {
     fn start(&mut self, info: &TapInfo) -> anyhow::Result<()>;
     /// One datagram; `Break` ends the tap.
     fn datagram(&mut self, d: Tapped<'_>) -> anyhow::Result<ControlFlow<()>>;
+    /// A block slot's datagrams were all handed on: once a slot (up to 64 datagrams), the place for work that
+    /// need not be done per datagram (the clock, progress lines); `Break` ends the tap.
+    fn slot_done(&mut self) -> anyhow::Result<ControlFlow<()>> {
+        Ok(ControlFlow::Continue(()))
+    }
     /// No datagram came for a short wait (2 ms); `Break` ends the tap.
     fn idle(&mut self) -> anyhow::Result<ControlFlow<()>> {
         Ok(ControlFlow::Continue(()))
@@ -86,8 +91,8 @@ pub fn run(
     // A pipeline that takes some of the detector's sectors has them as its sockets 0, 1, …: the tap names the
     // detector's sector (the port offset), so that a recording replays to the same ports.
     let sectors = area.placement.streams();
-    let whole = sectors.iter().enumerate().all(|(i, &s)| i as u32 == s)
-        && detector::registry::by_id(region.header().geometry.mode).is_none_or(|f| f.streams() == sectors.len());
+    // The streams are ascending and below the detector's count: as many as it has is all of them.
+    let whole = sectors.len() == area.placement.detector_streams as usize;
     let detector_sector = |socket: u16| sectors.get(usize::from(socket)).map_or(socket, |&s| s as u16);
     let ring = region.ring(BLOCK_RING)?;
     let mut reader = ring.reader(ring.published(), false);
@@ -143,6 +148,9 @@ pub fn run(
             if sink.datagram(d)?.is_break() {
                 return Ok(TapEnd::Sink);
             }
+        }
+        if sink.slot_done()?.is_break() {
+            return Ok(TapEnd::Sink);
         }
     }
 }

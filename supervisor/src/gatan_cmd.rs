@@ -2,7 +2,7 @@
 //! [`detector::k2::gatan`], which holds the format.
 
 use std::io::Write;
-use std::net::{IpAddr, UdpSocket};
+use std::net::IpAddr;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,12 +74,17 @@ impl<W: Write> GatanSink<'_, W> {
             w.write_frame(&mut f, limit)?;
             c.recycle(f);
         }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// A progress line, once a second.
+    fn report(&mut self) -> anyhow::Result<()> {
         if self.last_report.elapsed() >= Duration::from_secs(1) {
             self.last_report = Instant::now();
             let s = self.writer.as_ref().map(Writer::summary).unwrap_or_default();
             writeln!(self.out, "{} frames, {} placeholder blocks", s.frames, s.placeholder_blocks)?;
         }
-        Ok(ControlFlow::Continue(()))
+        Ok(())
     }
 }
 
@@ -127,7 +132,6 @@ impl<W: Write> Sink for GatanSink<'_, W> {
         if self.done() {
             return Ok(ControlFlow::Break(()));
         }
-        self.last_datagram = Instant::now();
         let (c, _) = self.writer()?;
         match c.push(usize::from(d.sector), d.bytes) {
             Pushed::Accepted => {}
@@ -143,7 +147,18 @@ impl<W: Write> Sink for GatanSink<'_, W> {
             return Ok(ControlFlow::Break(()));
         }
         let idle = self.last_datagram.elapsed() >= IDLE && self.collector.as_ref().is_some_and(|c| c.in_flight() > 0);
-        self.drain(idle)
+        let flow = self.drain(idle)?;
+        if flow.is_continue() {
+            self.report()?;
+        }
+        Ok(flow)
+    }
+
+    fn slot_done(&mut self) -> anyhow::Result<ControlFlow<()>> {
+        // Per slot, not per datagram: the clock is read once for up to 64 datagrams.
+        self.last_datagram = Instant::now();
+        self.report()?;
+        Ok(ControlFlow::Continue(()))
     }
 
     fn missed(&mut self, n: u64) {
@@ -237,9 +252,7 @@ pub fn replay(
     }
     let mut r = Reader::open(Paths::discover(path)?)?;
     let per_frame = r.geometry().blocks_per_frame() as u64;
-    let bind: IpAddr =
-        if target.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
-    let sock = UdpSocket::bind((bind, 0)).context("replay socket")?;
+    let sock = crate::record_cmd::replay_socket(target)?;
     let _ = rustix::net::sockopt::set_socket_send_buffer_size(&sock, 8 << 20);
     let period = fps.map(|f| Duration::from_secs_f64(1.0 / f));
     let started = Instant::now();

@@ -154,8 +154,12 @@ impl<W: Write> Sink for RdqSink<'_, W> {
         w.write_all(&(d.bytes.len() as u32).to_le_bytes())?;
         w.write_all(d.bytes)?;
         self.datagrams += 1;
-        self.report()?;
         Ok(if self.done() { ControlFlow::Break(()) } else { ControlFlow::Continue(()) })
+    }
+
+    fn slot_done(&mut self) -> anyhow::Result<ControlFlow<()>> {
+        self.report()?;
+        Ok(ControlFlow::Continue(()))
     }
 
     fn idle(&mut self) -> anyhow::Result<ControlFlow<()>> {
@@ -216,13 +220,18 @@ pub fn read_recording(path: &Path) -> anyhow::Result<(u32, impl Iterator<Item = 
     Ok((mode, it))
 }
 
+/// A socket to send a replay to `target` from (any local address of its family, any port).
+pub(crate) fn replay_socket(target: IpAddr) -> anyhow::Result<UdpSocket> {
+    let bind: IpAddr =
+        if target.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
+    UdpSocket::bind((bind, 0)).context("replay socket")
+}
+
 /// Sends a recording's datagrams to `target:port_base + sector`, keeping their recorded spacing divided by
 /// `speed` (0: as fast as possible). Returns how many were sent.
 pub fn replay(path: &Path, target: IpAddr, port_base: u16, speed: f64, stop: &AtomicBool) -> anyhow::Result<u64> {
     let (_mode, datagrams) = read_recording(path)?;
-    let bind: IpAddr =
-        if target.is_ipv4() { std::net::Ipv4Addr::UNSPECIFIED.into() } else { std::net::Ipv6Addr::UNSPECIFIED.into() };
-    let sock = UdpSocket::bind((bind, 0)).context("replay socket")?;
+    let sock = replay_socket(target)?;
     let started = Instant::now();
     let mut first_ns = None;
     let mut sent = 0u64;
