@@ -8,29 +8,22 @@ Run by tests/tests/hdf5.rs:
 """
 import json
 import sys
+from pathlib import Path
 
 import h5py
 import hdf5plugin  # noqa: F401  (registers filter 32008, bitshuffle)
 import numpy as np
 
+# The simulator's pixel formula in numpy, shared with the Python package's tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python" / "tests"))
+import sim_pattern  # noqa: E402
+
 ROWS, COLS = 1860, 2048
 
 
-def splitmix(z):
-    with np.errstate(over="ignore"):
-        z = z + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
 def variants():
-    r = np.arange(ROWS, dtype=np.uint64)[:, None]
-    c = np.arange(COLS, dtype=np.uint64)[None, :]
-    return [
-        (splitmix((np.uint64(v) << np.uint64(32)) | (r << np.uint64(16)) | c) & np.uint64(0xFFF)).astype(np.uint16)
-        for v in range(8)
-    ]
+    """The simulator's 8 frame variants (frame_id mod 8) of a K2 IS frame."""
+    return [sim_pattern.frame(v, (ROWS, COLS)) for v in range(sim_pattern.PERIOD)]
 
 
 def text(v):

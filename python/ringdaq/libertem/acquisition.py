@@ -90,9 +90,13 @@ class _Feeder:
         if not self.closed:
             self.sub.release(msg["seqs"])
 
-    def _check(self, alive) -> None:
+    @staticmethod
+    def _check_workers(alive) -> None:
         if alive is not None and not alive():
             raise _cancel("a LiberTEM worker process died mid-acquisition")
+
+    def _check(self, alive) -> None:
+        self._check_workers(alive)
         st = self.control.acquisition(self.acquisition_id)
         if st["over"] and st["assigned"] <= self.next_index:
             raise _cancel(
@@ -144,8 +148,7 @@ class _Feeder:
                 yield batch
                 batch = []
             if time.monotonic() - last_check >= CHECK_EVERY:
-                if alive is not None and not alive():
-                    raise _cancel("a LiberTEM worker process died mid-acquisition")
+                self._check_workers(alive)
                 last_check = time.monotonic()
         if batch:
             yield batch
