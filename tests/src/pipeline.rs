@@ -113,12 +113,6 @@ impl Pipeline {
         self.wait_ready();
     }
 
-    /// Starts `ringdaq run` again without waiting for it: the new supervisor, to be waited on by the caller.
-    pub fn relaunch_no_wait(&mut self) {
-        self.kill_supervisor();
-        self.child = launch(self.dir.path(), self.port_base, &[]);
-    }
-
     /// Starts a second `ringdaq run` in the same runtime directory while this one runs; waits up to `timeout`
     /// for it to exit and returns its exit status and log (`None`: it still ran, and was killed).
     pub fn run_second(&self, timeout: Duration) -> (Option<std::process::ExitStatus>, String) {
@@ -198,11 +192,6 @@ impl Pipeline {
         self.wait_ready();
     }
 
-    /// Waits until every stage is running again (after [`Pipeline::relaunch_no_wait`]).
-    pub fn wait_running(&self) {
-        self.wait_ready();
-    }
-
     /// The pid of stage `name` as the supervisor reports it (0 while it is not running).
     pub fn stage_pid(&self, name: &str) -> u32 {
         self.try_status().and_then(|s| s.stages.into_iter().find(|s| s.name == name)).map_or(0, |s| s.pid)
@@ -261,12 +250,17 @@ impl Pipeline {
         }
     }
 
+    /// Acquisition `id` as the supervisor reports it (None: no answer, or no such acquisition).
+    pub fn acquisition(&self, id: u64) -> Option<AcquisitionStatus> {
+        match self.call(Request::Acquisition { id }) {
+            Ok(Reply::Acquisition(a)) => Some(a),
+            _ => None,
+        }
+    }
+
     /// Waits until `n` frames of acquisition `id` are assigned (they arrived; the file may still be written).
     pub fn wait_assigned(&self, id: u64, n: u64, timeout: Duration) {
-        let ok = wait_for(timeout, || match self.call(Request::Acquisition { id }) {
-            Ok(Reply::Acquisition(a)) if a.assigned >= n => Some(()),
-            _ => None,
-        });
+        let ok = wait_for(timeout, || self.acquisition(id).filter(|a| a.assigned >= n));
         assert!(ok.is_some(), "acquisition {id} did not get {n} frames in {timeout:?}:\n{}", self.log());
     }
 
@@ -274,7 +268,7 @@ impl Pipeline {
     pub fn wait(&self, id: u64, timeout: Duration) -> AcquisitionStatus {
         let t = Instant::now();
         loop {
-            if let Ok(Reply::Acquisition(s)) = self.call(Request::Acquisition { id })
+            if let Some(s) = self.acquisition(id)
                 && (s.state == "done" || s.state == "failed")
             {
                 return s;
@@ -330,8 +324,15 @@ impl Pipeline {
     /// Replays recording `rec` into this pipeline (`ringdaq sim --replay`, at the recorded spacing) and returns
     /// what it printed; the replay must succeed.
     pub fn replay(&self, rec: &Path) -> String {
+        self.replay_paced(rec, &["--speed", "1"])
+    }
+
+    /// [`Pipeline::replay`] paced by `pace` (`--speed X`, or `--fps N` for a Gatan recording).
+    pub fn replay_paced(&self, rec: &Path, pace: &[&str]) -> String {
         let out = Command::new(bin_path("ringdaq"))
-            .args(["sim", "--port-base", &self.port_base.to_string(), "--speed", "1", "--replay"])
+            .args(["sim", "--port-base", &self.port_base.to_string()])
+            .args(pace)
+            .arg("--replay")
             .arg(rec)
             .output()
             .expect("ringdaq sim --replay");

@@ -94,19 +94,14 @@ fn check_with_libertem(gtg: &Path, npy: &Path, frames: usize) -> String {
 fn replay_into_fresh_pipeline(gtg: &Path, frames: u64, keep: &Path) -> (PathBuf, String) {
     let p = Pipeline::start("");
     let (id, path) = p.acquire(frames, "replayed.npy", SyncMode::Immediate);
-    let out = Command::new(bin_path("ringdaq"))
-        .args(["sim", "--port-base", &p.port_base.to_string(), "--fps", "50", "--replay"])
-        .arg(gtg)
-        .output()
-        .expect("ringdaq sim --replay");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = p.replay_paced(gtg, &["--fps", "50"]);
     let st = p.wait(id, Duration::from_secs(60));
     assert_eq!(st.state, "done", "{st:?}");
     let kept = keep.join("replayed.npy");
     std::fs::copy(&path, &kept).expect("keep the file");
     std::fs::copy(writer::sidecar_path(&path), writer::sidecar_path(&kept)).expect("keep the sidecar");
     assert!(p.shutdown());
-    (kept, String::from_utf8_lossy(&out.stdout).into_owned())
+    (kept, out)
 }
 
 /// A 4×4 scan recorded in Gatan's layout reads in LiberTEM as a (4, 4, 1860, 2048) scan whose frames are the

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use ringdaq_tests::pipeline::Pipeline;
 use ringdaq_tests::{XorShift, wait_for};
-use shm_protocol::messages::{Compression, EndReason, Reply, Request, SyncMode};
+use shm_protocol::messages::{Compression, EndReason, SyncMode};
 
 /// Runs `hdf5_check.py ARGS`; its stdout, or a panic with what it printed.
 fn h5check(args: &[&str]) -> String {
@@ -86,16 +86,10 @@ fn h5py_reads_the_frames_written_while_the_acquisition_runs() {
             r
         });
         // Once some frames are written, h5py opens the file being written and reads them all.
-        let some = wait_for(Duration::from_secs(30), || match p.call(Request::Acquisition { id }) {
-            Ok(Reply::Acquisition(st)) if st.written >= 10 => Some(st.written),
-            _ => None,
-        });
+        let some = wait_for(Duration::from_secs(30), || p.acquisition(id).filter(|st| st.written >= 10));
         assert!(some.is_some(), "10 frames written\n{}", p.log());
         let n: u64 = h5check(&["live", s(&partial), "10"]).trim().parse().expect("frames_written");
-        let st = match p.call(Request::Acquisition { id }) {
-            Ok(Reply::Acquisition(st)) => st,
-            other => panic!("{other:?}"),
-        };
+        let st = p.acquisition(id).expect("acquisition status");
         assert!(sending.load(Ordering::Relaxed) && st.state != "done", "read while written: {st:?}");
         assert!((10..200).contains(&n), "{n} frames read while written");
         sim.join().expect("simulator");
@@ -184,25 +178,14 @@ fn a_full_disk_fails_an_h5_acquisition_not_the_pipeline() {
     let mnt = small.path().join("small");
     let Some(_fs) = ringdaq_tests::SmallFs::mount_or_skip(&mnt, "64m") else { return };
     let p = Pipeline::start("");
-    let acquire_into = |frames: u64, path: &Path, compression| match p.call(Request::Acquire {
-        frames,
-        path: s(path).to_owned(),
-        sync: SyncMode::Immediate,
-        compression,
-    }) {
-        Ok(Reply::Armed { id }) => id,
-        other => panic!("acquire: {other:?}"),
-    };
     for (name, c, frames, fps) in [("six.h5", Compression::None, 6, 4.0), ("three.h5", Compression::Bslz4, 3, 1.0)] {
         let path = mnt.join(name);
-        let id = acquire_into(frames, &path, c);
+        // An absolute path: the pipeline's directory joined with it is the path.
+        let (id, _) = p.acquire_compressed(frames, s(&path), SyncMode::Immediate, c);
         std::thread::scope(|sc| {
             let sim = sc.spawn(|| p.simulate(p.sim_config(frames + 10, fps)));
             // Once the writer has its files and a frame is written, another process takes what is left.
-            let started = wait_for(Duration::from_secs(20), || match p.call(Request::Acquisition { id }) {
-                Ok(Reply::Acquisition(st)) if st.written >= 1 => Some(()),
-                _ => None,
-            });
+            let started = wait_for(Duration::from_secs(20), || p.acquisition(id).filter(|st| st.written >= 1));
             assert!(started.is_some(), "{name}: a frame written\n{}", p.log());
             ringdaq_tests::fill(&mnt);
             sim.join().expect("simulator");

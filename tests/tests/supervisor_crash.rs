@@ -12,7 +12,7 @@ use std::time::Duration;
 use detector::k2;
 use ringdaq_tests::pipeline::{Pipeline, verify_large_acquisition};
 use ringdaq_tests::{ChildGuard, bin_path, wait_for};
-use shm_protocol::messages::{Reply, Request};
+use shm_protocol::messages::Request;
 
 const STAGES: [&str; 3] = ["receiver", "assembler", "writer"];
 
@@ -41,10 +41,7 @@ fn acquire_wait(p: &Pipeline, frames: u64, name: &str) -> (ChildGuard, PathBuf, 
 
 /// Frames of acquisition `id` assigned so far, as the (current) supervisor says; 0 while none answers.
 fn assigned(p: &Pipeline, id: u64) -> u64 {
-    match p.call(Request::Acquisition { id }) {
-        Ok(Reply::Acquisition(a)) => a.assigned,
-        _ => 0,
-    }
+    p.acquisition(id).map_or(0, |a| a.assigned)
 }
 
 /// Nothing of the acquisition's writing is left beside its file (no temporary file, no journal).
