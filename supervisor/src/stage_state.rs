@@ -337,14 +337,18 @@ impl StageState {
         }
     }
 
-    /// Marks the supervisor's process `pid` as hung (its exit is then described so); false if `pid` is no longer
-    /// the watched process.
-    pub fn mark_hung(&mut self, pid: u32, why: String) -> bool {
+    /// Kills the supervisor's process `pid` as hung (its exit is then described so), through its handle: an
+    /// adopted process is no child of this one, and its pid is free for reuse the moment it ends. False if `pid`
+    /// is no longer the watched process.
+    pub fn kill_hung(&mut self, pid: u32, why: String) -> bool {
         match &mut self.state {
             State::Running { proc, .. } | State::Detached { leaving: Some((proc, Some(_))), .. }
                 if proc.pid() == pid =>
             {
                 proc.hung = Some(why);
+                if let Err(e) = proc.child.kill() {
+                    tracing::warn!(stage = self.stage.name(), pid, error = %e, "killing the hung stage");
+                }
                 true
             }
             _ => false,
@@ -562,9 +566,9 @@ mod tests {
         assert_eq!((s.label(), s.is_ready(), s.hang_watch()), (Label::Running, true, (pid, true)));
         // A second child cannot be recorded over a running one.
         kill(s.started(long_child(), t0).expect_err("already running"));
-        assert!(s.mark_hung(pid, "hung: no progress".into()));
+        assert!(s.kill_hung(pid, "hung: no progress".into()));
         assert_eq!(s.hang_watch(), (pid, false));
-        assert!(!s.mark_hung(pid + 1, "not it".into()));
+        assert!(!s.kill_hung(pid + 1, "not it".into()));
         let Some((child, _)) = s.stop().filter(|(c, _)| c.id() == pid) else { panic!("stop hands back the child") };
         kill(child);
         assert_eq!(s.label(), Label::Stopped);
@@ -573,7 +577,7 @@ mod tests {
         s.started(long_child(), t0).expect("start again");
         let pid = s.pid();
         s.ready(pid, pair().0).expect("ready");
-        assert!(s.mark_hung(pid, "hung: no progress for 5000 ms while its input waited".into()));
+        assert!(s.kill_hung(pid, "hung: no progress for 5000 ms while its input waited".into()));
         let _ = rustix::process::kill_process(
             rustix::process::Pid::from_raw(pid as i32).expect("pid"),
             rustix::process::Signal::KILL,

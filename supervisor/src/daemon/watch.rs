@@ -106,11 +106,8 @@ impl Supervisor {
             }
             let why = format!("hung: no progress for {} ms while its input waited", limit.as_millis());
             // Only the process that stalled is killed: by now it may have ended and been replaced.
-            if self.lock().stages[st as usize].state.mark_hung(pid, why.clone()) {
-                tracing::error!(stage = st.name(), pid, "{why}; killing it");
-                if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-                    let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-                }
+            if self.lock().stages[st as usize].state.kill_hung(pid, why.clone()) {
+                tracing::error!(stage = st.name(), pid, "{why}; killed it");
             }
             p.stalled_since = None;
         }
