@@ -7,51 +7,34 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 use shm_protocol::control::{Connection, Received};
-use shm_protocol::messages::{
-    AcquisitionStatus, CONTINUOUS, Compression, PROTOCOL_VERSION, Reply, Request, Role, StatusReport, SyncMode,
-};
+use shm_protocol::messages::{AcquisitionStatus, CONTINUOUS, Compression, Reply, Request, StatusReport, SyncMode};
+use shm_protocol::pipeline::client::{self, ClientError};
 
 use crate::ControlError;
 
 /// The runtime directory the `ringdaq` command uses without `--runtime-dir`: `$RINGDAQ_RUNTIME_DIR`, else
-/// `$XDG_RUNTIME_DIR/ringdaq`, else `/tmp/ringdaq-<uid>` (as `supervisor::config::resolve_runtime_dir`).
+/// `$XDG_RUNTIME_DIR/ringdaq`, else `/tmp/ringdaq-<uid>`.
 #[pyfunction]
-pub(crate) fn default_runtime_dir(py: Python<'_>) -> PyResult<PathBuf> {
-    if let Some(p) = std::env::var_os("RINGDAQ_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
+pub(crate) fn default_runtime_dir() -> PathBuf {
+    client::resolve_runtime_dir(None)
+}
+
+/// A client error as one line: what failed and why.
+fn message(e: ClientError) -> String {
+    match std::error::Error::source(&e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
     }
-    if let Some(p) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p).join("ringdaq"));
-    }
-    let uid: u32 = py.import("os")?.call_method0("getuid")?.extract()?;
-    Ok(PathBuf::from(format!("/tmp/ringdaq-{uid}")))
 }
 
 /// A connection to the supervisor in `runtime_dir`, past the hello.
 pub(crate) fn connect(runtime_dir: &Path) -> Result<Connection, String> {
-    let sock = runtime_dir.join("control.sock");
-    if !sock.exists() {
-        return Err(format!(
-            "no ringdaq is running with runtime directory {} (no {})",
-            runtime_dir.display(),
-            sock.display()
-        ));
-    }
-    let mut conn = Connection::connect(&sock).map_err(|e| format!("connecting to {}: {e}", sock.display()))?;
-    conn.set_recv_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    match call(&mut conn, &Request::Hello { protocol: PROTOCOL_VERSION, role: Role::Client })?.msg {
-        Reply::Welcome { .. } => Ok(conn),
-        other => Err(format!("unexpected answer to hello: {other:?}")),
-    }
+    client::connect(runtime_dir).map_err(message)
 }
 
 /// Sends a request and returns the reply; an `Error` reply becomes an error.
 pub(crate) fn call(conn: &mut Connection, req: &Request) -> Result<Received<Reply>, String> {
-    let r = conn.call::<_, Reply>(req).map_err(|e| format!("talking to the supervisor: {e}"))?;
-    match r.msg {
-        Reply::Error { message } => Err(message),
-        _ => Ok(r),
-    }
+    client::call(conn, req).map_err(message)
 }
 
 /// How long a request that answers once its change is done (`stop`) may take: longer than the supervisor's
@@ -147,12 +130,8 @@ impl Control {
 impl Control {
     #[new]
     #[pyo3(signature = (runtime_dir = None))]
-    fn new(py: Python<'_>, runtime_dir: Option<PathBuf>) -> PyResult<Self> {
-        let runtime_dir = match runtime_dir {
-            Some(d) => d,
-            None => default_runtime_dir(py)?,
-        };
-        Ok(Self { runtime_dir })
+    fn new(runtime_dir: Option<PathBuf>) -> Self {
+        Self { runtime_dir: client::resolve_runtime_dir(runtime_dir.as_deref()) }
     }
 
     /// The runtime directory.

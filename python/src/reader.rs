@@ -187,10 +187,7 @@ impl RegionReader {
     #[new]
     #[pyo3(signature = (runtime_dir = None))]
     fn new(py: Python<'_>, runtime_dir: Option<PathBuf>) -> PyResult<Self> {
-        let dir = match runtime_dir {
-            Some(d) => d,
-            None => crate::control::default_runtime_dir(py)?,
-        };
+        let dir = runtime_dir.unwrap_or_else(crate::control::default_runtime_dir);
         let (region, supervisor_pid) = py
             .detach(|| {
                 let mut conn = crate::control::connect(&dir)?;

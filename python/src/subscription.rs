@@ -135,10 +135,7 @@ impl Subscription {
     #[new]
     #[pyo3(signature = (runtime_dir = None, lossless = false))]
     fn new(py: Python<'_>, runtime_dir: Option<PathBuf>, lossless: bool) -> PyResult<Self> {
-        let runtime_dir = match runtime_dir {
-            Some(d) => d,
-            None => crate::control::default_runtime_dir(py)?,
-        };
+        let runtime_dir = runtime_dir.unwrap_or_else(crate::control::default_runtime_dir);
         let delivery = if lossless { Delivery::Lossless } else { Delivery::Lossy };
         let sub = py.detach(|| consumer::Subscription::connect(&runtime_dir, delivery)).map_err(to_py)?;
         let (rows, cols) = sub.shape();

@@ -4,41 +4,23 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, ValueEnum};
 use shm_protocol::control::Connection;
 use shm_protocol::messages::{
-    AcquisitionState, AcquisitionStatus, CONTINUOUS, Compression, EndReason, PROTOCOL_VERSION, Reply, Request, Role,
-    StatusReport, SyncMode,
+    AcquisitionState, AcquisitionStatus, CONTINUOUS, Compression, EndReason, Reply, Request, StatusReport, SyncMode,
 };
 
 use crate::config;
 
 /// A connection to the supervisor in `runtime_dir`, past the hello.
 pub fn connect(runtime_dir: &Path) -> anyhow::Result<Connection> {
-    let sock = config::control_socket(runtime_dir);
-    match std::fs::symlink_metadata(&sock) {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("no ringdaq is running with runtime directory {} (no {})", runtime_dir.display(), sock.display())
-        }
-        Err(e) => bail!("cannot reach {}: {e} (a runtime directory of another user?)", sock.display()),
-    }
-    let mut conn = Connection::connect(&sock).with_context(|| format!("connecting to {}", sock.display()))?;
-    conn.set_recv_timeout(Some(Duration::from_secs(10)))?;
-    match call(&mut conn, Request::Hello { protocol: PROTOCOL_VERSION, role: Role::Client })? {
-        Reply::Welcome { .. } => Ok(conn),
-        other => bail!("unexpected answer to hello: {other:?}"),
-    }
+    Ok(shm_protocol::pipeline::client::connect(runtime_dir)?)
 }
 
 /// Sends a request and returns the reply; an `Error` reply becomes an error.
 pub fn call(conn: &mut Connection, req: Request) -> anyhow::Result<Reply> {
-    let r = conn.call::<_, Reply>(&req).context("talking to the supervisor")?;
-    match r.msg {
-        Reply::Error { message } => bail!("{message}"),
-        other => Ok(other),
-    }
+    Ok(shm_protocol::pipeline::client::call(conn, &req)?.msg)
 }
 
 /// `--sync` values.

@@ -291,24 +291,7 @@ impl<'de> Deserialize<'de> for SectorList {
     }
 }
 
-/// `--runtime-dir`, else `$RINGDAQ_RUNTIME_DIR`, else `$XDG_RUNTIME_DIR/ringdaq`, else `/tmp/ringdaq-<uid>`.
-pub fn resolve_runtime_dir(flag: Option<&Path>) -> PathBuf {
-    if let Some(p) = flag {
-        return p.to_owned();
-    }
-    if let Some(p) = std::env::var_os("RINGDAQ_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p).join("ringdaq");
-    }
-    PathBuf::from(format!("/tmp/ringdaq-{}", rustix::process::getuid().as_raw()))
-}
-
-/// The control socket inside a runtime directory.
-pub fn control_socket(runtime_dir: &Path) -> PathBuf {
-    runtime_dir.join("control.sock")
-}
+pub use shm_protocol::pipeline::client::{control_socket, resolve_runtime_dir};
 
 #[cfg(test)]
 mod tests {

@@ -137,7 +137,7 @@ impl Subscription {
     /// Connects to the pipeline whose runtime directory is `runtime_dir` (where its `control.sock` is) and
     /// subscribes. The first frame delivered is the next one the pipeline publishes.
     pub fn connect(runtime_dir: &Path, delivery: Delivery) -> Result<Self, ConsumerError> {
-        let path = runtime_dir.join("control.sock");
+        let path = super::client::control_socket(runtime_dir);
         let request = Request::Subscribe { lossless: delivery == Delivery::Lossless };
         let (conn, cursor, next, fd) = subscribe(&path, &request, Duration::from_secs(10))?;
         let fd = fd.ok_or_else(|| ConsumerError::Protocol("no region memfd".into()))?;

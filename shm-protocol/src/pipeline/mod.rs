@@ -18,6 +18,7 @@ use crate::layout::{CACHE_LINE, Geometry, PAGE_SIZE, RegionSpec, RingKind, RingS
 use crate::region::Region;
 
 mod acquisition;
+pub mod client;
 pub mod consumer;
 mod counters;
 pub mod messages;
