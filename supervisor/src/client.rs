@@ -11,6 +11,8 @@ use shm_protocol::messages::{
     AcquisitionState, AcquisitionStatus, CONTINUOUS, Compression, EndReason, Reply, Request, StatusReport, SyncMode,
 };
 
+use shm_protocol::pipeline::client::ClientError;
+
 use crate::config;
 
 /// A connection to the supervisor in `runtime_dir`, past the hello.
@@ -120,7 +122,7 @@ pub fn wait_for(
             Ok(_) => bail!("unexpected reply"),
             Err(e) => {
                 // The connection broke (a supervisor that died): a successor that adopts the pipeline answers.
-                let broken = e.downcast_ref::<shm_protocol::control::ControlError>().is_some();
+                let broken = e.downcast_ref::<ClientError>().is_some_and(ClientError::is_broken);
                 if let Some(c) = broken.then(|| reconnect(runtime_dir)).flatten() {
                     *conn = c;
                     continue;

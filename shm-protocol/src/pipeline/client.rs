@@ -66,6 +66,14 @@ pub enum ClientError {
     Unexpected(String),
 }
 
+impl ClientError {
+    /// Whether the connection failed (a supervisor that died, or none listening), rather than the supervisor
+    /// answering: a successor may answer on a new connection.
+    pub fn is_broken(&self) -> bool {
+        matches!(self, Self::Connect { .. } | Self::Talk(_))
+    }
+}
+
 /// A client connection to the supervisor in `runtime_dir`, past the hello (replies within 10 s).
 pub fn connect(runtime_dir: &Path) -> Result<Connection, ClientError> {
     let sock = control_socket(runtime_dir);
