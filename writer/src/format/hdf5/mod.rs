@@ -82,10 +82,6 @@ impl Hdf5 {
     fn open(path: &Path, plan: &Plan, resume: bool) -> Result<Box<dyn FormatFile>, FormatError> {
         let tmp = with_suffix(path, ".partial");
         let store = store_path(path);
-        let discard = || {
-            let _ = std::fs::remove_file(&tmp);
-            let _ = std::fs::remove_file(&store);
-        };
         let r = match plan.compression {
             Compression::None => {
                 Plain::open(path, &tmp, &store, plan, resume).map(|f| Box::new(f) as Box<dyn FormatFile>)
@@ -96,7 +92,7 @@ impl Hdf5 {
         };
         // Nothing is left behind for an acquisition whose files could not be set up.
         if r.is_err() && !resume {
-            discard();
+            remove_temps(&tmp, &store);
         }
         r
     }
@@ -155,6 +151,20 @@ impl OutputFormat for Hdf5 {
     fn grows(&self) -> bool {
         false
     }
+}
+
+/// An `.h5` file is sized for its frame count when it is created: it takes no more frames than `plan` has.
+fn cannot_grow(tmp: &Path, plan: &Plan, frames: u64) -> Result<(), FormatError> {
+    if frames <= plan.frames {
+        return Ok(());
+    }
+    Err(FormatError::Invalid { path: tmp.to_owned(), why: "an .h5 file cannot grow past its frame count".into() })
+}
+
+/// Removes an unfinished file's temporary file and its store.
+fn remove_temps(tmp: &Path, store: &Path) {
+    let _ = std::fs::remove_file(tmp);
+    let _ = std::fs::remove_file(store);
 }
 
 fn publish(tmp: &Path, path: &Path, store: &Path) -> Result<(), FormatError> {
@@ -253,10 +263,7 @@ impl FormatFile for Plain {
     }
 
     fn grow(&mut self, frames: u64) -> Result<(), FormatError> {
-        if frames <= self.plan.frames {
-            return Ok(());
-        }
-        Err(FormatError::Invalid { path: self.tmp.clone(), why: "an .h5 file cannot grow past its frame count".into() })
+        cannot_grow(&self.tmp, &self.plan, frames)
     }
 
     fn finish(&mut self, frames: u64) -> Result<(), FormatError> {
@@ -279,8 +286,7 @@ impl FormatFile for Plain {
     }
 
     fn discard(&mut self) {
-        let _ = std::fs::remove_file(&self.tmp);
-        let _ = std::fs::remove_file(&self.store);
+        remove_temps(&self.tmp, &self.store);
     }
 
     fn temp_path(&self) -> &Path {
@@ -345,10 +351,7 @@ impl FormatFile for Packed {
     }
 
     fn grow(&mut self, frames: u64) -> Result<(), FormatError> {
-        if frames <= self.plan.frames {
-            return Ok(());
-        }
-        Err(FormatError::Invalid { path: self.tmp.clone(), why: "an .h5 file cannot grow past its frame count".into() })
+        cannot_grow(&self.tmp, &self.plan, frames)
     }
 
     fn finish(&mut self, frames: u64) -> Result<(), FormatError> {
@@ -370,8 +373,7 @@ impl FormatFile for Packed {
     }
 
     fn discard(&mut self) {
-        let _ = std::fs::remove_file(&self.tmp);
-        let _ = std::fs::remove_file(&self.store_path);
+        remove_temps(&self.tmp, &self.store_path);
     }
 
     fn temp_path(&self) -> &Path {
