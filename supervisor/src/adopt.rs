@@ -157,13 +157,7 @@ pub fn find(runtime: &Path, cfg: &Config) -> anyhow::Result<Option<Found>> {
     let control = crate::config::control_socket(runtime);
     let mut stages: [Option<StageProcess>; 3] = Default::default();
     for st in Stage::ALL {
-        let pid = file.stages[st as usize];
-        if pid != 0 && is_stage(pid, st, &control) {
-            match StageProcess::adopt(pid) {
-                Ok(p) => stages[st as usize] = Some(p),
-                Err(e) => tracing::warn!(stage = st.name(), pid, error = %e, "cannot watch the surviving stage"),
-            }
-        }
+        stages[st as usize] = adopt_stage(file.stages[st as usize], st, &control);
     }
     if stages.iter().all(Option::is_none) && stored.is_none() {
         tracing::info!(
@@ -220,6 +214,17 @@ fn wait_gone(pid: u32) {
         // We hold the lock, so it is not a supervisor of this directory: the pid was reused.
         tracing::debug!(pid, "the previous supervisor's pid runs another process");
     }
+}
+
+/// Process `pid` (0: none), adopted as stage `st` if it is that stage of the control socket `control`; None
+/// otherwise, or if it cannot be watched (logged).
+fn adopt_stage(pid: u32, st: Stage, control: &Path) -> Option<StageProcess> {
+    if pid == 0 || !is_stage(pid, st, control) {
+        return None;
+    }
+    StageProcess::adopt(pid)
+        .inspect_err(|e| tracing::warn!(stage = st.name(), pid, error = %e, "cannot watch the surviving stage"))
+        .ok()
 }
 
 /// Whether process `pid` is a `ringdaq-<stage>` of the control socket `control` (not a reused pid).
@@ -359,9 +364,9 @@ pub fn take_back(
             continue;
         };
         let expected = found.stages[stage as usize].as_ref().map(StageProcess::id);
-        if expected.is_none() && protocol == PROTOCOL_VERSION && is_stage(peer, stage, &control) {
+        if expected.is_none() && protocol == PROTOCOL_VERSION {
             // Started by the dead supervisor in the instant before it recorded the pid: still the stage's.
-            found.stages[stage as usize] = StageProcess::adopt(peer).ok();
+            found.stages[stage as usize] = adopt_stage(peer, stage, &control);
         }
         let expected = found.stages[stage as usize].as_ref().map(StageProcess::id);
         if protocol != PROTOCOL_VERSION || expected != Some(peer) {
@@ -398,9 +403,9 @@ pub fn take_back(
     // the watcher does not start a second process for it.
     if let Ok(area) = shm_protocol::pipeline::pipeline_area(&region) {
         for st in Stage::ALL {
-            let pid = area.stage(st).pid.load(std::sync::atomic::Ordering::Acquire);
-            if found.stages[st as usize].is_none() && pid != 0 && is_stage(pid, st, &control) {
-                found.stages[st as usize] = StageProcess::adopt(pid).ok();
+            if found.stages[st as usize].is_none() {
+                let pid = area.stage(st).pid.load(std::sync::atomic::Ordering::Acquire);
+                found.stages[st as usize] = adopt_stage(pid, st, &control);
             }
         }
     }
