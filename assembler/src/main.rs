@@ -41,12 +41,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _span = shm_protocol::logging::process_span("assembler").entered();
     // The sockets the supervisor sends along are kept by the tie only (for a successor).
-    let (mut sup, region, _sockets) = Supervision::open(
-        &args.control,
-        Stage::Assembler,
-        std::time::Duration::from_secs_f64(args.orphan_timeout_s.max(0.0)),
-    )
-    .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
+    let (mut sup, region, _sockets) = Supervision::open(&args.control, Stage::Assembler, args.orphan_timeout_s)
+        .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
     let cfg = assembler::AssemblerConfig {
         window: args.window.max(1),
         timeout: Duration::from_millis(args.timeout_ms),

@@ -28,12 +28,8 @@ fn main() -> anyhow::Result<()> {
     shm_protocol::logging::init();
     let args = Args::parse();
     let _span = shm_protocol::logging::process_span("receiver").entered();
-    let (mut sup, region, fds) = Supervision::open(
-        &args.control,
-        Stage::Receiver,
-        std::time::Duration::from_secs_f64(args.orphan_timeout_s.max(0.0)),
-    )
-    .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
+    let (mut sup, region, fds) = Supervision::open(&args.control, Stage::Receiver, args.orphan_timeout_s)
+        .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
     let mut rx = receiver::Receiver::new(&region, fds)?;
     sup.send(&shm_protocol::messages::Request::Ready)?;
     tracing::info!("receiving");

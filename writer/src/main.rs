@@ -31,12 +31,8 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _span = shm_protocol::logging::process_span("writer").entered();
     // The sockets the supervisor sends along are kept by the tie only (for a successor).
-    let (mut sup, region, _sockets) = Supervision::open(
-        &args.control,
-        Stage::Writer,
-        std::time::Duration::from_secs_f64(args.orphan_timeout_s.max(0.0)),
-    )
-    .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
+    let (mut sup, region, _sockets) = Supervision::open(&args.control, Stage::Writer, args.orphan_timeout_s)
+        .with_context(|| format!("attaching to the pipeline at {}", args.control.display()))?;
     let mut w = writer::Writer::new(&region, writer::WriterConfig { direct_io: !args.buffered })?;
     sup.send(&shm_protocol::messages::Request::Ready)?;
     tracing::info!("writing");

@@ -66,9 +66,9 @@ struct Rejoin {
 #[derive(Debug)]
 pub struct Supervision {
     shared: Arc<Shared>,
-    /// The connection until the stage's loop starts (its Ready goes on it), then the thread's.
-    conn: Option<Connection>,
-    rejoin: Option<Rejoin>,
+    /// The connection and what rejoining a successor needs, until the stage's loop starts (its Ready goes on the
+    /// connection); then the thread's.
+    tie: Option<(Connection, Rejoin)>,
     stage: Stage,
     orphan_timeout: Duration,
 }
@@ -86,20 +86,21 @@ impl Supervision {
         };
         Self {
             shared: Arc::new(shared),
-            conn: Some(conn),
-            rejoin: Some(Rejoin { stage, path: path.to_owned(), fds }),
+            tie: Some((conn, Rejoin { stage, path: path.to_owned(), fds })),
             stage,
             orphan_timeout,
         }
     }
 
     /// Opens a stage's session (see [`Session::open`]) and ties it: the region, the descriptors the supervisor
-    /// sent beyond it (the sockets), and the tie, which keeps copies of both for a successor.
+    /// sent beyond it (the sockets), and the tie, which keeps copies of both for a successor. `orphan_timeout_s`
+    /// is the stage's `--orphan-timeout-s` (below 0: 0; too large for a duration: without limit).
     pub fn open(
         path: &Path,
         stage: Stage,
-        orphan_timeout: Duration,
+        orphan_timeout_s: f64,
     ) -> Result<(Self, Region, Vec<OwnedFd>), SessionError> {
+        let orphan_timeout = Duration::try_from_secs_f64(orphan_timeout_s.max(0.0)).unwrap_or(Duration::MAX);
         let Session { conn, region, fds } = Session::open(path, Role::Stage(stage), Access::ReadWrite)?;
         let dup = |fd: BorrowedFd<'_>| {
             fd.try_clone_to_owned().map_err(|e| SessionError::Control {
@@ -116,8 +117,8 @@ impl Supervision {
 
     /// Sends `msg` to the supervisor (the stage's Ready, before its loop starts).
     pub fn send(&self, msg: &Request) -> Result<(), ControlError> {
-        match &self.conn {
-            Some(c) => c.send(msg),
+        match &self.tie {
+            Some((c, _)) => c.send(msg),
             None => Err(ControlError::Closed),
         }
     }
@@ -126,7 +127,7 @@ impl Supervision {
     /// within the orphan timeout and the stage before it in the pipeline has exited (so this one drains all it
     /// will ever get). Called from the stage's loop, every few ms: two atomic loads, once its thread runs.
     pub fn should_stop(&mut self, region: &Region) -> bool {
-        if let (Some(conn), Some(rejoin)) = (self.conn.take(), self.rejoin.take()) {
+        if let Some((conn, rejoin)) = self.tie.take() {
             self.start_thread(conn, rejoin);
         }
         if self.shared.told_to_stop.load(Ordering::Acquire) {
